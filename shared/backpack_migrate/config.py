@@ -1,0 +1,47 @@
+"""Typed settings, read once from the environment the function (or local stack) provides."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    table_name: str = Field(default="migration", alias="TABLE_NAME")
+    idempotency_table: str = Field(default="idempotency", alias="IDEMPOTENCY_TABLE")
+    exports_bucket: str = Field(default="exports", alias="EXPORTS_BUCKET")
+    chunk_queue_url: str = Field(default="", alias="CHUNK_QUEUE_URL")
+    verify_queue_url: str = Field(default="", alias="VERIFY_QUEUE_URL")
+    notify_queue_url: str = Field(default="", alias="NOTIFY_QUEUE_URL")
+    migrate_queue_url: str = Field(default="", alias="MIGRATE_QUEUE_URL")
+    kms_key_id: str = Field(default="alias/backpack-migrate", alias="KMS_KEY_ID")
+    link_secret_arn: str = Field(default="", alias="LINK_SECRET_ARN")
+    badgr_client_secret_arn: str = Field(default="", alias="BADGR_CLIENT_SECRET_ARN")
+    badgr_client_id: str = Field(default="backpack-migrate", alias="BADGR_CLIENT_ID")
+    badgr_api_url: str = Field(default="https://api.badgr.io", alias="BADGR_API_URL")
+    badgr_authorize_url: str = Field(
+        default="https://badgr.com/auth/oauth2/authorize", alias="BADGR_AUTHORIZE_URL"
+    )
+    public_base_url: str = Field(default="http://127.0.0.1:3000", alias="PUBLIC_BASE_URL")
+    ses_sender: str = Field(default="badges@example.org", alias="SES_SENDER")
+    link_ttl_days: int = Field(default=30, alias="LINK_TTL_DAYS", ge=1, le=365)
+    emails_per_second: float = Field(default=10.0, alias="EMAILS_PER_SECOND", gt=0)
+    learners_per_chunk: int = Field(default=50, alias="LEARNERS_PER_CHUNK", ge=1, le=500)
+    migrate_max_receive_count: int = Field(default=5, alias="MIGRATE_MAX_RECEIVE_COUNT", ge=1)
+    allow_loopback_fetch: bool = Field(default=False, alias="ALLOW_LOOPBACK_FETCH")
+    record_ttl_days: int = Field(default=180, alias="RECORD_TTL_DAYS", ge=1)
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"{self.public_base_url.rstrip('/')}/oauth/callback"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings of this process; tests and the local stack call ``get_settings.cache_clear()``."""
+    known = {field.alias for field in Settings.model_fields.values() if field.alias}
+    return Settings.model_validate({k: v for k, v in os.environ.items() if k in known})

@@ -1,0 +1,183 @@
+"""The records every part of the migration speaks about: exports, learners, badges, states."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class BadgeState(StrEnum):
+    EXTRACTED = "extracted"  # an assertion was found in the baked image
+    UNREADABLE = "unreadable"  # final: nothing could be extracted, and why
+    VERIFIED = "verified"  # our verdict is stored (valid or not); waits for the learner
+    QUEUED = "queued"  # the learner connected Badgr; an import job is on the queue
+    FAILED_RETRYABLE = "failed_retryable"  # Badgr or the network failed for now; SQS retries
+    IMPORTED = "imported"
+    ALREADY_IN_BADGR = "already_in_badgr"
+    PENDING = "pending"  # Badgr holds it until the learner verifies the recipient email
+    REJECTED = "rejected"  # by Badgr, or not sent because it was certain to fail
+    DEAD_LETTERED = "dead_lettered"  # retries ran out; the job waits in the dead-letter queue
+
+
+FINAL_STATES = frozenset(
+    {
+        BadgeState.UNREADABLE,
+        BadgeState.IMPORTED,
+        BadgeState.ALREADY_IN_BADGR,
+        BadgeState.PENDING,
+        BadgeState.REJECTED,
+        BadgeState.DEAD_LETTERED,
+    }
+)
+
+# Every state change is a conditional write from one of these sources.
+TRANSITIONS: dict[BadgeState, frozenset[BadgeState]] = {
+    BadgeState.EXTRACTED: frozenset({BadgeState.VERIFIED}),
+    BadgeState.VERIFIED: frozenset({BadgeState.QUEUED, BadgeState.VERIFIED}),
+    BadgeState.QUEUED: frozenset(
+        {
+            BadgeState.IMPORTED,
+            BadgeState.ALREADY_IN_BADGR,
+            BadgeState.PENDING,
+            BadgeState.REJECTED,
+            BadgeState.FAILED_RETRYABLE,
+            BadgeState.DEAD_LETTERED,
+        }
+    ),
+    BadgeState.FAILED_RETRYABLE: frozenset(
+        {
+            BadgeState.IMPORTED,
+            BadgeState.ALREADY_IN_BADGR,
+            BadgeState.PENDING,
+            BadgeState.REJECTED,
+            BadgeState.FAILED_RETRYABLE,
+            BadgeState.DEAD_LETTERED,
+        }
+    ),
+    # An operator's redrive from the dead-letter queue puts the job back to work.
+    BadgeState.DEAD_LETTERED: frozenset(
+        {
+            BadgeState.IMPORTED,
+            BadgeState.ALREADY_IN_BADGR,
+            BadgeState.PENDING,
+            BadgeState.REJECTED,
+            BadgeState.FAILED_RETRYABLE,
+        }
+    ),
+    BadgeState.UNREADABLE: frozenset(),
+    BadgeState.IMPORTED: frozenset(),
+    BadgeState.ALREADY_IN_BADGR: frozenset(),
+    BadgeState.PENDING: frozenset(),
+    BadgeState.REJECTED: frozenset(),
+}
+
+STATE_WORDS: dict[BadgeState, str] = {
+    BadgeState.EXTRACTED: "Being checked",
+    BadgeState.UNREADABLE: "Could not be read",
+    BadgeState.VERIFIED: "Ready to move",
+    BadgeState.QUEUED: "Moving to Badgr",
+    BadgeState.FAILED_RETRYABLE: "Badgr did not answer yet; trying again",
+    BadgeState.IMPORTED: "In your Badgr backpack",
+    BadgeState.ALREADY_IN_BADGR: "Already in your Badgr backpack",
+    BadgeState.PENDING: "Waiting for you to confirm your email address in Badgr",
+    BadgeState.REJECTED: "Could not be moved",
+    BadgeState.DEAD_LETTERED: "Could not be moved after several tries; our team has been told",
+}
+
+
+class MemberLocation(BaseModel):
+    """Where a badge image sits inside the export ZIP, so it can be read back by byte range."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    header_offset: int = Field(ge=0)
+    compressed_size: int = Field(ge=0)
+    size: int = Field(ge=0)
+    method: int  # 0 stored, 8 deflated
+    crc: int = 0
+
+
+class Problem(BaseModel):
+    """A stable code and one sentence a learner (or operator) understands."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    message: str
+
+
+class VerdictSummary(BaseModel):
+    """What the badge page and the worker need from a full verification."""
+
+    valid: bool
+    version: str | None = None
+    name: str | None = None
+    issuer_name: str | None = None
+    issuer_url: str | None = None
+    issued_on: str | None = None
+    image_url: str | None = None
+    hosted_url: str | None = None
+    payload_kind: str | None = None  # url | json | jws
+    revoked: bool = False
+    certain_to_fail: bool = False
+    errors: list[Problem] = Field(default_factory=list)
+    warnings: list[Problem] = Field(default_factory=list)
+
+
+class BadgrAnswer(BaseModel):
+    """Badgr's own word on an import, kept beside ours."""
+
+    status: int
+    entity_id: str | None = None
+    description: str | None = None
+    codes: list[str] = Field(default_factory=list)
+
+
+class BadgeRecord(BaseModel):
+    learner_id: str
+    badge_id: str
+    export_id: str
+    file_name: str
+    media_type: str | None = None  # image/png | image/svg+xml
+    member: MemberLocation | None = None
+    state: BadgeState
+    problem: Problem | None = None  # why it is unreadable, rejected, dead-lettered
+    verdict: VerdictSummary | None = None
+    import_form: str | None = None  # url | image | assertion
+    badgr: BadgrAnswer | None = None
+    attempts: int = 0
+    updated_at: str | None = None
+
+
+class LearnerRecord(BaseModel):
+    learner_id: str
+    export_id: str
+    email_ciphertext: str  # base64 of the export's data-key AES-GCM ciphertext; never plaintext
+    badge_count: int = 0
+    problems: list[Problem] = Field(default_factory=list)  # manifest-level problems for this learner
+    notified: bool = False
+    migration_requested_at: str | None = None
+    summary_sent: bool = False
+
+
+class ExportStatus(StrEnum):
+    READING = "reading"
+    CHUNKED = "chunked"
+    FAILED = "failed"  # the export as a whole could not be read (not a ZIP, no manifest, ...)
+
+
+class ExportRecord(BaseModel):
+    export_id: str
+    bucket: str
+    key: str
+    etag: str
+    size: int = 0
+    status: ExportStatus
+    learner_count: int = 0
+    badge_count: int = 0
+    chunk_count: int = 0
+    data_key_ciphertext: str = ""  # KMS-encrypted AES key for the learners' emails of this export
+    problems: list[Problem] = Field(default_factory=list)
+    created_at: str | None = None
