@@ -33,8 +33,8 @@ FINAL_STATES = frozenset(
 
 # Every state change is a conditional write from one of these sources.
 TRANSITIONS: dict[BadgeState, frozenset[BadgeState]] = {
-    BadgeState.EXTRACTED: frozenset({BadgeState.VERIFIED}),
-    BadgeState.VERIFIED: frozenset({BadgeState.QUEUED, BadgeState.VERIFIED}),
+    BadgeState.EXTRACTED: frozenset({BadgeState.VERIFIED, BadgeState.QUEUED}),
+    BadgeState.VERIFIED: frozenset({BadgeState.QUEUED}),
     BadgeState.QUEUED: frozenset(
         {
             BadgeState.IMPORTED,
@@ -58,6 +58,7 @@ TRANSITIONS: dict[BadgeState, frozenset[BadgeState]] = {
     # An operator's redrive from the dead-letter queue puts the job back to work.
     BadgeState.DEAD_LETTERED: frozenset(
         {
+            BadgeState.QUEUED,  # the learner connected Badgr again
             BadgeState.IMPORTED,
             BadgeState.ALREADY_IN_BADGR,
             BadgeState.PENDING,

@@ -1,0 +1,54 @@
+"""SQS migration jobs: import one badge each into the learner's Badgr backpack."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from backpack_migrate.migration import RetryLater, import_badge
+from backpack_migrate.observability import logger, metrics, tracer
+from backpack_migrate.services import get_services
+from pydantic import BaseModel
+
+processor = BatchProcessor(event_type=EventType.SQS)
+MAX_BACKOFF_SECONDS = 900
+
+
+class ImportJob(BaseModel):
+    learner_id: str
+    badge_id: str
+
+
+def backoff_seconds(receive_count: int, asked: float | None) -> int:
+    """Exponential backoff with jitter, or what Badgr asked for when it said how long."""
+    if asked is not None:
+        return min(MAX_BACKOFF_SECONDS, max(1, int(asked + 0.5)))
+    return min(MAX_BACKOFF_SECONDS, 2 ** min(receive_count, 9) + random.randint(0, 3))
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    svc = get_services()
+    svc.register_context(context)
+
+    def record_handler(record: SQSRecord) -> None:
+        job = ImportJob.model_validate_json(record.body)
+        receive_count = int(record.attributes.approximate_receive_count or 1)
+        try:
+            import_badge(svc, job.learner_id, job.badge_id, receive_count)
+        except RetryLater as retry:
+            svc.queue.delay(
+                svc.settings.migrate_queue_url,
+                record.receipt_handle,
+                backoff_seconds(receive_count, retry.delay),
+            )
+            raise
+
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )

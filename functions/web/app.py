@@ -1,0 +1,105 @@
+"""HTTP API: the learner's link, the Badgr connection, the status page and badge images."""
+
+from __future__ import annotations
+
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from backpack_migrate import portal
+from backpack_migrate.observability import logger, metrics, tracer
+from backpack_migrate.services import Services, get_services
+
+app = APIGatewayHttpResolver()
+
+# Pages carry no script; images (SVG included) must never run any.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self' https: http:"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+def _svc() -> Services:
+    return get_services()
+
+
+def _session_id() -> str | None:
+    cookies = app.current_event.cookies or []
+    jar: SimpleCookie = SimpleCookie()
+    for cookie in cookies:
+        jar.load(cookie)
+    morsel = jar.get(portal.SESSION_COOKIE)
+    return morsel.value if morsel else None
+
+
+def _respond(page: portal.Page) -> Response:
+    headers: dict[str, str] = dict(SECURITY_HEADERS)
+    if page.location:
+        headers["Location"] = page.location
+    cookies = []
+    if page.session_id:
+        secure = "; Secure" if _svc().settings.public_base_url.startswith("https://") else ""
+        cookies.append(
+            f"{portal.SESSION_COOKIE}={page.session_id}; Path=/; HttpOnly; SameSite=Lax; "
+            f"Max-Age={portal.SESSION_TTL}{secure}"
+        )
+    return Response(
+        status_code=page.status,
+        content_type=page.content_type,
+        body=page.body,
+        headers=headers,
+        cookies=cookies,
+    )
+
+
+@app.exception_handler(portal.PortalError)
+def _portal_error(error: portal.PortalError) -> Response:
+    return _respond(portal.error_page(error))
+
+
+@app.get("/l/<token>")
+def landing(token: str) -> Response:
+    return _respond(portal.landing(_svc(), token, _session_id()))
+
+
+@app.post("/l/<token>/connect")
+def connect(token: str) -> Response:
+    form = parse_qs(app.current_event.decoded_body or "")
+    csrf = form.get("csrf", [None])[0]
+    return _respond(portal.connect(_svc(), token, _session_id(), csrf))
+
+
+@app.get("/oauth/callback")
+def oauth_callback() -> Response:
+    params = {k: v for k, v in (app.current_event.query_string_parameters or {}).items()}
+    return _respond(portal.callback(_svc(), _session_id(), params))
+
+
+@app.get("/l/<token>/status")
+def status(token: str) -> Response:
+    return _respond(portal.status(_svc(), token))
+
+
+@app.get("/l/<token>/status.json")
+def status_json(token: str) -> dict[str, Any]:
+    return portal.status_json(_svc(), token)
+
+
+@app.get("/l/<token>/badges/<badge_id>/image")
+def badge_image(token: str, badge_id: str) -> Response:
+    return _respond(portal.badge_image(_svc(), token, badge_id))
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,244 @@
+"""From an uploaded export to learners and badges on record.
+
+``read_export`` streams the ZIP's central directory and manifest and hands learners out in chunk
+jobs; ``process_chunk`` extracts each learner's badges (resumable: badges already on record are
+skipped) and queues verification and the learner's email. Nothing here knows about Lambda.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .crypto import badge_id_for, learner_id_for
+from .domain import (
+    BadgeRecord,
+    BadgeState,
+    ExportRecord,
+    ExportStatus,
+    LearnerRecord,
+    MemberLocation,
+    Problem,
+)
+from .export import ExportError, S3RangeReader, plan_export, read_member, sniff_media_type
+from .observability import logger, metrics
+from .services import Services
+
+# A chunk message stays far below SQS's 256 KiB; a learner with thousands of badges spans chunks.
+MAX_FILES_PER_CHUNK = 400
+# Stop taking learners when less than this is left of the invocation; the rest goes back on the queue.
+RESERVE_MS = 60_000
+
+
+class ChunkFile(BaseModel):
+    name: str
+    member: MemberLocation | None = None
+    problem: Problem | None = None
+
+
+class ChunkLearner(BaseModel):
+    learner_id: str
+    email_ciphertext: str
+    problems: list[Problem] = Field(default_factory=list)
+    files: list[ChunkFile] = Field(default_factory=list)
+
+
+class ChunkJob(BaseModel):
+    export_id: str
+    chunk: int
+    learners: list[ChunkLearner]
+
+
+def export_id_for(bucket: str, key: str, etag: str) -> str:
+    return hashlib.sha256(f"{bucket}/{key}@{etag.strip(chr(34))}".encode()).hexdigest()[:24]
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def open_export(svc: Services, export: ExportRecord) -> S3RangeReader:
+    return S3RangeReader(svc.s3, export.bucket, export.key, etag=export.etag)
+
+
+def read_export(svc: Services, bucket: str, key: str, etag: str, size: int) -> ExportRecord:
+    """Record the export, read its manifest and queue its learners in chunks."""
+    export_id = export_id_for(bucket, key, etag)
+    export = svc.store.get_export(export_id)
+    if export is not None and export.status != ExportStatus.READING:
+        logger.info("export already read", extra={"export_id": export_id})
+        return export
+    if export is None:
+        export = ExportRecord(
+            export_id=export_id,
+            bucket=bucket,
+            key=key,
+            etag=etag,
+            size=size,
+            status=ExportStatus.READING,
+            data_key_ciphertext=svc.emails.new_data_key(export_id),
+            created_at=_now_iso(),
+        )
+        if not svc.store.put_export_if_absent(export):
+            # Another delivery of the same event got here first; share its data key.
+            export = svc.store.get_export(export_id) or export
+    logger.append_keys(export_id=export_id)
+    try:
+        learners, badges, chunks = _queue_chunks(svc, export)
+    except ExportError as error:
+        export = export.model_copy(
+            update={
+                "status": ExportStatus.FAILED,
+                "problems": [Problem(code=error.code, message=error.message)],
+            }
+        )
+        svc.store.save_export(export)
+        logger.warning("export unreadable", extra={"code": error.code})
+        metrics.add_metric(name="ExportsFailed", unit="Count", value=1)
+        return export
+    export = export.model_copy(
+        update={
+            "status": ExportStatus.CHUNKED,
+            "learner_count": learners,
+            "badge_count": badges,
+            "chunk_count": chunks,
+        }
+    )
+    svc.store.save_export(export)
+    metrics.add_metric(name="ExportsRead", unit="Count", value=1)
+    metrics.add_metric(name="LearnersFound", unit="Count", value=learners)
+    metrics.add_metric(name="BadgesFound", unit="Count", value=badges)
+    logger.info("export read", extra={"learners": learners, "badges": badges, "chunks": chunks})
+    return export
+
+
+def _chunk_learners(svc: Services, export: ExportRecord, counts: list[int]) -> Iterator[ChunkLearner]:
+    secret = svc.link_secret()
+    reader = open_export(svc, export)
+    for entry in plan_export(reader):
+        learner_id = learner_id_for(entry.email, secret)
+        ciphertext = svc.emails.encrypt(
+            entry.email,
+            learner_id=learner_id,
+            export_id=export.export_id,
+            data_key_ciphertext=export.data_key_ciphertext,
+        )
+        counts[0] += 1
+        counts[1] += len(entry.files)
+        files = [ChunkFile(name=f.name, member=f.location, problem=f.problem) for f in entry.files]
+        problems = list(entry.problems)
+        if not files:
+            yield ChunkLearner(learner_id=learner_id, email_ciphertext=ciphertext, problems=problems)
+        for start in range(0, len(files), MAX_FILES_PER_CHUNK):
+            yield ChunkLearner(
+                learner_id=learner_id,
+                email_ciphertext=ciphertext,
+                problems=problems,
+                files=files[start : start + MAX_FILES_PER_CHUNK],
+            )
+
+
+def _queue_chunks(svc: Services, export: ExportRecord) -> tuple[int, int, int]:
+    counts = [0, 0]
+    chunk_no = 0
+    pending: list[ChunkLearner] = []
+    pending_files = 0
+    jobs: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal chunk_no, pending, pending_files
+        if pending:
+            jobs.append(ChunkJob(export_id=export.export_id, chunk=chunk_no, learners=pending).model_dump())
+            chunk_no += 1
+            pending, pending_files = [], 0
+        if len(jobs) >= 10:
+            svc.queue.send(svc.settings.chunk_queue_url, jobs)
+            jobs.clear()
+
+    for learner in _chunk_learners(svc, export, counts):
+        if pending and (
+            len(pending) >= svc.settings.learners_per_chunk
+            or pending_files + len(learner.files) > MAX_FILES_PER_CHUNK
+        ):
+            flush()
+        pending.append(learner)
+        pending_files += len(learner.files)
+    flush()
+    if jobs:
+        svc.queue.send(svc.settings.chunk_queue_url, jobs)
+    return counts[0], counts[1], chunk_no
+
+
+def process_chunk(svc: Services, job: ChunkJob, remaining_ms: Callable[[], int]) -> ChunkJob | None:
+    """Extract the badges of a chunk's learners. Returns what is left when time runs short."""
+    export = svc.store.get_export(job.export_id)
+    if export is None:
+        raise LookupError(f"chunk for unknown export {job.export_id}")
+    reader = open_export(svc, export)
+    follow_ups: list[dict[str, Any]] = []
+    notices: list[dict[str, Any]] = []
+    left: ChunkJob | None = None
+    for index, learner in enumerate(job.learners):
+        if remaining_ms() < RESERVE_MS:
+            left = job.model_copy(update={"learners": job.learners[index:]})
+            break
+        svc.store.put_learner_if_absent(
+            LearnerRecord(
+                learner_id=learner.learner_id,
+                export_id=job.export_id,
+                email_ciphertext=learner.email_ciphertext,
+                problems=learner.problems,
+            )
+        )
+        known = {badge.badge_id for badge in svc.store.list_badges(learner.learner_id)}
+        fresh = [
+            _extract(reader, job.export_id, learner.learner_id, file)
+            for file in learner.files
+            if badge_id_for(learner.learner_id, file.name) not in known
+        ]
+        svc.store.put_badges_if_absent(fresh)
+        for badge in fresh:
+            metrics.add_metric(name=f"Badges_{badge.state.value}", unit="Count", value=1)
+        follow_ups.append({"learner_id": learner.learner_id})
+        notices.append({"kind": "invite", "learner_id": learner.learner_id, "export_id": job.export_id})
+    svc.queue.send(svc.settings.verify_queue_url, follow_ups)
+    svc.queue.send(svc.settings.notify_queue_url, notices)
+    if left is not None:
+        svc.queue.send(svc.settings.chunk_queue_url, [left.model_dump()])
+        logger.info("chunk continues in a new job", extra={"learners_left": len(left.learners)})
+    return left
+
+
+def _extract(reader: Any, export_id: str, learner_id: str, file: ChunkFile) -> BadgeRecord:
+    from .openbadges import UnbakeError, extract
+
+    base = BadgeRecord(
+        learner_id=learner_id,
+        badge_id=badge_id_for(learner_id, file.name),
+        export_id=export_id,
+        file_name=file.name,
+        member=file.member,
+        state=BadgeState.UNREADABLE,
+        updated_at=_now_iso(),
+    )
+    if file.problem is not None or file.member is None:
+        problem = file.problem or Problem(code="FILE_MISSING", message="This file is not in the export.")
+        return base.model_copy(update={"problem": problem})
+    try:
+        data = read_member(reader, file.member)
+    except ExportError as error:
+        return base.model_copy(update={"problem": Problem(code=error.code, message=error.message)})
+    media_type = sniff_media_type(data)
+    try:
+        extracted = extract(data)
+    except UnbakeError as error:
+        return base.model_copy(
+            update={"media_type": media_type, "problem": Problem(code=error.code, message=error.message)}
+        )
+    return base.model_copy(
+        update={"media_type": media_type, "state": BadgeState.EXTRACTED, "verdict": extracted.to_summary()}
+    )

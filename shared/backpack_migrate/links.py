@@ -1,0 +1,81 @@
+"""Signed, expiring links bound to one learner; browser sessions; CSRF and OAuth state."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+LINK_VERSION = "v1"
+
+
+class LinkError(Exception):
+    """A link that cannot be trusted. ``code`` is stable; ``message`` is for the learner."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class LinkClaims:
+    learner_id: str
+    export_id: str
+    expires_at: int
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(secret: bytes, body: str) -> str:
+    return _b64(hmac.new(secret, b"link:" + body.encode(), hashlib.sha256).digest())
+
+
+def sign_link(
+    secret: bytes, learner_id: str, export_id: str, ttl_seconds: int, now: float | None = None
+) -> str:
+    expires_at = int((now if now is not None else time.time()) + ttl_seconds)
+    body = _b64(f"{LINK_VERSION}|{learner_id}|{export_id}|{expires_at}".encode())
+    return f"{body}.{_mac(secret, body)}"
+
+
+def verify_link(secret: bytes, token: str, now: float | None = None) -> LinkClaims:
+    body, dot, signature = token.partition(".")
+    if not dot or not body or not signature or len(token) > 512:
+        raise LinkError(
+            "LINK_MALFORMED", "This link is incomplete. Please open the link from your email again."
+        )
+    if not hmac.compare_digest(_mac(secret, body), signature):
+        raise LinkError("LINK_FORGED", "This link is not valid. Please open the link from your email again.")
+    try:
+        version, learner_id, export_id, expires = _unb64(body).decode().split("|")
+        expires_at = int(expires)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise LinkError("LINK_MALFORMED", "This link is incomplete.") from error
+    if version != LINK_VERSION:
+        raise LinkError("LINK_MALFORMED", "This link is from an older version of the service.")
+    if expires_at < (now if now is not None else time.time()):
+        raise LinkError(
+            "LINK_EXPIRED",
+            "This link has expired. Write to the address in your email to receive a new one.",
+        )
+    return LinkClaims(learner_id=learner_id, export_id=export_id, expires_at=expires_at)
+
+
+def new_secret_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def tokens_match(expected: str | None, given: str | None) -> bool:
+    if not expected or not given:
+        return False
+    return hmac.compare_digest(expected.encode(), given.encode())

@@ -1,0 +1,112 @@
+"""The emails learners receive: the invitation with their secure link, and the summary."""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .domain import STATE_WORDS, BadgeRecord, BadgeState
+
+
+@dataclass(frozen=True)
+class Email:
+    to: str
+    subject: str
+    text: str
+    html: str
+
+
+class EmailSender(Protocol):
+    def send(self, email: Email) -> str: ...
+
+
+class SesSender:
+    def __init__(self, ses: Any, sender: str) -> None:
+        self._ses = ses
+        self._sender = sender
+
+    def send(self, email: Email) -> str:
+        answer = self._ses.send_email(
+            Source=self._sender,
+            Destination={"ToAddresses": [email.to]},
+            Message={
+                "Subject": {"Data": email.subject, "Charset": "UTF-8"},
+                "Body": {
+                    "Text": {"Data": email.text, "Charset": "UTF-8"},
+                    "Html": {"Data": email.html, "Charset": "UTF-8"},
+                },
+            },
+        )
+        return str(answer["MessageId"])
+
+
+class RateLimiter:
+    """Spaces calls evenly so that the whole notifier stays under SES's sending rate."""
+
+    def __init__(self, per_second: float, clock: Any = time.monotonic, sleep: Any = time.sleep) -> None:
+        self._interval = 1.0 / per_second
+        self._clock = clock
+        self._sleep = sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = self._clock()
+            delay = self._next - now
+            self._next = max(now, self._next) + self._interval
+        if delay > 0:
+            self._sleep(delay)
+
+
+def _page(body: str) -> str:
+    return (
+        '<!doctype html><html><body style="font-family:sans-serif;max-width:36em;margin:auto">'
+        f"{body}</body></html>"
+    )
+
+
+def invitation(to: str, link: str, badge_count: int, expires_on: str) -> Email:
+    badges = "1 badge" if badge_count == 1 else f"{badge_count} badges"
+    text = (
+        "Hello,\n\n"
+        f"The Mozilla Backpack has closed. We kept {badges} for you and can move them to Badgr, "
+        "where you can keep sharing them.\n\n"
+        f"See your badges and move them: {link}\n\n"
+        f"This link is yours alone and works until {expires_on}. Do not forward it.\n"
+    )
+    body = (
+        "<p>Hello,</p>"
+        f"<p>The Mozilla Backpack has closed. We kept {html.escape(badges)} for you and can move them "
+        "to Badgr, where you can keep sharing them.</p>"
+        f'<p><a href="{html.escape(link)}">See your badges and move them</a></p>'
+        f"<p>This link is yours alone and works until {html.escape(expires_on)}. Do not forward it.</p>"
+    )
+    return Email(to=to, subject="Your Mozilla Backpack badges are ready to move", text=text, html=_page(body))
+
+
+def summary(to: str, link: str, badges: Iterable[BadgeRecord]) -> Email:
+    counts = Counter(badge.state for badge in badges)
+    moved = counts[BadgeState.IMPORTED] + counts[BadgeState.ALREADY_IN_BADGR]
+    lines = [f"{STATE_WORDS[state]}: {count}" for state, count in sorted(counts.items())]
+    text = (
+        "Hello,\n\n"
+        f"Moving your badges to Badgr has finished: {moved} of {counts.total()} "
+        "are in your Badgr backpack.\n\n"
+        + "\n".join(lines)
+        + f"\n\nEvery badge, with the reason for any that could not move: {link}\n"
+    )
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    body = (
+        "<p>Hello,</p>"
+        f"<p>Moving your badges to Badgr has finished: {moved} of {counts.total()} are in your "
+        f"Badgr backpack.</p><ul>{items}</ul>"
+        f'<p><a href="{html.escape(link)}">'
+        "See every badge, with the reason for any that could not move</a></p>"
+    )
+    return Email(to=to, subject="Your badges have moved to Badgr", text=text, html=_page(body))

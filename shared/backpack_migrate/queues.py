@@ -1,0 +1,50 @@
+"""Sending jobs to the service's queues, ten at a time, without losing any."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+SQS_BATCH = 10
+
+
+class JobQueue(Protocol):
+    def send(self, queue_url: str, jobs: Iterable[dict[str, Any]]) -> int: ...
+    def delay(self, queue_url: str, receipt_handle: str, seconds: int) -> None: ...
+
+
+class SqsJobQueue:
+    def __init__(self, sqs: Any) -> None:
+        self._sqs = sqs
+
+    def send(self, queue_url: str, jobs: Iterable[dict[str, Any]]) -> int:
+        batch: list[dict[str, Any]] = []
+        sent = 0
+        for job in jobs:
+            batch.append(job)
+            if len(batch) == SQS_BATCH:
+                sent += self._send_batch(queue_url, batch)
+                batch = []
+        if batch:
+            sent += self._send_batch(queue_url, batch)
+        return sent
+
+    def delay(self, queue_url: str, receipt_handle: str, seconds: int) -> None:
+        """Hold a failed job back before SQS delivers it again (backoff)."""
+        self._sqs.change_message_visibility(
+            QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
+        )
+
+    def _send_batch(self, queue_url: str, jobs: Sequence[dict[str, Any]]) -> int:
+        entries = {str(i): json.dumps(job, separators=(",", ":")) for i, job in enumerate(jobs)}
+        for _ in range(5):
+            answer = self._sqs.send_message_batch(
+                QueueUrl=queue_url,
+                Entries=[{"Id": entry_id, "MessageBody": body} for entry_id, body in entries.items()],
+            )
+            failed = {entry["Id"] for entry in answer.get("Failed", [])}
+            entries = {entry_id: body for entry_id, body in entries.items() if entry_id in failed}
+            if not entries:
+                return len(jobs)
+        raise RuntimeError(f"SQS refused {len(entries)} messages after retries")

@@ -1,0 +1,148 @@
+"""Everything the domain logic talks to, built once per process from the settings.
+
+Handlers take a ``Services`` (tests pass one made of fakes); nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .config import Settings, get_settings
+from .crypto import EmailCipher, TokenVault
+from .notify import EmailSender, RateLimiter
+from .queues import JobQueue
+from .store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _no_idempotency(name: str, fn: F) -> F:
+    return fn
+
+
+def _ignore_context(context: Any) -> None:
+    return None
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    queue: JobQueue
+    s3: Any
+    emails: EmailCipher
+    tokens: TokenVault
+    link_secret: Callable[[], bytes]
+    sender: EmailSender
+    rate: RateLimiter
+    verifier_factory: Callable[[], Any]
+    badgr_factory: Callable[[], Any]
+    # Wraps a side effect so a replayed event does not repeat it (Powertools idempotency in Lambda).
+    once: Callable[[str, Any], Any] = _no_idempotency
+    # Lets idempotency records expire with the invocation that wrote them.
+    register_context: Callable[[Any], None] = _ignore_context
+    _verifier: Any = field(default=None, init=False, repr=False)
+    _badgr: Any = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def verifier(self) -> Any:
+        """One verifier per process, so issuer documents stay cached across invocations."""
+        with self._lock:
+            if self._verifier is None:
+                self._verifier = self.verifier_factory()
+            return self._verifier
+
+    @property
+    def badgr(self) -> Any:
+        with self._lock:
+            if self._badgr is None:
+                self._badgr = self.badgr_factory()
+            return self._badgr
+
+
+_services: Services | None = None
+_services_lock = threading.Lock()
+
+
+def get_services() -> Services:
+    global _services  # noqa: PLW0603 - one container per warm Lambda process
+    with _services_lock:
+        if _services is None:
+            _services = build_services(get_settings())
+        return _services
+
+
+def use_services(services: Services | None) -> None:
+    """Make ``get_services`` answer with these (tests hand in fakes; None forgets them)."""
+    global _services  # noqa: PLW0603
+    with _services_lock:
+        _services = services
+
+
+def reset_services() -> None:
+    """Forget the process's services (the local stack and tests change the environment)."""
+    global _services  # noqa: PLW0603
+    with _services_lock:
+        _services = None
+
+
+def build_services(settings: Settings) -> Services:
+    import boto3
+    from aws_lambda_powertools.utilities import parameters
+    from aws_lambda_powertools.utilities.idempotency import (
+        DynamoDBPersistenceLayer,
+        IdempotencyConfig,
+        idempotent_function,
+    )
+
+    from .notify import SesSender
+    from .queues import SqsJobQueue
+    from .store import DynamoStore
+
+    kms = boto3.client("kms")
+    persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
+    idempotency_config = IdempotencyConfig(expires_after_seconds=7 * 86400)
+
+    def once(name: str, fn: Any) -> Any:
+        return idempotent_function(
+            fn,
+            data_keyword_argument="job",
+            persistence_store=persistence,
+            config=idempotency_config,
+            key_prefix=name,
+        )
+
+    def link_secret() -> bytes:
+        value = parameters.get_secret(settings.link_secret_arn, max_age=300)
+        return value.encode() if isinstance(value, str) else bytes(value)
+
+    def verifier_factory() -> Any:
+        from .openbadges import SafeFetcher, Verifier
+
+        return Verifier(SafeFetcher(allow_loopback=settings.allow_loopback_fetch))
+
+    def badgr_factory() -> Any:
+        from .badgr import BadgrClient
+
+        secret = parameters.get_secret(settings.badgr_client_secret_arn, max_age=300)
+        return BadgrClient(settings.badgr_api_url, settings.badgr_client_id, str(secret))
+
+    return Services(
+        settings=settings,
+        store=DynamoStore(boto3.resource("dynamodb").Table(settings.table_name), settings.record_ttl_days),
+        queue=SqsJobQueue(boto3.client("sqs")),
+        s3=boto3.client("s3"),
+        emails=EmailCipher(kms, settings.kms_key_id),
+        tokens=TokenVault(kms, settings.kms_key_id),
+        link_secret=link_secret,
+        sender=SesSender(boto3.client("ses"), settings.ses_sender),
+        rate=RateLimiter(settings.emails_per_second),
+        verifier_factory=verifier_factory,
+        badgr_factory=badgr_factory,
+        once=once,
+        register_context=idempotency_config.register_lambda_context,
+    )

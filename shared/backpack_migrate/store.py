@@ -1,0 +1,243 @@
+"""Where the migration keeps its records: a small interface and its DynamoDB implementation.
+
+Items of one table (single-table design):
+- export   PK=EXPORT#<id>   SK=META            GSI1PK=EXPORTS               GSI1SK=<created>#<id>
+- learner  PK=LEARNER#<id>  SK=META            GSI1PK=EXPORT#<id>#LEARNERS  GSI1SK=<learner id>
+- badge    PK=LEARNER#<id>  SK=BADGE#<badge>   GSI1PK=EXPORT#<id>#BADGES    GSI1SK=<learner>#<badge>
+- token    PK=LEARNER#<id>  SK=TOKEN           (KMS ciphertext only)
+- session  PK=SESSION#<id>  SK=META            expires_at (TTL)
+Records travel as one JSON attribute ``data``; ``state`` sits beside it for conditional writes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+from boto3.dynamodb.conditions import Attr, Key
+from botocore.exceptions import ClientError
+
+from .domain import BadgeRecord, BadgeState, ExportRecord, LearnerRecord
+
+
+class Store(Protocol):
+    def put_export_if_absent(self, export: ExportRecord) -> bool: ...
+    def save_export(self, export: ExportRecord) -> None: ...
+    def get_export(self, export_id: str) -> ExportRecord | None: ...
+    def list_exports(self) -> list[ExportRecord]: ...
+    def put_learner_if_absent(self, learner: LearnerRecord) -> bool: ...
+    def save_learner(self, learner: LearnerRecord) -> None: ...
+    def get_learner(self, learner_id: str) -> LearnerRecord | None: ...
+    def iter_export_learners(self, export_id: str) -> Iterator[LearnerRecord]: ...
+    def put_badges_if_absent(self, badges: Iterable[BadgeRecord]) -> int: ...
+    def get_badge(self, learner_id: str, badge_id: str) -> BadgeRecord | None: ...
+    def list_badges(self, learner_id: str) -> list[BadgeRecord]: ...
+    def iter_export_badges(self, export_id: str) -> Iterator[BadgeRecord]: ...
+    def transition(self, badge: BadgeRecord, expected: Iterable[BadgeState]) -> bool: ...
+    def save_token(self, learner_id: str, ciphertext: str, version: int) -> bool: ...
+    def get_token(self, learner_id: str) -> tuple[str, int] | None: ...
+    def put_session(self, session_id: str, data: dict[str, str], ttl_seconds: int) -> None: ...
+    def get_session(self, session_id: str) -> dict[str, str] | None: ...
+    def delete_session(self, session_id: str) -> None: ...
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _is_condition_failure(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+class DynamoStore:
+    def __init__(self, table: Any, record_ttl_days: int = 180) -> None:
+        self._table = table
+        self._ttl_seconds = record_ttl_days * 86400
+
+    # -- items -------------------------------------------------------------------------------
+    def _expires(self) -> int:
+        return int(time.time()) + self._ttl_seconds
+
+    def _export_item(self, export: ExportRecord) -> dict[str, Any]:
+        return {
+            "PK": f"EXPORT#{export.export_id}",
+            "SK": "META",
+            "GSI1PK": "EXPORTS",
+            "GSI1SK": f"{export.created_at or ''}#{export.export_id}",
+            "state": export.status.value,
+            "data": export.model_dump_json(),
+            "expires_at": self._expires(),
+        }
+
+    def _learner_item(self, learner: LearnerRecord) -> dict[str, Any]:
+        return {
+            "PK": f"LEARNER#{learner.learner_id}",
+            "SK": "META",
+            "GSI1PK": f"EXPORT#{learner.export_id}#LEARNERS",
+            "GSI1SK": learner.learner_id,
+            "data": learner.model_dump_json(),
+            "expires_at": self._expires(),
+        }
+
+    def _badge_item(self, badge: BadgeRecord) -> dict[str, Any]:
+        return {
+            "PK": f"LEARNER#{badge.learner_id}",
+            "SK": f"BADGE#{badge.badge_id}",
+            "GSI1PK": f"EXPORT#{badge.export_id}#BADGES",
+            "GSI1SK": f"{badge.learner_id}#{badge.badge_id}",
+            "state": badge.state.value,
+            "data": badge.model_dump_json(),
+            "expires_at": self._expires(),
+        }
+
+    def _put_if_absent(self, item: dict[str, Any]) -> bool:
+        try:
+            self._table.put_item(Item=item, ConditionExpression=Attr("PK").not_exists())
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def _get(self, pk: str, sk: str) -> dict[str, Any] | None:
+        item: dict[str, Any] | None = self._table.get_item(Key={"PK": pk, "SK": sk}, ConsistentRead=True).get(
+            "Item"
+        )
+        return item
+
+    def _query(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        while True:
+            page = self._table.query(**kwargs)
+            yield from page.get("Items", [])
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    # -- exports -----------------------------------------------------------------------------
+    def put_export_if_absent(self, export: ExportRecord) -> bool:
+        return self._put_if_absent(self._export_item(export))
+
+    def save_export(self, export: ExportRecord) -> None:
+        self._table.put_item(Item=self._export_item(export))
+
+    def get_export(self, export_id: str) -> ExportRecord | None:
+        item = self._get(f"EXPORT#{export_id}", "META")
+        return ExportRecord.model_validate_json(item["data"]) if item else None
+
+    def list_exports(self) -> list[ExportRecord]:
+        items = self._query(IndexName="GSI1", KeyConditionExpression=Key("GSI1PK").eq("EXPORTS"))
+        return [ExportRecord.model_validate_json(item["data"]) for item in items]
+
+    # -- learners ----------------------------------------------------------------------------
+    def put_learner_if_absent(self, learner: LearnerRecord) -> bool:
+        return self._put_if_absent(self._learner_item(learner))
+
+    def save_learner(self, learner: LearnerRecord) -> None:
+        self._table.put_item(Item=self._learner_item(learner))
+
+    def get_learner(self, learner_id: str) -> LearnerRecord | None:
+        item = self._get(f"LEARNER#{learner_id}", "META")
+        return LearnerRecord.model_validate_json(item["data"]) if item else None
+
+    def iter_export_learners(self, export_id: str) -> Iterator[LearnerRecord]:
+        items = self._query(
+            IndexName="GSI1", KeyConditionExpression=Key("GSI1PK").eq(f"EXPORT#{export_id}#LEARNERS")
+        )
+        for item in items:
+            yield LearnerRecord.model_validate_json(item["data"])
+
+    # -- badges ------------------------------------------------------------------------------
+    def put_badges_if_absent(self, badges: Iterable[BadgeRecord]) -> int:
+        """Conditional puts, so a chunk resumed after a crash never overwrites a later state."""
+        return sum(self._put_if_absent(self._badge_item(badge)) for badge in badges)
+
+    def get_badge(self, learner_id: str, badge_id: str) -> BadgeRecord | None:
+        item = self._get(f"LEARNER#{learner_id}", f"BADGE#{badge_id}")
+        return BadgeRecord.model_validate_json(item["data"]) if item else None
+
+    def list_badges(self, learner_id: str) -> list[BadgeRecord]:
+        items = self._query(
+            KeyConditionExpression=Key("PK").eq(f"LEARNER#{learner_id}") & Key("SK").begins_with("BADGE#"),
+            ConsistentRead=True,
+        )
+        return sorted(
+            (BadgeRecord.model_validate_json(item["data"]) for item in items), key=lambda b: b.file_name
+        )
+
+    def iter_export_badges(self, export_id: str) -> Iterator[BadgeRecord]:
+        items = self._query(
+            IndexName="GSI1", KeyConditionExpression=Key("GSI1PK").eq(f"EXPORT#{export_id}#BADGES")
+        )
+        for item in items:
+            yield BadgeRecord.model_validate_json(item["data"])
+
+    def transition(self, badge: BadgeRecord, expected: Iterable[BadgeState]) -> bool:
+        """Write ``badge`` only if the stored state is still one of ``expected``."""
+        states = [state.value for state in expected]
+        badge = badge.model_copy(update={"updated_at": _now_iso()})
+        values = {f":s{i}": state for i, state in enumerate(states)}
+        try:
+            self._table.update_item(
+                Key={"PK": f"LEARNER#{badge.learner_id}", "SK": f"BADGE#{badge.badge_id}"},
+                UpdateExpression="SET #state = :new, #data = :data",
+                ConditionExpression=f"#state IN ({', '.join(values)})",
+                ExpressionAttributeNames={"#state": "state", "#data": "data"},
+                ExpressionAttributeValues={
+                    ":new": badge.state.value,
+                    ":data": badge.model_dump_json(),
+                    **values,
+                },
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    # -- tokens and sessions -----------------------------------------------------------------
+    def save_token(self, learner_id: str, ciphertext: str, version: int) -> bool:
+        """Optimistic versioning: with refresh-token rotation, only one writer may win."""
+        condition = Attr("PK").not_exists() if version == 1 else Attr("version").eq(version - 1)
+        try:
+            self._table.put_item(
+                Item={
+                    "PK": f"LEARNER#{learner_id}",
+                    "SK": "TOKEN",
+                    "ciphertext": ciphertext,
+                    "version": version,
+                    "expires_at": self._expires(),
+                },
+                ConditionExpression=condition,
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def get_token(self, learner_id: str) -> tuple[str, int] | None:
+        item = self._get(f"LEARNER#{learner_id}", "TOKEN")
+        return (str(item["ciphertext"]), int(item["version"])) if item else None
+
+    def put_session(self, session_id: str, data: dict[str, str], ttl_seconds: int) -> None:
+        self._table.put_item(
+            Item={
+                "PK": f"SESSION#{session_id}",
+                "SK": "META",
+                "data": json.dumps(data),
+                "expires_at": int(time.time()) + ttl_seconds,
+            }
+        )
+
+    def get_session(self, session_id: str) -> dict[str, str] | None:
+        item = self._get(f"SESSION#{session_id}", "META")
+        # TTL deletion lags by hours: expiry is enforced here, not by DynamoDB.
+        if not item or int(item.get("expires_at", 0)) < time.time():
+            return None
+        data: dict[str, str] = json.loads(item["data"])
+        return data
+
+    def delete_session(self, session_id: str) -> None:
+        self._table.delete_item(Key={"PK": f"SESSION#{session_id}", "SK": "META"})
