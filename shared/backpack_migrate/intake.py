@@ -23,8 +23,9 @@ from .domain import (
     LearnerRecord,
     MemberLocation,
     Problem,
+    VerdictSummary,
 )
-from .export import ExportError, S3RangeReader, plan_export, read_member, sniff_media_type
+from .export import ExportError, PlanStats, S3RangeReader, iter_learners, read_member, sniff_media_type
 from .observability import logger, metrics
 from .services import Services
 
@@ -88,7 +89,7 @@ def read_export(svc: Services, bucket: str, key: str, etag: str, size: int) -> E
             export = svc.store.get_export(export_id) or export
     logger.append_keys(export_id=export_id)
     try:
-        learners, badges, chunks = _queue_chunks(svc, export)
+        stats, chunks = _queue_chunks(svc, export)
     except ExportError as error:
         export = export.model_copy(
             update={
@@ -100,12 +101,14 @@ def read_export(svc: Services, bucket: str, key: str, etag: str, size: int) -> E
         logger.warning("export unreadable", extra={"code": error.code})
         metrics.add_metric(name="ExportsFailed", unit="Count", value=1)
         return export
+    learners, badges = stats.distinct_learners, stats.listed_files
     export = export.model_copy(
         update={
             "status": ExportStatus.CHUNKED,
             "learner_count": learners,
             "badge_count": badges,
             "chunk_count": chunks,
+            "problems": _plan_problems(stats),
         }
     )
     svc.store.save_export(export)
@@ -116,10 +119,28 @@ def read_export(svc: Services, bucket: str, key: str, etag: str, size: int) -> E
     return export
 
 
-def _chunk_learners(svc: Services, export: ExportRecord, counts: list[int]) -> Iterator[ChunkLearner]:
+def _plan_problems(stats: PlanStats) -> list[Problem]:
+    """What the operator should know about the export as a whole (per-badge detail is on each badge)."""
+    found = []
+    if stats.unlisted_members:
+        examples = ", ".join(stats.unlisted_examples[:5])
+        found.append(
+            Problem(
+                code="UNLISTED_FILES",
+                message=f"{stats.unlisted_members} files in the ZIP belong to no learner in the manifest "
+                f"(for example {examples}).",
+            )
+        )
+    for code, count in sorted(stats.file_problems.items()):
+        found.append(Problem(code=code, message=f"{count} listed files: {code.replace('_', ' ').lower()}."))
+    return found
+
+
+def _chunk_learners(svc: Services, export: ExportRecord, stats: PlanStats) -> Iterator[ChunkLearner]:
     secret = svc.link_secret()
     reader = open_export(svc, export)
-    for entry in plan_export(reader):
+    # Streamed: the manifest and the central directory are never held whole, whatever their size.
+    for entry in iter_learners(reader, stats=stats):
         learner_id = learner_id_for(entry.email, secret)
         ciphertext = svc.emails.encrypt(
             entry.email,
@@ -127,8 +148,6 @@ def _chunk_learners(svc: Services, export: ExportRecord, counts: list[int]) -> I
             export_id=export.export_id,
             data_key_ciphertext=export.data_key_ciphertext,
         )
-        counts[0] += 1
-        counts[1] += len(entry.files)
         files = [ChunkFile(name=f.name, member=f.location, problem=f.problem) for f in entry.files]
         problems = list(entry.problems)
         if not files:
@@ -142,8 +161,8 @@ def _chunk_learners(svc: Services, export: ExportRecord, counts: list[int]) -> I
             )
 
 
-def _queue_chunks(svc: Services, export: ExportRecord) -> tuple[int, int, int]:
-    counts = [0, 0]
+def _queue_chunks(svc: Services, export: ExportRecord) -> tuple[PlanStats, int]:
+    stats = PlanStats()
     chunk_no = 0
     pending: list[ChunkLearner] = []
     pending_files = 0
@@ -159,7 +178,7 @@ def _queue_chunks(svc: Services, export: ExportRecord) -> tuple[int, int, int]:
             svc.queue.send(svc.settings.chunk_queue_url, jobs)
             jobs.clear()
 
-    for learner in _chunk_learners(svc, export, counts):
+    for learner in _chunk_learners(svc, export, stats):
         if pending and (
             len(pending) >= svc.settings.learners_per_chunk
             or pending_files + len(learner.files) > MAX_FILES_PER_CHUNK
@@ -170,7 +189,7 @@ def _queue_chunks(svc: Services, export: ExportRecord) -> tuple[int, int, int]:
     flush()
     if jobs:
         svc.queue.send(svc.settings.chunk_queue_url, jobs)
-    return counts[0], counts[1], chunk_no
+    return stats, chunk_no
 
 
 def process_chunk(svc: Services, job: ChunkJob, remaining_ms: Callable[[], int]) -> ChunkJob | None:
@@ -204,7 +223,8 @@ def process_chunk(svc: Services, job: ChunkJob, remaining_ms: Callable[[], int])
         for badge in fresh:
             metrics.add_metric(name=f"Badges_{badge.state.value}", unit="Count", value=1)
         follow_ups.append({"learner_id": learner.learner_id})
-        notices.append({"kind": "invite", "learner_id": learner.learner_id, "export_id": job.export_id})
+        if not any(p.code == "INVALID_EMAIL" for p in learner.problems):
+            notices.append({"kind": "invite", "learner_id": learner.learner_id, "export_id": job.export_id})
     svc.queue.send(svc.settings.verify_queue_url, follow_ups)
     svc.queue.send(svc.settings.notify_queue_url, notices)
     if left is not None:
@@ -239,6 +259,15 @@ def _extract(reader: Any, export_id: str, learner_id: str, file: ChunkFile) -> B
         return base.model_copy(
             update={"media_type": media_type, "problem": Problem(code=error.code, message=error.message)}
         )
+    offline = VerdictSummary(
+        valid=False,  # not yet verified: the verify job decides
+        version=extracted.version,
+        name=extracted.badge_name,
+        issuer_name=extracted.issuer_name,
+        issued_on=extracted.issued_on.isoformat() if extracted.issued_on else None,
+        hosted_url=extracted.hosted_url,
+        payload_kind=extracted.payload_kind,
+    )
     return base.model_copy(
-        update={"media_type": media_type, "state": BadgeState.EXTRACTED, "verdict": extracted.to_summary()}
+        update={"media_type": media_type, "state": BadgeState.EXTRACTED, "verdict": offline}
     )

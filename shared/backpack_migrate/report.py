@@ -1,0 +1,63 @@
+"""The operator's view of an export: learners, badges by outcome, and every error, by query."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from .domain import FINAL_STATES, ExportRecord
+from .store import Store
+
+
+def export_report(store: Store, export: ExportRecord) -> dict[str, Any]:
+    states: Counter[str] = Counter()
+    problems: Counter[str] = Counter()
+    learners: set[str] = set()
+    badges = 0
+    for badge in store.iter_export_badges(export.export_id):
+        badges += 1
+        learners.add(badge.learner_id)
+        states[badge.state.value] += 1
+        if badge.problem is not None:
+            problems[badge.problem.code] += 1
+    learner_problems: Counter[str] = Counter()
+    for learner in store.iter_export_learners(export.export_id):
+        learners.add(learner.learner_id)
+        for problem in learner.problems:
+            learner_problems[problem.code] += 1
+    final = sum(count for state, count in states.items() if state in {s.value for s in FINAL_STATES})
+    return {
+        "export_id": export.export_id,
+        "key": export.key,
+        "status": export.status.value,
+        "learners_listed": export.learner_count,
+        "learners_on_record": len(learners),
+        "badges_listed": export.badge_count,
+        "badges_on_record": badges,
+        "badges_final": final,
+        "badges_by_state": dict(sorted(states.items())),
+        "badge_problems": dict(problems.most_common()),
+        "learner_problems": dict(learner_problems.most_common()),
+        "export_problems": [problem.model_dump() for problem in export.problems],
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"Export {report['key']} ({report['export_id']}): {report['status']}",
+        f"  learners: {report['learners_on_record']} on record of {report['learners_listed']} listed",
+        f"  badges:   {report['badges_on_record']} on record of {report['badges_listed']} listed, "
+        f"{report['badges_final']} in a final state",
+    ]
+    lines += [f"    {state:<18} {count}" for state, count in report["badges_by_state"].items()]
+    for problem in report["export_problems"]:
+        lines.append(f"  export error {problem['code']}: {problem['message']}")
+    if report["learner_problems"]:
+        lines.append(
+            "  learner problems: " + ", ".join(f"{k} x{v}" for k, v in report["learner_problems"].items())
+        )
+    if report["badge_problems"]:
+        lines.append(
+            "  badge problems:   " + ", ".join(f"{k} x{v}" for k, v in report["badge_problems"].items())
+        )
+    return "\n".join(lines)

@@ -1,0 +1,236 @@
+"""In-memory stand-ins for the service's ports, with the same conditional semantics as AWS."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from backpack_migrate.config import Settings
+from backpack_migrate.crypto import EmailCipher, TokenVault
+from backpack_migrate.domain import BadgeRecord, BadgeState, ExportRecord, LearnerRecord
+from backpack_migrate.notify import Email, RateLimiter
+from backpack_migrate.services import Services
+
+
+class InMemoryStore:
+    def __init__(self) -> None:
+        self.exports: dict[str, ExportRecord] = {}
+        self.learners: dict[str, LearnerRecord] = {}
+        self.badges: dict[tuple[str, str], BadgeRecord] = {}
+        self.tokens: dict[str, tuple[str, int]] = {}
+        self.sessions: dict[str, tuple[dict[str, str], float]] = {}
+        self._lock = threading.Lock()
+
+    def put_export_if_absent(self, export: ExportRecord) -> bool:
+        with self._lock:
+            if export.export_id in self.exports:
+                return False
+            self.exports[export.export_id] = export
+            return True
+
+    def save_export(self, export: ExportRecord) -> None:
+        self.exports[export.export_id] = export
+
+    def get_export(self, export_id: str) -> ExportRecord | None:
+        return self.exports.get(export_id)
+
+    def list_exports(self) -> list[ExportRecord]:
+        return list(self.exports.values())
+
+    def put_learner_if_absent(self, learner: LearnerRecord) -> bool:
+        with self._lock:
+            if learner.learner_id in self.learners:
+                return False
+            self.learners[learner.learner_id] = learner
+            return True
+
+    def save_learner(self, learner: LearnerRecord) -> None:
+        self.learners[learner.learner_id] = learner
+
+    def get_learner(self, learner_id: str) -> LearnerRecord | None:
+        return self.learners.get(learner_id)
+
+    def iter_export_learners(self, export_id: str) -> Iterator[LearnerRecord]:
+        return (learner for learner in list(self.learners.values()) if learner.export_id == export_id)
+
+    def put_badges_if_absent(self, badges: Iterable[BadgeRecord]) -> int:
+        written = 0
+        with self._lock:
+            for badge in badges:
+                key = (badge.learner_id, badge.badge_id)
+                if key not in self.badges:
+                    self.badges[key] = badge
+                    written += 1
+        return written
+
+    def get_badge(self, learner_id: str, badge_id: str) -> BadgeRecord | None:
+        return self.badges.get((learner_id, badge_id))
+
+    def list_badges(self, learner_id: str) -> list[BadgeRecord]:
+        found = [badge for (lid, _), badge in list(self.badges.items()) if lid == learner_id]
+        return sorted(found, key=lambda badge: badge.file_name)
+
+    def iter_export_badges(self, export_id: str) -> Iterator[BadgeRecord]:
+        return (badge for badge in list(self.badges.values()) if badge.export_id == export_id)
+
+    def transition(self, badge: BadgeRecord, expected: Iterable[BadgeState]) -> bool:
+        with self._lock:
+            key = (badge.learner_id, badge.badge_id)
+            current = self.badges.get(key)
+            if current is None or current.state not in set(expected):
+                return False
+            self.badges[key] = badge
+            return True
+
+    def save_token(self, learner_id: str, ciphertext: str, version: int) -> bool:
+        with self._lock:
+            current = self.tokens.get(learner_id)
+            if (current is None and version != 1) or (current is not None and current[1] != version - 1):
+                return False
+            self.tokens[learner_id] = (ciphertext, version)
+            return True
+
+    def get_token(self, learner_id: str) -> tuple[str, int] | None:
+        return self.tokens.get(learner_id)
+
+    def put_session(self, session_id: str, data: dict[str, str], ttl_seconds: int) -> None:
+        self.sessions[session_id] = (dict(data), time.time() + ttl_seconds)
+
+    def get_session(self, session_id: str) -> dict[str, str] | None:
+        found = self.sessions.get(session_id)
+        if found is None or found[1] < time.time():
+            return None
+        return dict(found[0])
+
+    def delete_session(self, session_id: str) -> None:
+        self.sessions.pop(session_id, None)
+
+
+class FakeQueue:
+    def __init__(self) -> None:
+        self.sent: dict[str, list[dict[str, Any]]] = {}
+        self.delays: list[tuple[str, str, int]] = []
+
+    def send(self, queue_url: str, jobs: Iterable[dict[str, Any]]) -> int:
+        batch = [json.loads(json.dumps(job)) for job in jobs]
+        self.sent.setdefault(queue_url, []).extend(batch)
+        return len(batch)
+
+    def delay(self, queue_url: str, receipt_handle: str, seconds: int) -> None:
+        self.delays.append((queue_url, receipt_handle, seconds))
+
+    def take(self, queue_url: str) -> list[dict[str, Any]]:
+        return self.sent.pop(queue_url, [])
+
+
+class FakeKms:
+    """Reversible 'encryption' that still checks the encryption context, as KMS does."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate_data_key(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls += 1
+        plain = os.urandom(32)
+        return {"Plaintext": plain, "CiphertextBlob": self._wrap(plain, kwargs.get("EncryptionContext"))}
+
+    def encrypt(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls += 1
+        return {"CiphertextBlob": self._wrap(kwargs["Plaintext"], kwargs.get("EncryptionContext"))}
+
+    def decrypt(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls += 1
+        blob = json.loads(kwargs["CiphertextBlob"])
+        if blob["context"] != kwargs.get("EncryptionContext"):
+            raise ClientError({"Error": {"Code": "InvalidCiphertextException", "Message": ""}}, "Decrypt")
+        return {"Plaintext": bytes.fromhex(blob["plain"])}
+
+    @staticmethod
+    def _wrap(plain: bytes, context: Any) -> bytes:
+        return json.dumps({"plain": plain.hex(), "context": context}).encode()
+
+
+class FakeS3:
+    """head_object / get_object with Range and IfMatch over objects held in memory."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+
+    def put(self, bucket: str, key: str, data: bytes) -> str:
+        self.objects[(bucket, key)] = data
+        return self.etag(bucket, key)
+
+    def etag(self, bucket: str, key: str) -> str:
+        import hashlib
+
+        return '"' + hashlib.md5(self.objects[(bucket, key)]).hexdigest() + '"'  # noqa: S324 - like S3
+
+    def _object(self, bucket: str, key: str, if_match: str | None) -> bytes:
+        if (bucket, key) not in self.objects:
+            raise ClientError(
+                {"Error": {"Code": "NoSuchKey"}, "ResponseMetadata": {"HTTPStatusCode": 404}}, "Get"
+            )
+        if if_match and if_match != self.etag(bucket, key):
+            raise ClientError(
+                {"Error": {"Code": "PreconditionFailed"}, "ResponseMetadata": {"HTTPStatusCode": 412}}, "Get"
+            )
+        return self.objects[(bucket, key)]
+
+    def head_object(self, Bucket: str, Key: str, IfMatch: str | None = None) -> dict[str, Any]:
+        data = self._object(Bucket, Key, IfMatch)
+        return {"ContentLength": len(data), "ETag": self.etag(Bucket, Key)}
+
+    def get_object(
+        self, Bucket: str, Key: str, Range: str | None = None, IfMatch: str | None = None
+    ) -> dict[str, Any]:
+        data = self._object(Bucket, Key, IfMatch)
+        if Range:
+            start, end = (int(x) for x in Range.removeprefix("bytes=").split("-"))
+            data = data[start : end + 1]
+        return {"Body": io.BytesIO(data), "ContentLength": len(data)}
+
+
+class FakeSender:
+    def __init__(self) -> None:
+        self.sent: list[Email] = []
+
+    def send(self, email: Email) -> str:
+        self.sent.append(email)
+        return f"msg-{len(self.sent)}"
+
+
+def fake_services(
+    *, verifier: Any = None, badgr: Any = None, settings: Settings | None = None
+) -> tuple[Services, InMemoryStore, FakeQueue, FakeS3, FakeSender]:
+    settings = settings or Settings.model_validate(
+        {
+            "CHUNK_QUEUE_URL": "chunk",
+            "VERIFY_QUEUE_URL": "verify",
+            "NOTIFY_QUEUE_URL": "notify",
+            "MIGRATE_QUEUE_URL": "migrate",
+            "LEARNERS_PER_CHUNK": 3,
+            "PUBLIC_BASE_URL": "https://badges.example.org",
+        }
+    )
+    store, queue, s3, sender, kms = InMemoryStore(), FakeQueue(), FakeS3(), FakeSender(), FakeKms()
+    services = Services(
+        settings=settings,
+        store=store,
+        queue=queue,
+        s3=s3,
+        emails=EmailCipher(kms, "key"),
+        tokens=TokenVault(kms, "key"),
+        link_secret=lambda: b"k" * 32,
+        sender=sender,
+        rate=RateLimiter(1000.0, sleep=lambda _s: None),
+        verifier_factory=lambda: verifier,
+        badgr_factory=lambda: badgr,
+    )
+    return services, store, queue, s3, sender

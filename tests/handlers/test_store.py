@@ -1,0 +1,83 @@
+"""The DynamoDB store on in-process moto: conditional writes are what keep badges in one state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from backpack_migrate.domain import BadgeRecord, BadgeState, ExportRecord, ExportStatus, LearnerRecord
+from backpack_migrate.store import DynamoStore
+
+pytestmark = pytest.mark.handlers
+
+
+@pytest.fixture
+def store() -> Iterator[DynamoStore]:
+    with mock_aws():
+        dynamodb = boto3.resource("dynamodb", region_name="us-east-1")
+        table = dynamodb.create_table(
+            TableName="t",
+            KeySchema=[
+                {"AttributeName": "PK", "KeyType": "HASH"},
+                {"AttributeName": "SK", "KeyType": "RANGE"},
+            ],
+            AttributeDefinitions=[
+                {"AttributeName": name, "AttributeType": "S"} for name in ("PK", "SK", "GSI1PK", "GSI1SK")
+            ],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": "GSI1",
+                    "KeySchema": [
+                        {"AttributeName": "GSI1PK", "KeyType": "HASH"},
+                        {"AttributeName": "GSI1SK", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        yield DynamoStore(table)
+
+
+def _badge(state: BadgeState = BadgeState.VERIFIED, badge_id: str = "b1") -> BadgeRecord:
+    return BadgeRecord(
+        learner_id="l1", badge_id=badge_id, export_id="e1", file_name=f"{badge_id}.png", state=state
+    )
+
+
+def test_badges_are_written_once_and_move_only_from_expected_states(store: DynamoStore) -> None:
+    assert store.put_badges_if_absent([_badge(), _badge(badge_id="b2")]) == 2
+    assert store.put_badges_if_absent([_badge(BadgeState.EXTRACTED)]) == 0
+    assert store.get_badge("l1", "b1").state == BadgeState.VERIFIED  # type: ignore[union-attr]
+    assert store.transition(_badge(BadgeState.QUEUED), [BadgeState.VERIFIED])
+    assert not store.transition(_badge(BadgeState.QUEUED), [BadgeState.VERIFIED])
+    assert store.transition(_badge(BadgeState.IMPORTED), [BadgeState.QUEUED])
+    assert [b.state for b in store.list_badges("l1")] == [BadgeState.IMPORTED, BadgeState.VERIFIED]
+    assert {b.badge_id for b in store.iter_export_badges("e1")} == {"b1", "b2"}
+
+
+def test_exports_learners_tokens_and_sessions(store: DynamoStore) -> None:
+    export = ExportRecord(
+        export_id="e1", bucket="b", key="exports/a.zip", etag="x", status=ExportStatus.READING
+    )
+    assert store.put_export_if_absent(export)
+    assert not store.put_export_if_absent(export)
+    store.save_export(export.model_copy(update={"status": ExportStatus.CHUNKED}))
+    assert [e.status for e in store.list_exports()] == [ExportStatus.CHUNKED]
+    learner = LearnerRecord(learner_id="l1", export_id="e1", email_ciphertext="c")
+    assert store.put_learner_if_absent(learner)
+    assert not store.put_learner_if_absent(learner)
+    assert [item.learner_id for item in store.iter_export_learners("e1")] == ["l1"]
+    assert store.save_token("l1", "ct1", 1)
+    assert not store.save_token("l1", "ct-lost-race", 1)
+    assert store.save_token("l1", "ct2", 2)
+    assert store.get_token("l1") == ("ct2", 2)
+    store.put_session("s1", {"learner_id": "l1"}, 60)
+    assert store.get_session("s1") == {"learner_id": "l1"}
+    store.put_session("s2", {"learner_id": "l1"}, -1)
+    assert store.get_session("s2") is None
+    item = store._table.get_item(Key={"PK": "LEARNER#l1", "SK": "META"})["Item"]
+    assert "@" not in str(item)
