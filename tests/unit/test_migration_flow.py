@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -61,7 +62,19 @@ class ScriptedBadgr:
         )
 
 
-def run_world(badgr: ScriptedBadgr | None = None, missing: bool = False) -> tuple[Any, ...]:
+@dataclass
+class World:
+    svc: Any
+    store: Any
+    queue: Any
+    s3: Any
+    sender: Any
+    export: Any
+    badgr: ScriptedBadgr
+    chunks: list[ChunkJob]
+
+
+def run_world(badgr: ScriptedBadgr | None = None, missing: bool = False) -> World:
     ana = [hosted_assertion("a1", ANA), hosted_assertion("a2", ANA), hosted_assertion("gone", ANA)]
     ben = [hosted_assertion("b1", BEN.lower())]
     served = issuer_documents(["a1", "a2", "b1"])
@@ -82,60 +95,61 @@ def run_world(badgr: ScriptedBadgr | None = None, missing: bool = False) -> tupl
     svc, store, queue, s3, sender = fake_services(verifier=Verifier(fetcher(served)), badgr=badgr)
     etag = s3.put("exports-bucket", "exports/backpack.zip", data)
     export = read_export(svc, "exports-bucket", "exports/backpack.zip", etag, len(data))
-    for job in queue.take("chunk"):
-        process_chunk(svc, ChunkJob.model_validate(job), lambda: 600_000)
+    chunks = [ChunkJob.model_validate(job) for job in queue.take("chunk")]
+    for chunk in chunks:
+        process_chunk(svc, chunk, lambda: 600_000)
     for job in queue.take("verify"):
         verify_learner(svc, job["learner_id"])
     for job in queue.take("notify"):
         send_notice(svc, job)
-    return svc, store, queue, s3, sender, export, badgr
+    return World(svc, store, queue, s3, sender, export, badgr, chunks)
 
 
 def test_an_export_becomes_learners_badges_verdicts_and_one_email_each() -> None:
-    svc, store, queue, _, sender, export, _ = run_world(missing=True)
-    assert export.status == ExportStatus.CHUNKED
-    assert export.learner_count == 3
-    assert sorted(email.to for email in sender.sent) == [
+    w = run_world(missing=True)
+    assert w.export.status == ExportStatus.CHUNKED
+    assert w.export.learner_count == 3
+    assert sorted(email.to for email in w.sender.sent) == [
         "ana@example.org",
         "ben@example.org",
         "carl@example.org",
     ]
-    assert all("/l/" in email.text for email in sender.sent)
-    states = {b.file_name: b for b in store.badges.values()}
+    assert all("/l/" in email.text for email in w.sender.sent)
+    states = {b.file_name: b for b in w.store.badges.values()}
     assert states["a1.png"].state == BadgeState.VERIFIED and states["a1.png"].verdict.valid  # type: ignore[union-attr]
     assert states["a1.png"].verdict.name == "Badge a1"  # type: ignore[union-attr]
     assert states["gone.png"].verdict.certain_to_fail  # type: ignore[union-attr]
     assert states["notes.txt"].state == BadgeState.UNREADABLE
     assert states["nowhere.png"].state == BadgeState.UNREADABLE
     assert states["nowhere.png"].problem.code == "FILE_MISSING"  # type: ignore[union-attr]
-    assert all("@" not in learner.email_ciphertext for learner in store.learners.values())
+    assert all("@" not in learner.email_ciphertext for learner in w.store.learners.values())
 
 
 def test_the_same_export_read_twice_changes_nothing_and_sends_no_second_email() -> None:
-    svc, store, queue, s3, sender, export, _ = run_world()
-    before = {k: b.state for k, b in store.badges.items()}
-    again = read_export(svc, export.bucket, export.key, export.etag, export.size)
-    assert again.export_id == export.export_id
-    assert queue.take("chunk") == []
-    assert {k: b.state for k, b in store.badges.items()} == before
+    w = run_world()
+    before = {k: b.state for k, b in w.store.badges.items()}
+    again = read_export(w.svc, w.export.bucket, w.export.key, w.export.etag, w.export.size)
+    assert again.export_id == w.export.export_id
+    assert w.queue.take("chunk") == []
+    assert {k: b.state for k, b in w.store.badges.items()} == before
 
 
 def test_a_chunk_replayed_after_a_crash_skips_what_is_on_record() -> None:
-    svc, store, queue, s3, sender, export, _ = run_world()
-    learners = list(store.learners.values())
-    job = ChunkJob(export_id=export.export_id, chunk=0, learners=[])
-    assert process_chunk(svc, job, lambda: 600_000) is None
-    count = len(store.badges)
-    # Replaying a whole chunk: put-if-absent leaves verified badges verified.
-    assert learners and count == 5
+    w = run_world()
+    before = {key: badge.model_dump() for key, badge in w.store.badges.items()}
+    for chunk in w.chunks:
+        process_chunk(w.svc, chunk, lambda: 600_000)
+    assert {key: badge.model_dump() for key, badge in w.store.badges.items()} == before
+    # The replay queues the follow-ups again; their idempotency keys make them no-ops.
+    assert len(w.queue.take("notify")) == 2
 
 
 def test_a_chunk_short_of_time_hands_the_rest_to_a_new_job() -> None:
-    svc, store, queue, s3, sender, export, _ = run_world()
-    learner = next(iter(store.learners.values()))
+    w = run_world()
+    learner = next(iter(w.store.learners.values()))
     job = ChunkJob.model_validate(
         {
-            "export_id": export.export_id,
+            "export_id": w.export.export_id,
             "chunk": 9,
             "learners": [
                 {"learner_id": learner.learner_id, "email_ciphertext": learner.email_ciphertext, "files": []}
@@ -144,9 +158,9 @@ def test_a_chunk_short_of_time_hands_the_rest_to_a_new_job() -> None:
         }
     )
     times = iter([600_000, 1_000])
-    left = process_chunk(svc, job, lambda: next(times))
+    left = process_chunk(w.svc, job, lambda: next(times))
     assert left is not None and len(left.learners) == 1
-    assert queue.take("chunk") == [left.model_dump()]
+    assert w.queue.take("chunk") == [left.model_dump()]
 
 
 def _connect(svc: Any, store: Any, email: str) -> str:
@@ -179,63 +193,63 @@ def _drain(svc: Any, queue: Any, receive_count: int = 1) -> list[RetryLater]:
 
 
 def test_every_badge_ends_in_exactly_one_final_state_and_a_summary_follows() -> None:
-    svc, store, queue, s3, sender, export, badgr = run_world()
-    ana = _connect(svc, store, ANA)
-    assert _drain(svc, queue) == []
-    states = {b.file_name: b.state for b in store.list_badges(ana)}
+    w = run_world()
+    ana = _connect(w.svc, w.store, ANA)
+    assert _drain(w.svc, w.queue) == []
+    states = {b.file_name: b.state for b in w.store.list_badges(ana)}
     assert states == {
         "a1.png": BadgeState.IMPORTED,
         "a2.png": BadgeState.IMPORTED,
         "gone.png": BadgeState.REJECTED,  # never sent: its issuer site is gone
         "notes.txt": BadgeState.UNREADABLE,
     }
-    sent_forms = [sorted(k for k in imp if k != "token") for imp in badgr.imports]
+    sent_forms = [sorted(k for k in imp if k != "token") for imp in w.badgr.imports]
     assert sent_forms == [["url"], ["url"]]
-    gone = next(b for b in store.list_badges(ana) if b.file_name == "gone.png")
+    gone = next(b for b in w.store.list_badges(ana) if b.file_name == "gone.png")
     assert gone.problem is not None and gone.problem.code == "ASSERTION_NOT_FOUND"
     assert gone.badgr is None
-    summary = queue.take("notify")
+    summary = w.queue.take("notify")
     assert summary == [
-        {"kind": "summary", "learner_id": ana, "requested_at": store.learners[ana].migration_requested_at}
+        {"kind": "summary", "learner_id": ana, "requested_at": w.store.learners[ana].migration_requested_at}
     ]
-    send_notice(svc, summary[0])
-    assert "2 of 4" in sender.sent[-1].text
-    report = export_report(store, export)
+    send_notice(w.svc, summary[0])
+    assert "2 of 4" in w.sender.sent[-1].text
+    report = export_report(w.store, w.export)
     assert report["badges_by_state"]["imported"] == 2
 
 
 def test_a_replayed_import_job_does_not_import_twice() -> None:
-    svc, store, queue, s3, sender, export, badgr = run_world()
-    _connect(svc, store, BEN)
-    jobs = queue.take("migrate")
+    w = run_world()
+    _connect(w.svc, w.store, BEN)
+    jobs = w.queue.take("migrate")
     for job in jobs + jobs:
-        import_badge(svc, job["learner_id"], job["badge_id"], 1)
-    assert len(badgr.imports) == 1
+        import_badge(w.svc, job["learner_id"], job["badge_id"], 1)
+    assert len(w.badgr.imports) == 1
 
 
 def test_badgr_failures_retry_then_dead_letter_and_the_record_says_so() -> None:
     url = hosted_assertion("b1", BEN.lower())["id"]
     badgr = ScriptedBadgr({url: ["retry"] * 5})
-    svc, store, queue, s3, sender, export, _ = run_world(badgr)
-    ben = _connect(svc, store, BEN)
-    jobs = queue.take("migrate")
+    w = run_world(badgr)
+    ben = _connect(w.svc, w.store, BEN)
+    jobs = w.queue.take("migrate")
     for attempt in range(1, 6):
         with pytest.raises(RetryLater):
-            import_badge(svc, jobs[0]["learner_id"], jobs[0]["badge_id"], attempt)
-        state = store.list_badges(ben)[0].state
+            import_badge(w.svc, jobs[0]["learner_id"], jobs[0]["badge_id"], attempt)
+        state = w.store.list_badges(ben)[0].state
         assert state == (BadgeState.DEAD_LETTERED if attempt == 5 else BadgeState.FAILED_RETRYABLE)
-    assert store.list_badges(ben)[0].state in FINAL_STATES
+    assert w.store.list_badges(ben)[0].state in FINAL_STATES
 
 
 def test_an_expired_access_token_is_refreshed_and_the_new_one_stored() -> None:
     url = hosted_assertion("b1", BEN.lower())["id"]
     badgr = ScriptedBadgr({url: ["unauthorized", "imported"]})
-    svc, store, queue, s3, sender, export, _ = run_world(badgr)
-    ben = _connect(svc, store, BEN)
-    assert _drain(svc, queue) == []
-    assert [imp["token"] for imp in badgr.imports] == ["access1", "access2"]
-    assert store.tokens[ben][1] == 2
-    assert store.list_badges(ben)[0].state == BadgeState.IMPORTED
+    w = run_world(badgr)
+    ben = _connect(w.svc, w.store, BEN)
+    assert _drain(w.svc, w.queue) == []
+    assert [imp["token"] for imp in w.badgr.imports] == ["access1", "access2"]
+    assert w.store.tokens[ben][1] == 2
+    assert w.store.list_badges(ben)[0].state == BadgeState.IMPORTED
 
 
 @pytest.mark.parametrize(
@@ -248,10 +262,10 @@ def test_an_expired_access_token_is_refreshed_and_the_new_one_stored() -> None:
 )
 def test_badgr_answers_become_states_with_badgr_words_kept(outcome: str, state: BadgeState) -> None:
     url = hosted_assertion("b1", BEN.lower())["id"]
-    svc, store, queue, s3, sender, export, _ = run_world(ScriptedBadgr({url: [outcome]}))
-    ben = _connect(svc, store, BEN)
-    _drain(svc, queue)
-    badge = store.list_badges(ben)[0]
+    w = run_world(ScriptedBadgr({url: [outcome]}))
+    ben = _connect(w.svc, w.store, BEN)
+    _drain(w.svc, w.queue)
+    badge = w.store.list_badges(ben)[0]
     assert badge.state == state
     assert badge.badgr is not None
     if state == BadgeState.REJECTED:
@@ -259,9 +273,9 @@ def test_badgr_answers_become_states_with_badgr_words_kept(outcome: str, state: 
 
 
 def test_an_export_that_is_not_a_zip_is_recorded_as_failed_with_a_clear_error() -> None:
-    svc, store, queue, s3, sender, export, _ = run_world()
-    etag = s3.put("exports-bucket", "exports/bad.zip", b"this is not a zip file at all")
-    failed = read_export(svc, "exports-bucket", "exports/bad.zip", etag, 29)
+    w = run_world()
+    etag = w.s3.put("exports-bucket", "exports/bad.zip", b"this is not a zip file at all")
+    failed = read_export(w.svc, "exports-bucket", "exports/bad.zip", etag, 29)
     assert failed.status == ExportStatus.FAILED
     assert failed.problems[0].code == "NOT_A_ZIP"
     assert failed.export_id == export_id_for("exports-bucket", "exports/bad.zip", etag)
