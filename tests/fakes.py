@@ -12,6 +12,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from backpack_migrate.badgr import ImportResult, Tokens
 from backpack_migrate.config import Settings
 from backpack_migrate.crypto import EmailCipher, TokenVault
 from backpack_migrate.domain import BadgeRecord, BadgeState, ExportRecord, LearnerRecord
@@ -234,3 +235,36 @@ def fake_services(
         badgr_factory=lambda: badgr,
     )
     return services, store, queue, s3, sender
+
+
+class ScriptedBadgr:
+    """Answers like the Badgr client: per assertion URL, or 'imported' by default."""
+
+    def __init__(self, script: dict[str, list[str]] | None = None) -> None:
+        self.script = script or {}
+        self.imports: list[dict[str, Any]] = []
+        self.refreshes = 0
+
+    def import_badge(self, access_token: str, **form: Any) -> ImportResult:
+        self.imports.append({"token": access_token, **form})
+        key = form.get("url") or "image"
+        outcomes = self.script.get(key)
+        outcome = outcomes.pop(0) if outcomes else "imported"
+        status = {"imported": 201, "pending": 201, "already_in_badgr": 400, "rejected": 400}.get(outcome, 503)
+        codes = {"already_in_badgr": ["DUPLICATE_BADGE"], "rejected": ["VERIFY_RECIPIENT_IDENTIFIER"]}
+        return ImportResult(
+            outcome=outcome,  # type: ignore[arg-type]
+            status=401 if outcome == "unauthorized" else status,
+            entity_id="E1" if status == 201 else None,
+            codes=codes.get(outcome, []),
+            reason=f"reason for {outcome}",
+        )
+
+    def refresh(self, refresh_token: str) -> Tokens:
+        self.refreshes += 1
+        return Tokens(
+            access_token=f"access{self.refreshes + 1}",
+            refresh_token=f"refresh{self.refreshes + 1}",
+            expires_at=0,
+            scope="rw:backpack",
+        )

@@ -63,7 +63,9 @@ def _now_iso() -> str:
 
 
 def open_export(svc: Services, export: ExportRecord) -> S3RangeReader:
-    return S3RangeReader(svc.s3, export.bucket, export.key, etag=export.etag)
+    # S3 events carry the ETag bare; If-Match wants it quoted.
+    etag = '"' + export.etag.strip('"') + '"'
+    return S3RangeReader(svc.s3, export.bucket, export.key, etag=etag, size=export.size or None)
 
 
 def read_export(svc: Services, bucket: str, key: str, etag: str, size: int) -> ExportRecord:

@@ -1,0 +1,1204 @@
+"""A local stand-in for the Badgr server, answering the way the real one does.
+
+It covers what the migration service calls: the web app's OAuth2 authorize page (and the JSON
+API behind it), the token endpoint with its throttle, ``/v2/backpack/import``,
+``/v2/backpack/assertions`` and ``/v2/users/self``. Outcomes of an import are decided from the
+same facts the real server uses: it unbakes images, fetches hosted assertions (and their badge
+class and issuer) over HTTP, and compares the recipient with every email of the account.
+
+Run it alone with ``python -m infra.local.badgr_sandbox`` (prints its URL and a demo account).
+Only ever listens on 127.0.0.1. It is a tool for tests and demos, not deployed code.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import html
+import importlib
+import ipaddress
+import json
+import math
+import re
+import secrets
+import struct
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.cookies import SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+ALL_SCOPES = ("r:profile", "rw:profile", "r:backpack", "rw:backpack", "rw:issuer")
+SESSION_COOKIE = "badgr_sandbox_session"
+ACCESS_TOKEN_SECONDS = 86400
+CODE_SECONDS = 60.0
+SERVER_ERROR_PAGE = "<h1>Server Error (500)</h1>"
+
+
+class LoggedRequest(NamedTuple):
+    method: str
+    path: str  # without the query string, so no code or secret lands here
+    status: int
+
+
+@dataclass
+class Account:
+    username: str
+    password: str
+    emails: list[list[Any]]  # [email, verified]
+    entity_id: str
+    first_name: str = "Sandbox"
+    last_name: str = "Learner"
+
+
+@dataclass
+class StoredAssertion:
+    entity_id: str
+    username: str
+    open_badge_id: str
+    matched_email: str
+    badge: dict[str, Any]
+    issuer: dict[str, Any]
+    assertion: dict[str, Any]
+    created_at: float
+    salt: str = field(default_factory=lambda: secrets.token_hex(16))
+
+
+@dataclass
+class _Grant:
+    username: str
+    client_id: str
+    scope: str
+    expires_at: float = 0.0
+    pair: str = ""  # the refresh token of an access token, or the access token of a refresh token
+
+
+@dataclass
+class _Code:
+    username: str
+    client_id: str
+    redirect_uri: str
+    scope: str
+    challenge: str | None
+    method: str | None
+    expires_at: float
+
+
+@dataclass
+class _Failure:
+    status: int
+    delay: float
+
+
+class _RejectionError(Exception):
+    """An import refused by the validator: carries the flattened ``validationErrors`` list."""
+
+    def __init__(self, errors: list[Any]) -> None:
+        super().__init__(str(errors[:2]))
+        self.errors = errors
+
+
+def _flat(code: str, description: str, node: str = "_:b0", level: str = "ERROR") -> list[str]:
+    return [code, description, level, node]
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _entity_id() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode("ascii")
+
+
+def _stable_id(value: str) -> str:
+    digest = hashlib.sha256(value.encode("utf-8")).digest()[:16]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+# ------------------------------------------------------------------ unbaking (fallback only)
+
+
+def _local_unbake(data: bytes) -> str:
+    """A minimal PNG iTXt/tEXt and SVG reader, used only when the project's unbaker is absent."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        pos = 8
+        while pos + 8 <= len(data):
+            (length,) = struct.unpack(">I", data[pos : pos + 4])
+            kind = data[pos + 4 : pos + 8]
+            chunk = data[pos + 8 : pos + 8 + length]
+            pos += 12 + length
+            if kind == b"iTXt" and chunk.startswith(b"openbadges\x00"):
+                rest = chunk[len(b"openbadges\x00") :]
+                compressed, rest = rest[0], rest[2:]
+                _lang, _, rest = rest.partition(b"\x00")
+                _translated, _, text = rest.partition(b"\x00")
+                return (zlib.decompress(text) if compressed else text).decode("utf-8")
+            if kind == b"tEXt" and chunk.startswith(b"openbadges\x00"):
+                return chunk[len(b"openbadges\x00") :].decode("latin-1")
+            if kind == b"IEND":
+                break
+        raise ValueError("the PNG holds no openbadges chunk")
+    svg = data.decode("utf-8", errors="replace")
+    match = re.search(r"<openbadges:assertion\b([^>]*?)(/>|>(.*?)</openbadges:assertion>)", svg, re.S)
+    if not match:
+        raise ValueError("not a baked PNG or SVG")
+    inner = (match.group(3) or "").strip()
+    if inner.startswith("<![CDATA[") and inner.endswith("]]>"):
+        inner = inner[9:-3].strip()
+    if inner:
+        return html.unescape(inner)
+    verify = re.search(r'verify\s*=\s*"([^"]*)"', match.group(1))
+    if verify:
+        return html.unescape(verify.group(1))
+    raise ValueError("the SVG assertion element is empty")
+
+
+def unbake(data: bytes) -> str:
+    """The project's unbaker when it is installed, else the small local fallback."""
+    try:
+        module = importlib.import_module("backpack_migrate.openbadges")
+        project_unbake: Callable[[bytes], str] = module.unbake
+        error_type: type[Exception] = module.UnbakeError
+    except (ImportError, AttributeError):
+        return _local_unbake(data)
+    try:
+        return project_unbake(data)
+    except error_type as exc:
+        raise ValueError(str(exc)) from exc
+
+
+# ------------------------------------------------------------------ recipient matching
+
+
+def _hash_matches(identity: str, salt: str, email: str) -> bool:
+    algorithm, _, digest = identity.partition("$")
+    algorithm = algorithm.lower()
+    if algorithm not in ("sha256", "md5") or not digest:
+        return False
+    for variant in {email, email.lower()}:
+        computed = hashlib.new(algorithm, (variant + salt).encode("utf-8")).hexdigest()
+        if computed.lower() == digest.lower():
+            return True
+    return False
+
+
+def _recipient_matches(assertion: dict[str, Any], email: str) -> bool:
+    recipient = assertion.get("recipient")
+    if isinstance(recipient, str):  # 0.5: the email, or "sha256$..." with a top-level salt
+        salt = str(assertion.get("salt") or "")
+        if "$" in recipient and "@" not in recipient:
+            return _hash_matches(recipient, salt, email)
+        return recipient.strip().lower() == email.lower()
+    if not isinstance(recipient, dict):
+        return False
+    kind = str(recipient.get("type") or "email").lower()
+    if kind != "email":
+        return False
+    identity = str(recipient.get("identity") or "")
+    if recipient.get("hashed") in (True, "true", "True") or identity.startswith(("sha256$", "md5$")):
+        return _hash_matches(identity, str(recipient.get("salt") or ""), email)
+    return identity.strip().lower() == email.lower()
+
+
+# ------------------------------------------------------------------ the sandbox
+
+
+class BadgrSandbox:
+    """An in-memory Badgr server on 127.0.0.1 with one registered OAuth2 application."""
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        redirect_uris: list[str],
+        fetch_allow_loopback: bool = True,
+        *,
+        allowed_scopes: Iterable[str] = ALL_SCOPES,
+        backoff_base: float = 1.0,
+        backoff_max: float = 3600.0,
+        code_lifetime: float = CODE_SECONDS,
+        fetch_timeout: float = 5.0,
+        port: int = 0,
+        app_name: str = "Backpack migration",
+    ) -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.redirect_uris = list(redirect_uris)
+        self.fetch_allow_loopback = fetch_allow_loopback
+        self.allowed_scopes = tuple(allowed_scopes)
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.code_lifetime = code_lifetime
+        self.fetch_timeout = fetch_timeout
+        self.app_name = app_name
+        self._port = port
+        self._lock = threading.RLock()
+        self._accounts: dict[str, Account] = {}
+        self._assertions: list[StoredAssertion] = []
+        self._codes: dict[str, _Code] = {}
+        self._access: dict[str, _Grant] = {}
+        self._refresh: dict[str, _Grant] = {}
+        self._sessions: dict[str, str] = {}
+        self._backoff: dict[str, tuple[int, float]] = {}
+        self._failures: dict[str, list[_Failure]] = {}
+        self._log: list[LoggedRequest] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------- life cycle
+
+    def start(self) -> str:
+        if self._server is not None:
+            return self.url
+        handler = type("BoundBadgrHandler", (_Handler,), {"sandbox": self})
+        server = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
+        server.daemon_threads = True
+        server.block_on_close = False
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="badgr-sandbox", daemon=True
+        )
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> BadgrSandbox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the sandbox is not running")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def authorize_endpoint(self) -> str:
+        """The web app's authorize page (the real one lives on Badgr's UI origin)."""
+        return f"{self.url}/auth/oauth2/authorize"
+
+    # ---------------------------------------------------------- set-up and inspection
+
+    def add_account(self, username: str, password: str, emails: list[tuple[str, bool]]) -> str:
+        """Register a learner; returns its entityId. ``emails`` are ``(email, verified)`` pairs."""
+        with self._lock:
+            account = Account(
+                username=username,
+                password=password,
+                emails=[[email, bool(verified)] for email, verified in emails],
+                entity_id=_entity_id(),
+            )
+            self._accounts[username] = account
+            return account.entity_id
+
+    def set_email(self, username: str, email: str, verified: bool = True) -> None:
+        """Add an email to an account, or change whether it is verified."""
+        with self._lock:
+            account = self._accounts[username]
+            for entry in account.emails:
+                if entry[0].lower() == email.lower():
+                    entry[1] = verified
+                    return
+            account.emails.append([email, verified])
+
+    def issue_token(self, username: str, scope: str = "rw:backpack rw:profile") -> dict[str, Any]:
+        """Tokens for a learner without the browser dance (for tests and demos)."""
+        with self._lock:
+            return self._new_tokens(username, self.client_id, scope)
+
+    def assertions_of(self, username: str) -> list[dict[str, Any]]:
+        """Everything in a learner's backpack, accepted and pending."""
+        with self._lock:
+            return [self._render(item) for item in self._assertions if item.username == username]
+
+    @property
+    def request_log(self) -> list[LoggedRequest]:
+        with self._lock:
+            return list(self._log)
+
+    def fail_next(self, path: str, status: int, count: int = 1, delay: float = 0) -> None:
+        """Make the next ``count`` requests to ``path`` wait ``delay`` seconds, then answer ``status``.
+
+        ``status=0`` only delays: the request is then served normally (to test client timeouts).
+        """
+        path = path.split("?", 1)[0].rstrip("/") or "/"
+        with self._lock:
+            self._failures.setdefault(path, []).extend(_Failure(status, delay) for _ in range(count))
+
+    def reset_throttle(self) -> None:
+        with self._lock:
+            self._backoff.clear()
+
+    # ---------------------------------------------------------- internals used by the handler
+
+    def _take_failure(self, path: str) -> _Failure | None:
+        with self._lock:
+            queue = self._failures.get(path)
+            return queue.pop(0) if queue else None
+
+    def _record(self, method: str, path: str, status: int) -> None:
+        with self._lock:
+            self._log.append(LoggedRequest(method, path, status))
+
+    def _new_tokens(self, username: str, client_id: str, scope: str) -> dict[str, Any]:
+        access, refresh = secrets.token_urlsafe(30), secrets.token_urlsafe(30)
+        self._access[access] = _Grant(
+            username, client_id, scope, expires_at=_now() + ACCESS_TOKEN_SECONDS, pair=refresh
+        )
+        self._refresh[refresh] = _Grant(username, client_id, scope, pair=access)
+        return {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": ACCESS_TOKEN_SECONDS,
+            "refresh_token": refresh,
+            "scope": scope,
+        }
+
+    def _grant_for(self, token: str) -> _Grant | None:
+        with self._lock:
+            grant = self._access.get(token)
+            if grant is None:
+                return None
+            if grant.expires_at <= _now():
+                del self._access[token]
+                return None
+            grant.expires_at = _now() + ACCESS_TOKEN_SECONDS  # sliding
+            return grant
+
+    def _throttle_key(self, ip: str, username: str | None) -> str:
+        return f"user:{username}" if username else f"ip:{ip}"
+
+    def _throttled_for(self, key: str) -> float | None:
+        with self._lock:
+            entry = self._backoff.get(key)
+            if entry is None:
+                return None
+            remaining = entry[1] - _now()
+            return remaining if remaining > 0 else None
+
+    def _bump(self, key: str) -> None:
+        with self._lock:
+            count = self._backoff.get(key, (0, 0.0))[0] + 1
+            wait = min(self.backoff_base * 2**count, self.backoff_max)
+            self._backoff[key] = (count, _now() + wait)
+
+    def _clear_backoff(self, key: str) -> None:
+        with self._lock:
+            self._backoff.pop(key, None)
+
+    def _check_scope(self, requested: str) -> str | None:
+        scopes = [s for s in requested.split() if s]
+        if any(s not in self.allowed_scopes for s in scopes):
+            return None
+        return " ".join(scopes) if scopes else " ".join(self.allowed_scopes)
+
+    # ---------------------------------------------------------- import
+
+    def _fetch_json(self, url: str) -> dict[str, Any]:
+        """GET a hosted document; like Badgr, the HTTP status is ignored when the body is JSON."""
+        host = urlsplit(url).hostname or ""
+        if not self.fetch_allow_loopback and _is_loopback(host):
+            raise _RejectionError(_flat("FETCH_HTTP_NODE", "Unable to reach URL", url))
+        request = urllib.request.Request(
+            url, headers={"Accept": "application/ld+json, application/json, */*"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.fetch_timeout) as response:
+                body = response.read(2_000_000)
+        except urllib.error.HTTPError as exc:
+            body = exc.read(2_000_000) if exc.fp is not None else b""
+        except (OSError, ValueError):
+            raise _RejectionError(_flat("FETCH_HTTP_NODE", "Unable to reach URL", url)) from None
+        try:
+            document = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise _RejectionError(_flat("FETCH_HTTP_NODE", "Unable to reach URL", url)) from None
+        if not isinstance(document, dict):
+            raise _RejectionError(_flat("VALIDATE_PROPERTY", "Fetched document is not a JSON object", url))
+        return document
+
+    def _resolve(self, value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(("http://", "https://")):
+            return self._fetch_json(value)
+        return value
+
+    def _assertion_from_text(self, text: str) -> dict[str, Any]:
+        text = text.strip()
+        if text.startswith(("http://", "https://")):
+            return self._fetch_json(text)
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise _RejectionError(
+                    _flat("DETECT_INPUT_TYPE", "Could not parse the baked badge JSON")
+                ) from None
+            if isinstance(value, dict):
+                return value
+        parts = text.split(".")
+        if len(parts) == 3:  # a compact JWS: read the payload (the signature is not checked here)
+            try:
+                payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+                value = json.loads(payload)
+            except (binascii.Error, ValueError):
+                value = None
+            if isinstance(value, dict):
+                return value
+        raise _RejectionError(_flat("DETECT_INPUT_TYPE", "Could not determine the input type of the badge"))
+
+    def _verify(self, source: str, value: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The assertion, badge class and issuer, fetched and checked like Badgr's validator."""
+        fetched = source == "url"
+        if source == "url":
+            assertion = self._fetch_json(value)
+        elif source == "image":
+            match = re.match(r"^data:([\w.+/-]+)?(;[\w=.-]+)*;base64,(.*)$", str(value), re.S)
+            if not match:
+                raise _RejectionError(_flat("IMAGE_VALIDATION", "Could not read the image data URI"))
+            try:
+                data = base64.b64decode(match.group(3), validate=False)
+                text = unbake(data)
+            except (binascii.Error, ValueError):
+                raise _RejectionError(
+                    _flat("DETECT_INPUT_TYPE", "Could not find baked badge data in the image")
+                ) from None
+            fetched = text.strip().startswith(("http://", "https://"))
+            assertion = self._assertion_from_text(text)
+        elif isinstance(value, dict):
+            assertion = value
+        elif isinstance(value, str):
+            assertion = self._assertion_from_text(value)
+        else:
+            raise _RejectionError(
+                _flat("DETECT_INPUT_TYPE", "Could not determine the input type of the badge")
+            )
+
+        # A hosted badge is always checked against its issuer's copy, whatever form it came in.
+        verify = assertion.get("verify") or assertion.get("verification")
+        hosted_url = None
+        if isinstance(verify, dict) and str(verify.get("type", "")).lower() in ("hosted", "hostedbadge"):
+            for candidate in (assertion.get("id"), verify.get("url")):
+                if isinstance(candidate, str) and candidate.startswith(("http://", "https://")):
+                    hosted_url = candidate
+                    break
+        if hosted_url and not fetched:
+            assertion = self._fetch_json(hosted_url)
+
+        errors: list[str] = []
+        if not assertion.get("recipient"):
+            errors += _flat(
+                "VALIDATE_PROPERTY", "Required property recipient not present in unknown type node _:b0"
+            )
+        if not assertion.get("badge"):
+            errors += _flat(
+                "VALIDATE_PROPERTY", "Required property badge not present in unknown type node _:b0"
+            )
+        if errors:
+            raise _RejectionError(errors)
+        badge = self._resolve(assertion["badge"])
+        if not isinstance(badge, dict):
+            raise _RejectionError(_flat("VALIDATE_PROPERTY", "Property badge is not a BadgeClass"))
+        issuer = self._resolve(badge.get("issuer")) or {}
+        if not isinstance(issuer, dict):
+            raise _RejectionError(_flat("VALIDATE_PROPERTY", "Property issuer is not a Profile"))
+        return assertion, badge, issuer
+
+    def _import(self, username: str, source: str, value: Any) -> tuple[int, dict[str, Any]]:
+        try:
+            assertion, badge, issuer = self._verify(source, value)
+        except _RejectionError as rejection:
+            return 400, _envelope(False, "", validation_errors=rejection.errors)
+        with self._lock:
+            account = self._accounts[username]
+            matched = next(
+                (
+                    email
+                    for email, verified in account.emails
+                    if verified and _recipient_matches(assertion, email)
+                ),
+                None,
+            ) or next((email for email, _ in account.emails if _recipient_matches(assertion, email)), None)
+        if matched is None:
+            profile = {"email": [email for email, _ in account.emails]}
+            errors = [
+                "VERIFY_RECIPIENT_IDENTIFIER",
+                "The recipient does not match any of your verified emails",
+                "VERIFY_RECIPIENT_IDENTIFIER",
+                "False",
+                f"Profile {profile} did not match recipient identity {assertion.get('recipient')}",
+                "ERROR",
+                "_:b0",
+            ]
+            return 400, _envelope(False, "", validation_errors=errors)
+        open_badge_id = str(assertion.get("id") or (value if source == "url" else "") or "")
+        if not open_badge_id:
+            open_badge_id = f"urn:sandbox:{_stable_id(json.dumps(assertion, sort_keys=True))}"
+        with self._lock:
+            if any(a.username == username and a.open_badge_id == open_badge_id for a in self._assertions):
+                return 400, _envelope(
+                    False,
+                    "",
+                    validation_errors=[
+                        {
+                            "name": "DUPLICATE_BADGE",
+                            "description": "You already have this badge in your backpack",
+                        }
+                    ],
+                )
+            stored = StoredAssertion(
+                entity_id=_entity_id(),
+                username=username,
+                open_badge_id=open_badge_id,
+                matched_email=matched,
+                badge=badge,
+                issuer=issuer,
+                assertion=assertion,
+                created_at=_now(),
+            )
+            self._assertions.append(stored)
+            return 201, _envelope(True, "ok", result=[self._render(stored)])
+
+    def _is_pending(self, item: StoredAssertion) -> bool:
+        account = self._accounts.get(item.username)
+        if account is None:
+            return True
+        return not any(email.lower() == item.matched_email.lower() and ok for email, ok in account.emails)
+
+    def _render(self, item: StoredAssertion) -> dict[str, Any]:
+        badge_id = str(item.badge.get("id") or json.dumps(item.badge, sort_keys=True))
+        issuer_id = str(item.issuer.get("id") or json.dumps(item.issuer, sort_keys=True))
+        assertion = item.assertion
+        identity = hashlib.sha256((item.matched_email + item.salt).encode("utf-8")).hexdigest()
+        base = self.url if self._server is not None else "http://127.0.0.1"
+        return {
+            "entityType": "Assertion",
+            "entityId": item.entity_id,
+            "openBadgeId": item.open_badge_id,
+            "createdAt": _iso(item.created_at),
+            "createdBy": None,
+            "badgeclass": _stable_id(badge_id),
+            "badgeclassOpenBadgeId": badge_id,
+            "badgeclassName": item.badge.get("name"),
+            "issuer": _stable_id(issuer_id),
+            "issuerOpenBadgeId": issuer_id,
+            "image": f"{base}/media/uploads/badges/assertion-{item.entity_id}.png",
+            "recipient": {
+                "identity": f"sha256${identity}",
+                "hashed": True,
+                "type": "email",
+                "plaintextIdentity": item.matched_email,
+                "salt": item.salt,
+            },
+            "issuedOn": assertion.get("issuedOn") or assertion.get("issued_on"),
+            "narrative": assertion.get("narrative"),
+            "evidence": [],
+            "revoked": False,
+            "revocationReason": None,
+            "acceptance": "Accepted",
+            "expires": assertion.get("expires"),
+            "pending": self._is_pending(item),
+            "extensions": {},
+        }
+
+    def _list(self, username: str, include_pending: bool) -> list[dict[str, Any]]:
+        with self._lock:
+            items = [a for a in self._assertions if a.username == username]
+            return [self._render(a) for a in items if include_pending or not self._is_pending(a)]
+
+    def _delete(self, username: str, entity_id: str) -> bool:
+        with self._lock:
+            for item in self._assertions:
+                if item.username == username and item.entity_id == entity_id:
+                    self._assertions.remove(item)
+                    return True
+            return False
+
+    def _profile(self, username: str) -> dict[str, Any]:
+        with self._lock:
+            account = self._accounts[username]
+            primary = next((email for email, ok in account.emails if ok), None)
+            return {
+                "entityType": "BadgeUser",
+                "entityId": account.entity_id,
+                "firstName": account.first_name,
+                "lastName": account.last_name,
+                "emails": [
+                    {"email": email, "verified": bool(ok), "primary": email == primary, "caseVariants": []}
+                    for email, ok in account.emails
+                ],
+                "url": [],
+                "telephone": [],
+                "agreedTermsVersion": 1,
+                "hasAgreedToLatestTermsVersion": True,
+                "marketingOptIn": False,
+                "badgrDomain": "127.0.0.1",
+                "hasPasswordSet": True,
+                "recipient": {"identity": primary, "type": "email"} if primary else None,
+            }
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _envelope(
+    success: bool,
+    description: str,
+    *,
+    result: list[Any] | None = None,
+    field_errors: dict[str, Any] | None = None,
+    validation_errors: list[Any] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "status": {"success": success, "description": description},
+        "result": result or [],
+    }
+    if not success:
+        body["fieldErrors"] = field_errors or {}
+        body["validationErrors"] = validation_errors or []
+    return body
+
+
+_URL = re.compile(
+    r"^(?:http|ftp)s?://(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"(?:[A-Za-z]{2,63}|localhost|\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:]+\])(?::\d{1,5})?(?:[/?#][^\s]*)?$"
+)
+
+
+# ------------------------------------------------------------------ HTTP
+
+
+class _Handler(BaseHTTPRequestHandler):
+    sandbox: BadgrSandbox
+    server_version = "BadgrSandbox/1.0"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # the sandbox keeps its own token-free log
+
+    # ---------------------------------------------------------- plumbing
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        self._path = parts.path.rstrip("/") or "/"
+        self._query = parse_qs(parts.query, keep_blank_values=True)
+        self._query_string = parts.query
+        length = int(self.headers.get("Content-Length") or 0)
+        self._body = self.rfile.read(length) if length > 0 else b""
+        self._status = 500
+        try:
+            failure = self.sandbox._take_failure(self._path)
+            if failure is not None:
+                if failure.delay:
+                    time.sleep(failure.delay)
+                if failure.status:
+                    self._injected(failure.status)
+                    return
+            self._route(method)
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        except Exception:
+            self._send(500, SERVER_ERROR_PAGE.encode(), "text/html")
+        finally:
+            self.sandbox._record(method, self._path, self._status)
+
+    def _route(self, method: str) -> None:
+        path = self._path
+        routes: dict[tuple[str, str], Callable[[], None]] = {
+            ("GET", "/auth/oauth2/authorize"): self._authorize_page,
+            ("POST", "/auth/oauth2/authorize"): self._authorize_form,
+            ("GET", "/o/authorize"): self._authorize_describe,
+            ("POST", "/o/authorize"): self._authorize_json,
+            ("POST", "/o/token"): self._token,
+            ("POST", "/v2/backpack/import"): self._import,
+            ("GET", "/v2/backpack/assertions"): self._assertions,
+            ("GET", "/v2/users/self"): self._self,
+        }
+        handler = routes.get((method, path))
+        if handler is not None:
+            handler()
+            return
+        if path == "/o/token":
+            self._send(405, b"", "text/html")
+            return
+        match = re.fullmatch(r"/v2/backpack/assertions/([\w-]+)", path)
+        if match and method in ("GET", "DELETE"):
+            self._assertion_detail(method, match.group(1))
+            return
+        if any(p == path for _, p in routes):
+            self._json(405, {"detail": f'Method "{method}" not allowed.'})
+            return
+        self._send(404, b"<h1>Not Found</h1>", "text/html")
+
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self._status = status
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        accept = self.headers.get("Accept") or ""
+        kind = (
+            "application/json"
+            if "application/json" in accept or not self._path.startswith("/v2")
+            else ("application/ld+json")
+        )
+        self._send(status, json.dumps(body).encode("utf-8"), kind, headers)
+
+    def _html(self, status: int, title: str, inner: str, headers: dict[str, str] | None = None) -> None:
+        page = (
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title></head><body><main>{inner}</main></body></html>"
+        )
+        self._send(status, page.encode("utf-8"), "text/html; charset=utf-8", headers)
+
+    def _injected(self, status: int) -> None:
+        if status == 429:
+            self._json(
+                429,
+                {"detail": "Request was throttled. Expected available in 1 second."},
+                {"Retry-After": "1"},
+            )
+        elif status >= 500:
+            reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+            self._send(status, f"<h1>{status} {reason}</h1>".encode(), "text/html")
+        else:
+            self._json(status, _envelope(False, "injected failure"))
+
+    def _form(self) -> dict[str, str]:
+        fields = parse_qs(self._body.decode("utf-8", errors="replace"), keep_blank_values=True)
+        return {key: values[0] for key, values in fields.items()}
+
+    def _cookie_user(self) -> str | None:
+        cookie = SimpleCookie(self.headers.get("Cookie") or "")
+        morsel = cookie.get(SESSION_COOKIE)
+        if morsel is None:
+            return None
+        with self.sandbox._lock:
+            return self.sandbox._sessions.get(morsel.value)
+
+    def _bearer(self) -> _Grant | None:
+        header = self.headers.get("Authorization") or ""
+        kind, _, token = header.partition(" ")
+        if kind.lower() != "bearer" or not token.strip():
+            return None
+        return self.sandbox._grant_for(token.strip())
+
+    # ---------------------------------------------------------- authorize (web app and JSON API)
+
+    def _authorize_params(self, source: dict[str, str]) -> tuple[dict[str, str], str] | tuple[None, str]:
+        """Checked authorize parameters and the granted scope, or None and the JSON error."""
+        sandbox = self.sandbox
+        if source.get("client_id") != sandbox.client_id:
+            return None, "Invalid client_id parameter value."
+        if source.get("redirect_uri") not in sandbox.redirect_uris:
+            return None, "Mismatching redirect URI."
+        if source.get("response_type", "code") != "code":
+            return None, "unsupported_response_type"
+        method = source.get("code_challenge_method") or ""
+        if source.get("code_challenge") and method not in ("", "S256", "plain"):
+            return None, "Transform algorithm not supported."
+        scope = sandbox._check_scope(source.get("scope", ""))
+        if scope is None:
+            return None, "invalid scope requested"
+        return source, scope
+
+    def _authorize_page(self) -> None:
+        params = {key: values[0] for key, values in self._query.items()}
+        checked, scope_or_error = self._authorize_params(params)
+        if checked is None:
+            self._json(400, {"error": scope_or_error})
+            return
+        self._consent_page(checked, scope_or_error, self._cookie_user(), None)
+
+    def _consent_page(self, params: dict[str, str], scope: str, user: str | None, error: str | None) -> None:
+        keep = ("client_id", "redirect_uri", "response_type", "scope", "state", "code_challenge")
+        hidden = "".join(
+            f"<input type='hidden' name='{name}' value='{html.escape(params.get(name, ''), quote=True)}'>"
+            for name in (*keep, "code_challenge_method")
+        )
+        scopes = "".join(f"<li>{html.escape(s)}</li>" for s in scope.split())
+        sign_in = (
+            f"<p>Signed in as <strong>{html.escape(user)}</strong>.</p>"
+            if user
+            else (
+                "<label for='username'>Email or username</label> <input id='username' name='username' "
+                "autocomplete='username'><br><label for='password'>Password</label> "
+                "<input id='password' name='password' type='password' autocomplete='current-password'><br>"
+            )
+        )
+        problem = f"<p role='alert' class='error'>{html.escape(error)}</p>" if error else ""
+        inner = (
+            f"<h1>Sign in to Badgr</h1><p><strong>{html.escape(self.sandbox.app_name)}</strong> "
+            f"would like to:</p><ul>{scopes}</ul>{problem}"
+            f"<form method='post' action='/auth/oauth2/authorize'>{hidden}{sign_in}"
+            "<button type='submit' name='decision' value='allow' id='allow'>Allow</button> "
+            "<button type='submit' name='decision' value='deny' id='deny'>Deny</button></form>"
+        )
+        self._html(401 if error else 200, "Authorize - Badgr", inner)
+
+    def _authorize_form(self) -> None:
+        form = self._form()
+        checked, scope_or_error = self._authorize_params(form)
+        if checked is None:
+            self._json(400, {"error": scope_or_error})
+            return
+        scope = scope_or_error
+        user = self._cookie_user()
+        headers: dict[str, str] = {}
+        if form.get("username") or not user:
+            with self.sandbox._lock:
+                account = self.sandbox._accounts.get(form.get("username", ""))
+            if account is None or not secrets.compare_digest(account.password, form.get("password", "")):
+                self._consent_page(checked, scope, None, "The email or password you entered is incorrect.")
+                return
+            user = account.username
+            session = secrets.token_urlsafe(24)
+            with self.sandbox._lock:
+                self.sandbox._sessions[session] = user
+            headers["Set-Cookie"] = f"{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax"
+        if form.get("decision") != "allow":
+            self._html(
+                200,
+                "Authorization denied - Badgr",
+                "<h1>Authorization denied</h1><p>You did not allow this application to use your "
+                "Badgr account. You can close this page.</p>",
+                headers,
+            )
+            return
+        headers["Location"] = self._success_url(user, checked, scope)
+        self._send(302, b"", "text/html", headers)
+
+    def _success_url(self, username: str, params: dict[str, str], scope: str) -> str:
+        code = secrets.token_urlsafe(24)
+        challenge = params.get("code_challenge") or None
+        with self.sandbox._lock:
+            self.sandbox._codes[code] = _Code(
+                username=username,
+                client_id=params["client_id"],
+                redirect_uri=params["redirect_uri"],
+                scope=scope,
+                challenge=challenge,
+                method=(params.get("code_challenge_method") or "plain") if challenge else None,
+                expires_at=_now() + self.sandbox.code_lifetime,
+            )
+        query = {"code": code, "scope": scope}
+        if params.get("state"):
+            query["state"] = params["state"]
+        separator = "&" if "?" in params["redirect_uri"] else "?"
+        return f"{params['redirect_uri']}{separator}{urlencode(query)}"
+
+    def _web_user(self) -> str | None:
+        grant = self._bearer()
+        return grant.username if grant is not None else self._cookie_user()
+
+    def _authorize_describe(self) -> None:
+        if self._web_user() is None:
+            self._json(401, {"detail": "Authentication credentials were not provided."})
+            return
+        params = {key: values[0] for key, values in self._query.items()}
+        checked, scope_or_error = self._authorize_params(params)
+        if checked is None:
+            self._json(400, {"error": scope_or_error})
+            return
+        self._json(
+            200,
+            {
+                "application": {"name": self.sandbox.app_name, "client_id": self.sandbox.client_id},
+                "scopes": scope_or_error.split(),
+                "redirect_uri": checked["redirect_uri"],
+                "state": checked.get("state", ""),
+                "response_type": "code",
+            },
+        )
+
+    def _authorize_json(self) -> None:
+        user = self._web_user()
+        if user is None:
+            self._json(401, {"detail": "Authentication credentials were not provided."})
+            return
+        try:
+            data = json.loads(self._body or b"{}")
+        except ValueError:
+            self._json(400, {"error": "invalid_request"})
+            return
+        if not isinstance(data, dict):
+            self._json(400, {"error": "invalid_request"})
+            return
+        params = {key: str(value) for key, value in data.items() if isinstance(value, str)}
+        scopes = data.get("scopes")
+        params["scope"] = " ".join(scopes) if isinstance(scopes, list) else str(data.get("scope", ""))
+        checked, scope_or_error = self._authorize_params(params)
+        if checked is None:
+            self._json(400, {"error": scope_or_error})
+            return
+        if data.get("allow") is not True:
+            self._json(400, {"error": ""})
+            return
+        self._json(200, {"success_url": self._success_url(user, checked, scope_or_error)})
+
+    # ---------------------------------------------------------- token endpoint
+
+    def _token(self) -> None:
+        sandbox = self.sandbox
+        if self._query_string:
+            self._token_answer(
+                None, 400, {"error": "Token grant parameters must be sent in post body, not query parameters"}
+            )
+            return
+        form = self._form()
+        grant_type = form.get("grant_type") or "password"
+        key = sandbox._throttle_key(
+            self.client_address[0], form.get("username") if grant_type == "password" else None
+        )
+        remaining = sandbox._throttled_for(key)
+        if remaining is not None:
+            expires: float = math.ceil(remaining) if remaining >= 1 else round(remaining, 3)
+            self._json(
+                429,
+                {
+                    "error": "login attempts throttled",
+                    "error_description": "Too many login attempts. Please wait and try again.",
+                    "expires": expires,
+                },
+            )
+            return
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        header = self.headers.get("Authorization") or ""
+        if header.lower().startswith("basic "):
+            try:
+                decoded = base64.b64decode(header[6:].strip()).decode("utf-8")
+                client_id, _, client_secret = decoded.partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                client_id = client_secret = None
+        if client_id != sandbox.client_id:
+            self._token_answer(key, 401, {"error": "invalid_client"})
+            return
+        authenticated = client_secret is not None and secrets.compare_digest(
+            client_secret, sandbox.client_secret
+        )
+        if client_secret is not None and not authenticated:
+            self._token_answer(key, 401, {"error": "invalid_client"})
+            return
+        if grant_type == "authorization_code":
+            status, body = self._grant_code(form, authenticated)
+        elif grant_type == "refresh_token":
+            status, body = self._grant_refresh(form, authenticated)
+        elif grant_type == "password":
+            status, body = self._grant_password(form)
+        else:
+            status, body = 400, {"error": "unsupported_grant_type"}
+        self._token_answer(key, status, body)
+
+    def _token_answer(self, key: str | None, status: int, body: dict[str, Any]) -> None:
+        if key is not None:
+            if 200 <= status < 300:
+                self.sandbox._clear_backoff(key)
+            else:
+                self.sandbox._bump(key)
+        elif status >= 400:
+            self.sandbox._bump(self.sandbox._throttle_key(self.client_address[0], None))
+        self._json(status, body, {"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def _grant_code(self, form: dict[str, str], authenticated: bool) -> tuple[int, dict[str, Any]]:
+        sandbox = self.sandbox
+        if not authenticated:
+            return 401, {"error": "invalid_client"}
+        with sandbox._lock:
+            code = sandbox._codes.get(form.get("code", ""))
+            if code is None or code.expires_at <= _now() or code.client_id != sandbox.client_id:
+                return 400, {"error": "invalid_grant"}
+            if form.get("redirect_uri") != code.redirect_uri:
+                return 400, {"error": "invalid_request", "error_description": "Mismatching redirect URI."}
+            if code.challenge:
+                verifier = form.get("code_verifier")
+                if not verifier:
+                    return 400, {"error": "invalid_request", "error_description": "Code verifier required."}
+                if code.method == "S256":
+                    digest = hashlib.sha256(verifier.encode("ascii", errors="replace")).digest()
+                    computed = base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+                else:
+                    computed = verifier
+                if not secrets.compare_digest(computed, code.challenge):
+                    return 400, {"error": "invalid_grant"}
+            del sandbox._codes[form["code"]]
+            return 200, sandbox._new_tokens(code.username, code.client_id, code.scope)
+
+    def _grant_refresh(self, form: dict[str, str], authenticated: bool) -> tuple[int, dict[str, Any]]:
+        sandbox = self.sandbox
+        if not authenticated:
+            return 401, {"error": "invalid_client"}
+        with sandbox._lock:
+            old = sandbox._refresh.get(form.get("refresh_token", ""))
+            if old is None or old.client_id != sandbox.client_id:
+                return 400, {"error": "invalid_grant"}
+            scope = old.scope
+            if form.get("scope"):
+                asked = form["scope"].split()
+                if any(s not in old.scope.split() for s in asked):
+                    return 400, {"error": "invalid_scope"}
+                scope = " ".join(asked)
+            del sandbox._refresh[form["refresh_token"]]
+            sandbox._access.pop(old.pair, None)  # rotation revokes the old access token
+            return 200, sandbox._new_tokens(old.username, old.client_id, scope)
+
+    def _grant_password(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        sandbox = self.sandbox
+        scope = sandbox._check_scope(form.get("scope", ""))
+        if scope is None:
+            return 400, {"error": "invalid scope requested"}
+        with sandbox._lock:
+            account = sandbox._accounts.get(form.get("username", ""))
+            if account is None or not secrets.compare_digest(account.password, form.get("password", "")):
+                return 400, {"error": "invalid_grant", "error_description": "Invalid credentials given."}
+            return 200, sandbox._new_tokens(account.username, sandbox.client_id, scope)
+
+    # ---------------------------------------------------------- API
+
+    def _api_user(self, *, read: str | None, write: str) -> str | None:
+        """The learner behind the bearer token, or None after answering 401/404 (Badgr's way)."""
+        grant = self._bearer()
+        if grant is None:
+            self._json(
+                401, _envelope(False, "no valid auth token found"), {"WWW-Authenticate": 'Bearer realm="api"'}
+            )
+            return None
+        scopes = grant.scope.split()
+        if write not in scopes and (read is None or read not in scopes):
+            self._json(404, _envelope(False, "entity not found or insufficient privileges"))
+            return None
+        return grant.username
+
+    def _import(self) -> None:
+        user = self._api_user(read=None, write="rw:backpack")
+        if user is None:
+            return
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            self._send(500, SERVER_ERROR_PAGE.encode(), "text/html")  # what the real server does
+            return
+        try:
+            data = json.loads(self._body or b"null")
+        except ValueError:
+            self._json(400, {"detail": "JSON parse error - Expecting value"})
+            return
+        if not isinstance(data, dict):
+            self._json(400, {"detail": "Invalid data. Expected a dictionary."})
+            return
+        given = {key: data[key] for key in ("url", "image", "assertion") if data.get(key)}
+        if len(given) != 1:
+            self._json(
+                400,
+                _envelope(
+                    False, "", validation_errors=["Must provide only one of 'url', 'image' or 'assertion'."]
+                ),
+            )
+            return
+        (source, value), *_ = given.items()
+        if source == "url" and (not isinstance(value, str) or not _URL.match(value)):
+            self._json(400, _envelope(False, "", field_errors={"url": ["Enter a valid URL."]}))
+            return
+        status, body = self.sandbox._import(user, source, value)
+        self._json(status, body)
+
+    def _assertions(self) -> None:
+        user = self._api_user(read="r:backpack", write="rw:backpack")
+        if user is None:
+            return
+        flag = (self._query.get("include_pending") or ["false"])[0].lower()
+        result = self.sandbox._list(user, include_pending=flag in ("true", "1", "yes"))
+        self._json(200, _envelope(True, "ok", result=result))
+
+    def _assertion_detail(self, method: str, entity_id: str) -> None:
+        user = self._api_user(read="r:backpack" if method == "GET" else None, write="rw:backpack")
+        if user is None:
+            return
+        if method == "DELETE":
+            if self.sandbox._delete(user, entity_id):
+                self._send(204, b"", "application/json")
+            else:
+                self._json(404, _envelope(False, "entity not found or insufficient privileges"))
+            return
+        found = [a for a in self.sandbox._list(user, include_pending=True) if a["entityId"] == entity_id]
+        if not found:
+            self._json(404, _envelope(False, "entity not found or insufficient privileges"))
+            return
+        self._json(200, _envelope(True, "ok", result=found))
+
+    def _self(self) -> None:
+        user = self._api_user(read="r:profile", write="rw:profile")
+        if user is None:
+            return
+        self._json(200, _envelope(True, "ok", result=[self.sandbox._profile(user)]))
+
+
+def main() -> None:  # pragma: no cover - manual use
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run a local Badgr stand-in on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--client-id", default="backpack-migrate")
+    parser.add_argument("--client-secret", default="sandbox-secret")
+    parser.add_argument("--redirect-uri", action="append", default=["http://127.0.0.1:3000/oauth/callback"])
+    args = parser.parse_args()
+    sandbox = BadgrSandbox(args.client_id, args.client_secret, args.redirect_uri, port=args.port)
+    sandbox.add_account("learner@example.org", "password", [("learner@example.org", True)])
+    print(f"Badgr sandbox on {sandbox.start()} (account learner@example.org / password)")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        sandbox.stop()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

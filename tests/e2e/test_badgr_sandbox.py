@@ -1,0 +1,460 @@
+"""The real Badgr client against the local Badgr sandbox, over loopback HTTP.
+
+Hosted assertions, badge classes and issuers are served by a tiny issuer site on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from backpack_migrate.badgr import (
+    BadgrAuthError,
+    BadgrClient,
+    BadgrThrottled,
+    Tokens,
+    image_data_uri,
+    new_pkce_pair,
+)
+
+from infra.local.badgr_sandbox import BadgrSandbox
+
+pytestmark = pytest.mark.e2e
+
+CLIENT_ID = "backpack-migrate"
+CLIENT_SECRET = "sandbox-secret-value"
+REDIRECT = "http://127.0.0.1:9/oauth/callback"
+LEARNER = "learner@example.org"
+PASSWORD = "correct horse"
+
+
+# ---------------------------------------------------------------- a tiny issuer site
+
+
+@dataclass
+class IssuerSite:
+    documents: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def put(self, path: str, document: Any, status: int = 200) -> str:
+        body = document if isinstance(document, bytes) else json.dumps(document).encode()
+        self.documents[path] = (status, body)
+        return self.url + path
+
+    def badge(self, slug: str, email: str, *, revoked: bool = False, hashed: bool = True) -> dict[str, Any]:
+        """A hosted Open Badges 2.0 assertion (sha256-hashed recipient with salt) and its parts."""
+        salt = secrets.token_hex(8)
+        issuer = self.put("/issuer", {"@context": "https://w3id.org/openbadges/v2", "type": "Issuer",
+                                      "id": self.url + "/issuer", "name": "Test Issuer",
+                                      "url": self.url, "email": "issuer@example.org"})  # fmt: skip
+        badge_class = self.put(
+            f"/badges/{slug}",
+            {
+                "@context": "https://w3id.org/openbadges/v2",
+                "type": "BadgeClass",
+                "id": f"{self.url}/badges/{slug}",
+                "name": f"Badge {slug}",
+                "description": "A badge for tests.",
+                "image": f"{self.url}/badges/{slug}.png",
+                "criteria": {"narrative": "Do the thing."},
+                "issuer": issuer,
+            },
+        )
+        assertion: dict[str, Any] = {
+            "@context": "https://w3id.org/openbadges/v2",
+            "type": "Assertion",
+            "id": f"{self.url}/assertions/{slug}",
+            "recipient": {
+                "type": "email",
+                "hashed": True,
+                "salt": salt,
+                "identity": "sha256$" + hashlib.sha256((email + salt).encode()).hexdigest(),
+            },
+            "badge": badge_class,
+            "issuedOn": "2016-05-01T00:00:00Z",
+            "verification": {"type": "hosted"},
+        }
+        if revoked:
+            assertion["revoked"] = True
+        if not hashed:
+            assertion["recipient"] = {"type": "email", "hashed": False, "identity": email}
+        self.put(f"/assertions/{slug}", assertion)
+        return assertion
+
+
+def _site_handler(site: IssuerSite) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def do_GET(self) -> None:
+            status, body = site.documents.get(self.path, (404, b"<h1>Not Found</h1>"))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json" if body[:1] == b"{" else "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+def bake_png(text: str) -> bytes:
+    """A 1x1 PNG with an iTXt 'openbadges' chunk holding ``text``."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00\x00")
+    itxt = b"openbadges\x00\x00\x00\x00\x00" + text.encode()
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"iTXt", itxt)
+        + chunk(b"IDAT", idat)
+        + (chunk(b"IEND", b""))
+    )
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def site() -> Iterator[IssuerSite]:
+    issuer_site = IssuerSite()
+    issuer_site.server = ThreadingHTTPServer(("127.0.0.1", 0), _site_handler(issuer_site))
+    issuer_site.server.daemon_threads = True
+    thread = threading.Thread(target=issuer_site.server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield issuer_site
+    issuer_site.server.shutdown()
+    issuer_site.server.server_close()
+
+
+@pytest.fixture
+def sandbox() -> Iterator[BadgrSandbox]:
+    with BadgrSandbox(CLIENT_ID, CLIENT_SECRET, [REDIRECT], backoff_base=0.1) as running:
+        running.add_account(LEARNER, PASSWORD, [(LEARNER, True), ("old@example.org", False)])
+        yield running
+
+
+@pytest.fixture
+def client(sandbox: BadgrSandbox) -> BadgrClient:
+    return BadgrClient(sandbox.url, CLIENT_ID, CLIENT_SECRET, timeout=5)
+
+
+@pytest.fixture
+def token(sandbox: BadgrSandbox) -> str:
+    return str(sandbox.issue_token(LEARNER)["access_token"])
+
+
+# ---------------------------------------------------------------- OAuth
+
+
+def authorize_in_browser(
+    sandbox: BadgrSandbox, client: BadgrClient, challenge: str, state: str, decision: str = "allow"
+) -> requests.Response:
+    browser = requests.Session()
+    url = client.authorize_url(
+        sandbox.authorize_endpoint, redirect_uri=REDIRECT, state=state, code_challenge=challenge
+    )
+    page = browser.get(url, timeout=5)
+    assert page.status_code == 200
+    assert "<form" in page.text and 'name="password"' in page.text.replace("'", '"')
+    fields = dict(re.findall(r"<input type='hidden' name='(\w+)' value='([^']*)'>", page.text))
+    fields.update(username=LEARNER, password=PASSWORD, decision=decision)
+    return browser.post(f"{sandbox.url}/auth/oauth2/authorize", data=fields, allow_redirects=False, timeout=5)
+
+
+def test_authorization_code_with_pkce_round_trip(sandbox: BadgrSandbox, client: BadgrClient) -> None:
+    verifier, challenge = new_pkce_pair()
+    answer = authorize_in_browser(sandbox, client, challenge, "state-123")
+    assert answer.status_code == 302
+    location = urlsplit(answer.headers["Location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT
+    query = {k: v[0] for k, v in parse_qs(location.query).items()}
+    assert query["state"] == "state-123"
+    assert query["scope"] == "rw:backpack rw:profile"
+
+    tokens = client.exchange_code(query["code"], verifier, REDIRECT)
+    assert tokens.has_scope("rw:backpack")
+    assert tokens.expires_at > time.time() + 86000
+    profile = client.get_profile(tokens.access_token)
+    assert [e["email"] for e in profile["emails"]] == [LEARNER, "old@example.org"]
+
+    # A code is single use.
+    with pytest.raises(BadgrAuthError) as caught:
+        client.exchange_code(query["code"], verifier, REDIRECT)
+    assert caught.value.error == "invalid_grant"
+    assert query["code"] not in str(caught.value)
+
+
+def test_pkce_verifier_must_match(sandbox: BadgrSandbox, client: BadgrClient) -> None:
+    _, challenge = new_pkce_pair()
+    answer = authorize_in_browser(sandbox, client, challenge, "s")
+    code = parse_qs(urlsplit(answer.headers["Location"]).query)["code"][0]
+    other_verifier, _ = new_pkce_pair()
+    with pytest.raises(BadgrAuthError) as caught:
+        client.exchange_code(code, other_verifier, REDIRECT)
+    assert caught.value.error == "invalid_grant"
+
+
+def test_deny_shows_a_refusal_page_without_redirect(sandbox: BadgrSandbox, client: BadgrClient) -> None:
+    answer = authorize_in_browser(sandbox, client, new_pkce_pair()[1], "s", decision="deny")
+    assert answer.status_code == 200
+    assert "Location" not in answer.headers
+    assert "denied" in answer.text.lower()
+
+
+def test_wrong_redirect_uri_is_refused(sandbox: BadgrSandbox, client: BadgrClient) -> None:
+    url = client.authorize_url(
+        sandbox.authorize_endpoint, redirect_uri="http://127.0.0.1:9/evil", state="s", code_challenge="c"
+    )
+    answer = requests.get(url, timeout=5)
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "Mismatching redirect URI."}
+
+
+def test_json_authorize_api_behind_the_page(sandbox: BadgrSandbox, client: BadgrClient) -> None:
+    web_token = sandbox.issue_token(LEARNER, "rw:profile")["access_token"]
+    headers = {"Authorization": f"Bearer {web_token}"}
+    params = {"client_id": CLIENT_ID, "redirect_uri": REDIRECT, "response_type": "code",
+              "scope": "rw:backpack", "state": "x"}  # fmt: skip
+    described = requests.get(f"{sandbox.url}/o/authorize", params=params, headers=headers, timeout=5)
+    assert described.status_code == 200 and described.json()["scopes"] == ["rw:backpack"]
+    body = {"client_id": CLIENT_ID, "redirect_uri": REDIRECT, "response_type": "code", "state": "x",
+            "scopes": ["rw:backpack"], "allow": True}  # fmt: skip
+    granted = requests.post(f"{sandbox.url}/o/authorize", json=body, headers=headers, timeout=5)
+    assert granted.status_code == 200
+    assert granted.json()["success_url"].startswith(REDIRECT + "?code=")
+    refused = requests.post(
+        f"{sandbox.url}/o/authorize", json={**body, "allow": False}, headers=headers, timeout=5
+    )
+    assert (refused.status_code, refused.json()) == (400, {"error": ""})
+
+
+def test_refresh_rotates_and_revokes_then_throttles(sandbox: BadgrSandbox, client: BadgrClient) -> None:
+    issued = sandbox.issue_token(LEARNER)
+    old = Tokens(access_token=issued["access_token"], refresh_token=issued["refresh_token"], expires_at=0)
+    new = client.refresh(old.refresh_token)
+    assert new.refresh_token != old.refresh_token and new.access_token != old.access_token
+
+    # The old access token is revoked, the new one works.
+    assert client.import_badge(old.access_token, url="http://127.0.0.1:9/x").outcome == "unauthorized"
+    with pytest.raises(BadgrAuthError):
+        client.list_assertions(old.access_token)
+    assert client.list_assertions(new.access_token) == []
+
+    # The old refresh token is dead; that failure throttles the next token request from this address.
+    with pytest.raises(BadgrAuthError) as caught:
+        client.refresh(old.refresh_token)
+    assert caught.value.error == "invalid_grant"
+    with pytest.raises(BadgrThrottled) as throttled:
+        client.refresh(new.refresh_token)
+    assert 0 < throttled.value.retry_after <= 0.2
+    time.sleep(throttled.value.retry_after + 0.05)
+    newest = client.refresh(new.refresh_token)
+    assert client.list_assertions(newest.access_token) == []
+
+
+def test_token_endpoint_quirks(sandbox: BadgrSandbox) -> None:
+    in_query = requests.post(f"{sandbox.url}/o/token?grant_type=password&username=x", timeout=5)
+    assert in_query.status_code == 400
+    assert in_query.json() == {
+        "error": "Token grant parameters must be sent in post body, not query parameters"
+    }
+    sandbox.reset_throttle()
+    got = requests.get(f"{sandbox.url}/o/token", timeout=5)
+    assert (got.status_code, got.content) == (405, b"")
+    bad = requests.post(
+        f"{sandbox.url}/o/token",
+        data={"grant_type": "password", "client_id": CLIENT_ID, "username": LEARNER, "password": "nope"},
+        timeout=5,
+    )
+    assert bad.json() == {"error": "invalid_grant", "error_description": "Invalid credentials given."}
+    again = requests.post(
+        f"{sandbox.url}/o/token",
+        data={"grant_type": "password", "client_id": CLIENT_ID, "username": LEARNER, "password": PASSWORD},
+        timeout=5,
+    )
+    assert again.status_code == 429
+    assert again.json()["error"] == "login attempts throttled"
+    assert "expires" in again.json()
+
+
+# ---------------------------------------------------------------- import
+
+
+def test_import_by_url_then_duplicate_by_image(
+    sandbox: BadgrSandbox, client: BadgrClient, token: str, site: IssuerSite
+) -> None:
+    assertion = site.badge("one", LEARNER)
+    first = client.import_badge(token, url=assertion["id"])
+    assert (first.outcome, first.status) == ("imported", 201)
+    assert first.entity_id
+    stored = sandbox.assertions_of(LEARNER)
+    assert [a["openBadgeId"] for a in stored] == [assertion["id"]]
+    assert stored[0]["entityId"] == first.entity_id and stored[0]["pending"] is False
+
+    again = client.import_badge(token, image=image_data_uri(bake_png(json.dumps(assertion))))
+    assert (again.outcome, again.status, again.codes) == ("already_in_badgr", 400, ["DUPLICATE_BADGE"])
+    assert again.to_answer().codes == ["DUPLICATE_BADGE"]
+
+
+def test_import_by_image_holding_a_url(client: BadgrClient, token: str, site: IssuerSite) -> None:
+    assertion = site.badge("baked-url", LEARNER)
+    result = client.import_badge(token, image=image_data_uri(bake_png(assertion["id"])))
+    assert result.outcome == "imported"
+
+
+def test_import_by_assertion_object_and_revoked_is_still_accepted(
+    client: BadgrClient, token: str, site: IssuerSite
+) -> None:
+    assertion = site.badge("revoked", LEARNER, revoked=True)
+    result = client.import_badge(token, assertion=assertion)
+    assert (result.outcome, result.status) == ("imported", 201)
+
+
+def test_import_to_an_unverified_email_is_pending(
+    sandbox: BadgrSandbox, client: BadgrClient, token: str, site: IssuerSite
+) -> None:
+    assertion = site.badge("pending", "old@example.org")
+    result = client.import_badge(token, url=assertion["id"])
+    assert (result.outcome, result.status) == ("pending", 201)
+    assert client.list_assertions(token, include_pending=False) == []
+    assert [a["entityId"] for a in client.list_assertions(token)] == [result.entity_id]
+    sandbox.set_email(LEARNER, "old@example.org", verified=True)
+    assert [a["pending"] for a in client.list_assertions(token, include_pending=False)] == [False]
+
+
+def test_plain_recipient_matches_whatever_its_case(client: BadgrClient, token: str, site: IssuerSite) -> None:
+    assertion = site.badge("plain", LEARNER.upper(), hashed=False)
+    assert client.import_badge(token, url=assertion["id"]).outcome == "imported"
+
+
+def test_import_to_someone_else_is_rejected(client: BadgrClient, token: str, site: IssuerSite) -> None:
+    assertion = site.badge("other", "someone@else.org")
+    result = client.import_badge(token, url=assertion["id"])
+    assert (result.outcome, result.status) == ("rejected", 400)
+    assert result.codes == ["VERIFY_RECIPIENT_IDENTIFIER"]
+    assert "email address" in result.reason
+    assert LEARNER not in (result.description or "")
+
+
+def test_unreachable_hosted_url_fails_every_form(client: BadgrClient, token: str, site: IssuerSite) -> None:
+    assertion = site.badge("gone", LEARNER)
+    site.documents.pop("/assertions/gone")
+    for form in (
+        {"url": assertion["id"]},
+        {"assertion": assertion},
+        {"image": image_data_uri(bake_png(json.dumps(assertion)))},
+        {"url": "http://127.0.0.1:9/assertions/closed-port"},
+    ):
+        result = client.import_badge(token, **form)
+        assert (result.outcome, result.codes) == ("rejected", ["FETCH_HTTP_NODE"]), form
+        assert result.reason == "The website that proves this badge could not be reached."
+
+
+def test_hosted_json_is_read_whatever_its_status(client: BadgrClient, token: str, site: IssuerSite) -> None:
+    assertion = site.badge("odd-status", LEARNER)
+    site.put("/assertions/odd-status", assertion, status=404)
+    assert client.import_badge(token, url=assertion["id"]).outcome == "imported"
+
+
+def test_malformed_assertion_is_rejected(client: BadgrClient, token: str) -> None:
+    result = client.import_badge(token, assertion={"id": "urn:uuid:1", "issuedOn": "2016-01-01"})
+    assert (result.outcome, result.codes) == ("rejected", ["VALIDATE_PROPERTY"])
+
+
+def test_bad_token_and_missing_scope(sandbox: BadgrSandbox, client: BadgrClient) -> None:
+    assert client.import_badge("not-a-token", url="http://127.0.0.1:9/a").outcome == "unauthorized"
+    profile_only = sandbox.issue_token(LEARNER, "rw:profile")["access_token"]
+    result = client.import_badge(profile_only, url="http://127.0.0.1:9/a")
+    assert (result.outcome, result.status) == ("forbidden", 404)
+    assert client.get_profile(profile_only)["emails"][0]["email"] == LEARNER
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(500, None), (502, None), (503, None), (429, 1.0)])
+def test_injected_failures_are_retry(  # noqa: PLR0917 - fixtures and one table row
+    sandbox: BadgrSandbox, client: BadgrClient, token: str, site: IssuerSite, status: int, retry_after: float
+) -> None:
+    assertion = site.badge("flaky", LEARNER)
+    sandbox.fail_next("/v2/backpack/import", status)
+    result = client.import_badge(token, url=assertion["id"])
+    assert (result.outcome, result.status, result.retry_after) == ("retry", status, retry_after)
+    assert client.import_badge(token, url=assertion["id"]).outcome == "imported"
+
+
+def test_hanging_server_is_retry(sandbox: BadgrSandbox, token: str, site: IssuerSite) -> None:
+    impatient = BadgrClient(sandbox.url, CLIENT_ID, CLIENT_SECRET, timeout=0.3)
+    sandbox.fail_next("/v2/backpack/import", 0, delay=1.0)
+    result = impatient.import_badge(token, url=site.badge("slow", LEARNER)["id"])
+    assert (result.outcome, result.status) == ("retry", 0)
+
+
+def test_import_body_rules_match_the_real_server(sandbox: BadgrSandbox, token: str) -> None:
+    url = f"{sandbox.url}/v2/backpack/import"
+    auth = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    form = requests.post(url, data={"url": "http://127.0.0.1:9/a"}, headers=auth, timeout=5)
+    assert form.status_code == 500
+    both = requests.post(
+        url, json={"url": "http://127.0.0.1:9/a", "image": "data:,"}, headers=auth, timeout=5
+    )
+    assert both.status_code == 400
+    assert both.json()["validationErrors"] == ["Must provide only one of 'url', 'image' or 'assertion'."]
+    not_url = requests.post(url, json={"url": "not a url"}, headers=auth, timeout=5)
+    assert not_url.json()["fieldErrors"] == {"url": ["Enter a valid URL."]}
+
+
+def test_request_log_never_holds_tokens(sandbox: BadgrSandbox, client: BadgrClient, token: str) -> None:
+    client.list_assertions(token)
+    log = sandbox.request_log
+    assert ("GET", "/v2/backpack/assertions", 200) in [tuple(entry) for entry in log]
+    assert token not in repr(log)
+
+
+def test_png_baking_helper_round_trips() -> None:
+    data = bake_png('{"a": 1}')
+    assert data.startswith(b"\x89PNG") and b"openbadges" in data
+    assert base64.b64decode(image_data_uri(data).split(",", 1)[1]) == data
+
+
+def test_image_with_nothing_baked_is_rejected(client: BadgrClient, token: str) -> None:
+    plain_png = bake_png("x").replace(b"openbadges", b"comment\x00\x00\x00")
+    result = client.import_badge(token, image=image_data_uri(plain_png))
+    assert (result.outcome, result.status) == ("rejected", 400)
+
+
+def test_local_unbake_fallback_reads_png_and_svg() -> None:
+    from infra.local.badgr_sandbox import _local_unbake
+
+    assert _local_unbake(bake_png('{"id": "urn:x"}')) == '{"id": "urn:x"}'
+    svg = (
+        '<svg xmlns="http://www.w3.org/2000/svg" xmlns:openbadges="http://openbadges.org">'
+        '<openbadges:assertion verify="https://issuer.test/a/1"><![CDATA[{"id": "urn:y"}]]>'
+        "</openbadges:assertion></svg>"
+    )
+    assert _local_unbake(svg.encode()) == '{"id": "urn:y"}'
+    hosted_only = '<svg><openbadges:assertion verify="https://issuer.test/a/2"/></svg>'
+    assert _local_unbake(hosted_only.encode()) == "https://issuer.test/a/2"
+    with pytest.raises(ValueError):
+        _local_unbake(b"GIF89a")

@@ -1,0 +1,201 @@
+"""Each function on moto with real event shapes: at-least-once delivery must change nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import boto3
+import pytest
+
+from backpack_migrate.domain import BadgeState
+from backpack_migrate.links import sign_link
+from backpack_migrate.openbadges import Verifier
+from backpack_migrate.services import Services
+from tests.events import FakeContext, http_event, s3_put_event, sqs_event
+from tests.fakes import ScriptedBadgr
+from tests.handlers.conftest import drain, load_handler, sent_emails
+from tests.unit.badges import baked, fetcher, hosted_assertion, issuer_documents, make_export
+
+pytestmark = pytest.mark.handlers
+
+EMAIL = "dana@example.org"
+
+
+def _upload(aws: Services, data: bytes, key: str = "exports/backpack.zip") -> dict[str, Any]:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.put_object(Bucket="exports-bucket", Key=key, Body=data)
+    head = s3.head_object(Bucket="exports-bucket", Key=key)
+    return s3_put_event("exports-bucket", key, head["ETag"], len(data))
+
+
+def _world(aws: Services) -> dict[str, Any]:
+    assertions = [hosted_assertion("h1", EMAIL), hosted_assertion("h2", EMAIL)]
+    served = issuer_documents(["h1", "h2"])
+    for assertion in assertions:
+        served[assertion["id"]] = (200, json.dumps(assertion).encode(), "application/json")
+    aws._verifier = Verifier(fetcher(served))
+    aws._badgr = ScriptedBadgr()
+    data = make_export({EMAIL: {"h1.png": baked(assertions[0]), "h2.svg.png": baked(assertions[1])}})
+    return _upload(aws, data)
+
+
+def _run_intake(aws: Services, event: dict[str, Any]) -> None:
+    intake, chunk, verify = load_handler("intake"), load_handler("chunk"), load_handler("verify")
+    intake.handler(event, FakeContext())
+    chunk_jobs = drain(aws, aws.settings.chunk_queue_url)
+    assert chunk.handler(sqs_event(chunk_jobs), FakeContext()) == {"batchItemFailures": []}
+    verify.handler(sqs_event(drain(aws, aws.settings.verify_queue_url)), FakeContext())
+
+
+def test_the_same_s3_event_twice_reads_the_export_once(aws: Services) -> None:
+    event = _world(aws)
+    intake = load_handler("intake")
+    first = intake.handler(event, FakeContext())
+    second = intake.handler(event, FakeContext())
+    assert first == second
+    assert len(drain(aws, aws.settings.chunk_queue_url)) == 1
+
+
+def test_the_same_notify_message_twice_sends_one_email(aws: Services) -> None:
+    _run_intake(aws, _world(aws))
+    notices = drain(aws, aws.settings.notify_queue_url)
+    assert len(notices) == 1
+    notify = load_handler("notify")
+    notify.handler(sqs_event(notices), FakeContext())
+    notify.handler(sqs_event(notices), FakeContext())
+    emails = sent_emails()
+    assert len(emails) == 1
+    assert emails[0].destinations["ToAddresses"] == [EMAIL]
+    assert "https://badges.example.org/l/" in emails[0].body
+
+
+def test_the_same_import_message_twice_imports_once(aws: Services) -> None:
+    _run_intake(aws, _world(aws))
+    learner_id = next(
+        iter(aws.store.iter_export_learners(next(iter(aws.store.list_exports())).export_id))
+    ).learner_id
+    from backpack_migrate.badgr import Tokens
+    from backpack_migrate.migration import request_migration, store_tokens
+
+    store_tokens(
+        aws, learner_id, Tokens(access_token="a", refresh_token="r", expires_at=0, scope="rw:backpack")
+    )
+    request_migration(aws, learner_id)
+    jobs = drain(aws, aws.settings.migrate_queue_url)
+    migrate = load_handler("migrate")
+    for _ in range(2):
+        assert migrate.handler(sqs_event(jobs), FakeContext()) == {"batchItemFailures": []}
+    assert len(aws._badgr.imports) == 2  # two badges, each once
+    assert {b.state for b in aws.store.list_badges(learner_id)} == {BadgeState.IMPORTED}
+
+
+def test_a_failing_import_is_reported_as_a_batch_item_failure_and_held_back(aws: Services) -> None:
+    _run_intake(aws, _world(aws))
+    learner_id = next(
+        iter(aws.store.iter_export_learners(next(iter(aws.store.list_exports())).export_id))
+    ).learner_id
+    from backpack_migrate.badgr import Tokens
+    from backpack_migrate.migration import request_migration, store_tokens
+
+    store_tokens(
+        aws, learner_id, Tokens(access_token="a", refresh_token="r", expires_at=0, scope="rw:backpack")
+    )
+    request_migration(aws, learner_id)
+    jobs = drain(aws, aws.settings.migrate_queue_url)
+    aws._badgr = ScriptedBadgr({hosted_assertion("h1", EMAIL)["id"]: ["retry"]})
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    sqs.send_message(QueueUrl=aws.settings.migrate_queue_url, MessageBody=json.dumps(jobs[0]))
+    message = sqs.receive_message(QueueUrl=aws.settings.migrate_queue_url, AttributeNames=["All"])[
+        "Messages"
+    ][0]
+    event = sqs_event([jobs[0], jobs[1]])
+    event["Records"][0]["receiptHandle"] = message["ReceiptHandle"]
+    answer = load_handler("migrate").handler(event, FakeContext())
+    failed = [item["itemIdentifier"] for item in answer["batchItemFailures"]]
+    assert failed == [event["Records"][0]["messageId"]]
+    states = sorted(b.state.value for b in aws.store.list_badges(learner_id))
+    assert states == ["failed_retryable", "imported"]
+
+
+def test_bad_exports_are_recorded_not_retried(aws: Services) -> None:
+    intake = load_handler("intake")
+    for key, data in {
+        "exports/not-a-zip.zip": b"hello",
+        "exports/truncated.zip": make_export({EMAIL: {"a.png": b"\x89PNG\r\n\x1a\n"}})[:-30],
+        "exports/no-manifest.zip": make_export({})[:0] + _zip_without_manifest(),
+    }.items():
+        result = intake.handler(_upload(aws, data, key), FakeContext())
+        assert result["exports"][0]["status"] == "failed"
+    codes = sorted(p.code for e in aws.store.list_exports() for p in e.problems)
+    assert codes == ["NOT_A_ZIP", "NO_MANIFEST", "TRUNCATED_ZIP"]
+
+
+def _zip_without_manifest() -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a.png", b"x")
+    return buffer.getvalue()
+
+
+# -- the web function --------------------------------------------------------------------------
+def _link(aws: Services, learner_id: str, ttl: int = 3600) -> str:
+    return sign_link(aws.link_secret(), learner_id, "export", ttl)
+
+
+def _get(path: str, route: str, params: dict[str, str], cookies: list[str] | None = None) -> dict[str, Any]:
+    return load_handler("web").handler(http_event("GET", path, route, params, cookies), FakeContext())
+
+
+def test_forged_altered_and_expired_links_get_a_clear_page_not_a_trace(aws: Services) -> None:
+    _run_intake(aws, _world(aws))
+    learner_id = next(
+        iter(aws.store.iter_export_learners(next(iter(aws.store.list_exports())).export_id))
+    ).learner_id
+    good = _link(aws, learner_id)
+    forged = sign_link(b"not the key" * 4, learner_id, "export", 3600)
+    altered = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
+    expired = _link(aws, learner_id, ttl=-10)
+    for token, status in ((forged, 403), (altered, 403), (expired, 410), ("garbage", 403)):
+        answer = _get(f"/l/{token}", "/l/{token}", {"token": token})
+        assert answer["statusCode"] == status
+        assert "Traceback" not in answer["body"] and "<h1>" in answer["body"]
+    answer = _get(f"/l/{good}", "/l/{token}", {"token": good})
+    assert answer["statusCode"] == 200
+    assert "Badge h1" in answer["body"] and "ready to move" in answer["body"]
+
+
+def test_connect_needs_the_session_and_its_csrf_token_and_sends_to_badgr_with_pkce(aws: Services) -> None:
+    _run_intake(aws, _world(aws))
+    learner_id = next(
+        iter(aws.store.iter_export_learners(next(iter(aws.store.list_exports())).export_id))
+    ).learner_id
+    token = _link(aws, learner_id)
+    from backpack_migrate.badgr import BadgrClient
+
+    aws._badgr = BadgrClient("https://api.badgr.example", "client", "secret")
+    page = _get(f"/l/{token}", "/l/{token}", {"token": token})
+    cookie = page["cookies"][0].split(";")[0]
+    assert "HttpOnly" in page["cookies"][0]
+    csrf = re.search(r"name='csrf' value='([^']+)'", page["body"]).group(1)  # type: ignore[union-attr]
+    web = load_handler("web")
+
+    def post(body: str, cookies: list[str] | None) -> dict[str, Any]:
+        event = http_event(
+            "POST", f"/l/{token}/connect", "/l/{token}/connect", {"token": token}, cookies, body
+        )
+        return web.handler(event, FakeContext())
+
+    assert post("csrf=wrong", [cookie])["statusCode"] == 403
+    assert post(f"csrf={csrf}", None)["statusCode"] == 403
+    answer = post(f"csrf={csrf}", [cookie])
+    assert answer["statusCode"] == 303
+    location = answer["headers"]["Location"]
+    assert location.startswith("https://badgr.example/auth/oauth2/authorize?")
+    assert "code_challenge_method=S256" in location and "state=" in location
+    callback = _get("/oauth/callback?code=abc&state=not-the-state", "/oauth/callback", {}, [cookie])
+    assert callback["statusCode"] == 403
