@@ -1,0 +1,937 @@
+"""Reading a Mozilla Backpack export ZIP by byte range, without holding it in memory.
+
+An export is a ZIP whose root holds ``manifest.txt`` (JSON ``{"<email>": ["<file>", ...]}``)
+and the baked badge images it lists. Exports can be gigabytes and list a million learners,
+so everything here streams:
+
+- the central directory is read in blocks from the end of the object and yielded entry by entry;
+- ``manifest.txt`` is inflated and parsed incrementally, one learner at a time;
+- a badge image is read back on its own by two ranged reads (local header, then its data).
+
+Whole-export failures raise :class:`ExportError` with a stable code; problems with one learner
+or one file are reported as :class:`~backpack_migrate.domain.Problem` values.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import re
+import struct
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from backpack_migrate.domain import MemberLocation, Problem
+
+MANIFEST_NAME = "manifest.txt"
+DEFAULT_MAX_SIZE = 20 * 1024 * 1024
+BLOCK_SIZE = 64 * 1024
+
+# One clear sentence per stable code.
+MESSAGES: dict[str, str] = {
+    # The export as a whole
+    "NOT_A_ZIP": "The file is not a ZIP archive, so it cannot be a Mozilla Backpack export.",
+    "TRUNCATED_ZIP": "The ZIP archive is cut short or damaged; please upload the complete export again.",
+    "NO_MANIFEST": "The ZIP archive has no manifest.txt at its root, so it is not a Mozilla Backpack export.",
+    "MANIFEST_NOT_JSON": "The manifest.txt of the export is not valid JSON.",
+    "MANIFEST_BAD_SHAPE": "The manifest.txt of the export does not map emails to lists of badge files.",
+    "EXPORT_CHANGED": "The export file was replaced while it was being read; it will be read again.",
+    "EXPORT_GONE": "The export file is no longer in storage.",
+    # One learner or one file
+    "INVALID_EMAIL": "This entry of the manifest is not a valid email address.",
+    "DUPLICATE_EMAIL": "This email address appears more than once in the manifest; its badges were merged.",
+    "FILE_MISSING": "The manifest lists this file, but it is not in the ZIP archive.",
+    "EMPTY_FILE": "This file is empty.",
+    "FILE_TOO_LARGE": "This file is too large to be a badge image.",
+    "NOT_AN_IMAGE": "This file is not a PNG or SVG image, so it cannot hold a badge.",
+    "UNSUPPORTED_COMPRESSION": "This file is compressed in a way we cannot read.",
+    "ENCRYPTED_FILE": "This file is encrypted inside the ZIP archive, so it cannot be read.",
+    "CORRUPT_FILE": "This file is damaged inside the ZIP archive.",
+}
+
+_EOCD_SIG = b"PK\x05\x06"
+_ZIP64_LOCATOR_SIG = b"PK\x06\x07"
+_ZIP64_EOCD_SIG = b"PK\x06\x06"
+_CENTRAL_SIG = b"PK\x01\x02"
+_LOCAL_SIG = b"PK\x03\x04"
+_EOCD = struct.Struct("<4s4H2LH")  # 22 bytes
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")  # 20 bytes
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")  # 56 bytes
+_CENTRAL = struct.Struct("<4s6H3L5H2L")  # 46 bytes
+_LOCAL = struct.Struct("<4s5H3L2H")  # 30 bytes
+_MAX_COMMENT = 0xFFFF
+
+
+class ExportError(Exception):
+    """The export (or one member of it) cannot be read. ``code`` is stable; ``message`` is one sentence."""
+
+    def __init__(self, code: str, message: str | None = None) -> None:
+        self.code = code
+        self.message = message or MESSAGES.get(code, code)
+        super().__init__(f"{code}: {self.message}")
+
+    @property
+    def problem(self) -> Problem:
+        return Problem(code=self.code, message=self.message)
+
+
+class MemberError(ExportError):
+    """One member of the ZIP cannot be read; the rest of the export is fine."""
+
+
+def problem(code: str, detail: str | None = None) -> Problem:
+    """A :class:`Problem` with the standard sentence for ``code`` (plus an optional detail)."""
+    message = MESSAGES.get(code, code)
+    if detail:
+        message = f"{message} ({detail})"
+    return Problem(code=code, message=message)
+
+
+# --------------------------------------------------------------------------------------------
+# Range readers
+
+
+class RangeReader(Protocol):
+    """Random access to the bytes of an export: ``read`` may return fewer bytes at the end."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read(self, start: int, length: int) -> bytes: ...
+
+
+class BytesRangeReader:
+    """Range reads over bytes already in memory (tests, small uploads)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(bytes(data))
+        self.size = len(data)
+        self.calls: list[tuple[int, int]] = []  # (start, length) of every read, for tests
+
+    def read(self, start: int, length: int) -> bytes:
+        self.calls.append((start, length))
+        if start < 0 or length < 0:
+            raise ValueError("negative range")
+        return bytes(self._data[start : start + length])
+
+
+class FileRangeReader:
+    """Range reads over a local file (command line, benchmarks)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()/__exit__
+        self._file.seek(0, 2)
+        self.size = self._file.tell()
+
+    def read(self, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise ValueError("negative range")
+        self._file.seek(start)
+        return self._file.read(length)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> FileRangeReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class S3RangeReader:
+    """Ranged GetObject reads pinned to one version of the object by its ETag.
+
+    If the object is replaced while it is read, S3 answers 412 and :class:`ExportError`
+    ``EXPORT_CHANGED`` is raised. Small reads are served from aligned blocks of ``block_size``
+    bytes, the last ``cache_blocks`` of which are kept, so walking the central directory, the
+    manifest and neighbouring images costs one request per block.
+    """
+
+    def __init__(
+        self,
+        s3_client: Any,
+        bucket: str,
+        key: str,
+        etag: str | None = None,
+        *,
+        size: int | None = None,
+        block_size: int = 256 * 1024,
+        cache_blocks: int = 4,
+    ) -> None:
+        self._s3 = s3_client
+        self.bucket = bucket
+        self.key = key
+        self.block_size = block_size
+        self.cache_blocks = max(1, cache_blocks)
+        self.requests = 0
+        if size is None or etag is None:
+            condition = {"IfMatch": etag} if etag else {}
+            head = self._call(self._s3.head_object, Bucket=bucket, Key=key, **condition)
+            size = int(head["ContentLength"])
+            etag = etag or str(head["ETag"])
+        self.size = size
+        self.etag = etag
+        self._blocks: OrderedDict[int, bytes] = OrderedDict()
+
+    def _call(self, fn: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(**kwargs)
+        except Exception as exc:
+            response = getattr(exc, "response", None)
+            if not isinstance(response, dict):
+                raise
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in {"PreconditionFailed", "412"} or status == 412:
+                raise ExportError("EXPORT_CHANGED") from exc
+            if code in {"NoSuchKey", "404", "NotFound"} or status == 404:
+                raise ExportError("EXPORT_GONE") from exc
+            raise
+
+    def _get(self, start: int, length: int) -> bytes:
+        self.requests += 1
+        response = self._call(
+            self._s3.get_object,
+            Bucket=self.bucket,
+            Key=self.key,
+            Range=f"bytes={start}-{start + length - 1}",
+            IfMatch=self.etag,
+        )
+        body = response["Body"]
+        try:
+            return bytes(body.read())
+        finally:
+            body.close()
+
+    def _block(self, number: int) -> bytes:
+        block = self._blocks.get(number)
+        if block is None:
+            start = number * self.block_size
+            block = self._get(start, min(self.block_size, self.size - start))
+            self._blocks[number] = block
+            while len(self._blocks) > self.cache_blocks:
+                self._blocks.popitem(last=False)
+        else:
+            self._blocks.move_to_end(number)
+        return block
+
+    def read(self, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise ValueError("negative range")
+        length = min(length, self.size - start)
+        if length <= 0:
+            return b""
+        first, last = start // self.block_size, (start + length - 1) // self.block_size
+        if last - first + 1 > 2:  # a large read: fetch it as it is
+            return self._get(start, length)
+        data = b"".join(self._block(n) for n in range(first, last + 1))
+        offset = start - first * self.block_size
+        return data[offset : offset + length]
+
+
+# --------------------------------------------------------------------------------------------
+# Central directory
+
+
+class _Directory(BaseModel):
+    start: int  # absolute offset of the first central directory entry
+    size: int
+    entries: int
+    base: int  # bytes prepended before the ZIP (self-extracting archives); added to offsets
+
+
+def _read_exact(reader: RangeReader, start: int, length: int) -> bytes:
+    data = reader.read(start, length) if length else b""
+    if len(data) != length:
+        raise ExportError("TRUNCATED_ZIP")
+    return data
+
+
+def _starts_like_zip(reader: RangeReader) -> bool:
+    return reader.read(0, 4) in {_LOCAL_SIG, _EOCD_SIG, b"PK\x07\x08", b"PK00"}
+
+
+def _find_directory(reader: RangeReader) -> _Directory:
+    size = reader.size
+    if size < _EOCD.size:
+        raise ExportError("TRUNCATED_ZIP" if size and _starts_like_zip(reader) else "NOT_A_ZIP")
+    tail_start = max(0, size - (_MAX_COMMENT + _EOCD.size))
+    tail = reader.read(tail_start, size - tail_start)
+    if len(tail) != size - tail_start:
+        raise ExportError("TRUNCATED_ZIP")
+    # Prefer the last signature whose comment length reaches exactly the end of the file.
+    candidates: list[int] = []
+    pos = tail.rfind(_EOCD_SIG)
+    while pos >= 0:
+        if pos + _EOCD.size <= len(tail):
+            candidates.append(pos)
+        pos = tail.rfind(_EOCD_SIG, 0, pos)
+    if not candidates:
+        raise ExportError("TRUNCATED_ZIP" if _starts_like_zip(reader) else "NOT_A_ZIP")
+    exact = [p for p in candidates if p + _EOCD.size + _EOCD.unpack_from(tail, p)[7] == len(tail)]
+    eocd_pos = (exact or candidates)[0]
+    (_, disk, cd_disk, _disk_entries, entries, cd_size, cd_offset, _clen) = _EOCD.unpack_from(tail, eocd_pos)
+    eocd_abs = tail_start + eocd_pos
+    record_end = eocd_abs  # where the central directory (or the ZIP64 record) should end
+
+    locator_abs = eocd_abs - _ZIP64_LOCATOR.size
+    locator = reader.read(locator_abs, _ZIP64_LOCATOR.size) if locator_abs >= 0 else b""
+    if len(locator) == _ZIP64_LOCATOR.size and locator[:4] == _ZIP64_LOCATOR_SIG:
+        _, _l_disk, z64_offset, _disks = _ZIP64_LOCATOR.unpack(locator)
+        z64_abs = locator_abs - _ZIP64_EOCD.size  # normal place, right before the locator
+        record = reader.read(z64_abs, _ZIP64_EOCD.size) if z64_abs >= 0 else b""
+        if len(record) != _ZIP64_EOCD.size or record[:4] != _ZIP64_EOCD_SIG:
+            # The record may carry an extensible data sector: trust the locator's offset.
+            z64_abs = z64_offset
+            record = reader.read(z64_abs, _ZIP64_EOCD.size) if z64_abs < size else b""
+            if len(record) != _ZIP64_EOCD.size or record[:4] != _ZIP64_EOCD_SIG:
+                raise ExportError("TRUNCATED_ZIP")
+        (_, _rsize, _made, _need, disk, cd_disk, _de, entries, cd_size, cd_offset) = _ZIP64_EOCD.unpack(
+            record
+        )
+        record_end = z64_abs
+    elif 0xFFFFFFFF in (cd_size, cd_offset):
+        raise ExportError("TRUNCATED_ZIP")
+    if disk != 0 or cd_disk != 0:
+        raise ExportError(
+            "NOT_A_ZIP", "The export is a multi-part ZIP archive; please upload it as one file."
+        )
+    base = record_end - cd_size - cd_offset
+    if base < 0 or cd_size < entries * _CENTRAL.size:
+        raise ExportError("TRUNCATED_ZIP")
+    return _Directory(start=base + cd_offset, size=cd_size, entries=entries, base=base)
+
+
+def _decode_name(raw: bytes, flags: int) -> str:
+    if flags & 0x800:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return raw.decode("cp437")
+
+
+def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, pos)
+        data = extra[pos + 4 : pos + 4 + length]
+        pos += 4 + length
+        if tag != 0x0001:
+            continue
+        values = [v for (v,) in struct.iter_unpack("<Q", data[: len(data) // 8 * 8])]
+        try:
+            if usize == 0xFFFFFFFF:
+                usize = values.pop(0)
+            if csize == 0xFFFFFFFF:
+                csize = values.pop(0)
+            if offset == 0xFFFFFFFF:
+                offset = values.pop(0)
+        except IndexError:
+            raise ExportError("TRUNCATED_ZIP") from None
+        break
+    if 0xFFFFFFFF in (usize, csize, offset):
+        raise ExportError("TRUNCATED_ZIP")
+    return usize, csize, offset
+
+
+def iter_members(reader: RangeReader, *, block_size: int = BLOCK_SIZE) -> Iterator[MemberLocation]:
+    """Yield every file entry of the central directory (directories are skipped), in order.
+
+    The directory is read in blocks of ``block_size`` bytes; nothing but the current block
+    is kept. A damaged or cut directory raises :class:`ExportError`.
+    """
+    directory = _find_directory(reader)
+    end = directory.start + directory.size
+    if end > reader.size:
+        raise ExportError("TRUNCATED_ZIP")
+    pos = directory.start
+    buf = b""
+    buf_start = pos
+    count = 0
+    while pos < end:
+        if pos + _CENTRAL.size > buf_start + len(buf):
+            buf, buf_start = _refill(
+                reader, buf, buf_start, pos, end=end, need=_CENTRAL.size, block_size=block_size
+            )
+        rel = pos - buf_start
+        fields = _CENTRAL.unpack_from(buf, rel)
+        (sig, _made, _need, flags, method, _time, _date, crc, csize, usize, nlen, elen, clen) = fields[:13]
+        offset = fields[-1]
+        if sig != _CENTRAL_SIG:
+            raise ExportError("TRUNCATED_ZIP")
+        entry_len = _CENTRAL.size + nlen + elen + clen
+        if pos + entry_len > end:
+            raise ExportError("TRUNCATED_ZIP")
+        if pos + entry_len > buf_start + len(buf):
+            buf, buf_start = _refill(
+                reader, buf, buf_start, pos, end=end, need=entry_len, block_size=block_size
+            )
+            rel = pos - buf_start
+        name_raw = buf[rel + _CENTRAL.size : rel + _CENTRAL.size + nlen]
+        extra = buf[rel + _CENTRAL.size + nlen : rel + _CENTRAL.size + nlen + elen]
+        pos += entry_len
+        count += 1
+        if 0xFFFFFFFF in (usize, csize, offset):
+            usize, csize, offset = _zip64_extra(extra, usize, csize, offset)
+        header = directory.base + offset
+        if header + _LOCAL.size > directory.start:
+            raise ExportError("TRUNCATED_ZIP")
+        name = _decode_name(name_raw, flags)
+        if name.endswith("/"):
+            continue
+        yield MemberLocation.model_construct(
+            name=name, header_offset=header, compressed_size=csize, size=usize, method=method, crc=crc
+        )
+    if count != directory.entries and (count & 0xFFFF) != directory.entries:
+        raise ExportError("TRUNCATED_ZIP")
+
+
+def _refill(
+    reader: RangeReader, buf: bytes, buf_start: int, pos: int, *, end: int, need: int, block_size: int
+) -> tuple[bytes, int]:
+    """Return a buffer starting at ``pos`` holding at least ``need`` bytes (reading ahead a block)."""
+    keep = buf[pos - buf_start :] if buf_start <= pos < buf_start + len(buf) else b""
+    want = min(max(need, block_size), end - pos) - len(keep)
+    more = reader.read(pos + len(keep), want) if want > 0 else b""
+    buf = keep + more
+    if len(buf) < need:
+        raise ExportError("TRUNCATED_ZIP")
+    return buf, pos
+
+
+_INDEX = struct.Struct("<QQQIH")
+
+
+class MemberIndex(Mapping[str, MemberLocation]):
+    """Member name -> location, stored packed (a few dozen bytes per member).
+
+    When a name appears twice in the central directory the later entry wins (as in ``zipfile``).
+    """
+
+    def __init__(self, members: Iterable[MemberLocation] = ()) -> None:
+        self._packed: dict[str, bytes] = {}
+        for member in members:
+            self.add(member)
+
+    def add(self, member: MemberLocation) -> None:
+        self._packed[member.name] = _INDEX.pack(
+            member.header_offset, member.compressed_size, member.size, member.crc, member.method & 0xFFFF
+        )
+
+    def __getitem__(self, name: str) -> MemberLocation:
+        header, csize, size, crc, method = _INDEX.unpack(self._packed[name])
+        return MemberLocation.model_construct(
+            name=name, header_offset=header, compressed_size=csize, size=size, method=method, crc=crc
+        )
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._packed
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._packed)
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+
+def member_index(reader: RangeReader) -> MemberIndex:
+    """Every file member of the export by name (a compact read-only mapping)."""
+    return MemberIndex(iter_members(reader))
+
+
+# --------------------------------------------------------------------------------------------
+# Members
+
+
+def _data_offset(reader: RangeReader, loc: MemberLocation, *, member_errors: bool = True) -> tuple[int, int]:
+    """Absolute offset of the member's data and its general-purpose flags, from its local header."""
+    error = MemberError if member_errors else ExportError
+    header = reader.read(loc.header_offset, _LOCAL.size)
+    if len(header) != _LOCAL.size:
+        raise error("TRUNCATED_ZIP")
+    (sig, _need, flags, _method, _t, _d, _crc, _cs, _us, nlen, elen) = _LOCAL.unpack(header)
+    if sig != _LOCAL_SIG:
+        raise error("CORRUPT_FILE", f"{MESSAGES['CORRUPT_FILE']} (no local header for {loc.name!r})")
+    if flags & 0x1:
+        raise error("ENCRYPTED_FILE")
+    start = loc.header_offset + _LOCAL.size + nlen + elen
+    if start + loc.compressed_size > reader.size:
+        raise error("TRUNCATED_ZIP")
+    return start, flags
+
+
+def read_member(reader: RangeReader, loc: MemberLocation, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
+    """The uncompressed bytes of one member, CRC-checked. Raises :class:`MemberError`."""
+    if loc.size > max_size:
+        raise MemberError("FILE_TOO_LARGE", f"{MESSAGES['FILE_TOO_LARGE']} (more than {max_size} bytes)")
+    if loc.method not in (0, 8):
+        raise MemberError("UNSUPPORTED_COMPRESSION")
+    if loc.compressed_size > max_size + 1024 + max_size // 100:
+        raise MemberError("FILE_TOO_LARGE", f"{MESSAGES['FILE_TOO_LARGE']} (more than {max_size} bytes)")
+    start, _flags = _data_offset(reader, loc)
+    raw = reader.read(start, loc.compressed_size) if loc.compressed_size else b""
+    if len(raw) != loc.compressed_size:
+        raise MemberError("TRUNCATED_ZIP")
+    if loc.method == 0:
+        data = raw
+    else:
+        inflater = zlib.decompressobj(-15)
+        try:
+            data = inflater.decompress(raw, loc.size + 1)
+        except zlib.error:
+            raise MemberError("CORRUPT_FILE") from None
+        if not inflater.eof and len(data) <= loc.size:
+            raise MemberError("CORRUPT_FILE")
+    if len(data) != loc.size or zlib.crc32(data) != loc.crc:
+        raise MemberError("CORRUPT_FILE")
+    return data
+
+
+def read_member_head(reader: RangeReader, loc: MemberLocation, length: int = 1024) -> bytes:
+    """The first ``length`` uncompressed bytes of a member (for sniffing), without reading it all."""
+    if loc.method not in (0, 8):
+        raise MemberError("UNSUPPORTED_COMPRESSION")
+    start, _flags = _data_offset(reader, loc)
+    if loc.method == 0:
+        return reader.read(start, min(length, loc.compressed_size))
+    inflater = zlib.decompressobj(-15)
+    out = b""
+    pos, end = start, start + loc.compressed_size
+    while len(out) < length and pos < end:
+        chunk = reader.read(pos, min(BLOCK_SIZE // 4, end - pos))
+        if not chunk:
+            break
+        pos += len(chunk)
+        try:
+            out += inflater.decompress(chunk, length - len(out))
+        except zlib.error:
+            raise MemberError("CORRUPT_FILE") from None
+        if inflater.eof:
+            break
+    return out[:length]
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SVG_ROOT = re.compile(
+    r"\A\s*(?:<\?xml[^>]*\?>\s*)?"
+    r"(?:<!--.*?-->\s*|<!DOCTYPE[^>\[]*(?:\[.*?\])?\s*>\s*|<\?[^>]*\?>\s*)*"
+    r"<(?:[A-Za-z_][\w.-]*:)?svg[\s/>]",
+    re.DOTALL,
+)
+
+
+def sniff_media_type(data: bytes) -> str | None:
+    """``image/png`` or ``image/svg+xml`` from the first bytes of a file, else None."""
+    if data.startswith(_PNG_SIGNATURE):
+        return "image/png"
+    head = data[:4096]
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[3:]
+        text = head.decode("utf-8", "ignore")
+    elif head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        text = head.decode("utf-16", "ignore")
+    else:
+        text = head.decode("utf-8", "ignore")
+    if _SVG_ROOT.match(text):
+        return "image/svg+xml"
+    return None
+
+
+def read_badge_image(
+    reader: RangeReader, loc: MemberLocation, max_size: int = DEFAULT_MAX_SIZE
+) -> tuple[bytes, str]:
+    """A listed badge file's bytes and media type, or :class:`MemberError` saying why it is unusable."""
+    if loc.size == 0:
+        raise MemberError("EMPTY_FILE")
+    data = read_member(reader, loc, max_size)
+    media_type = sniff_media_type(data)
+    if media_type is None:
+        raise MemberError("NOT_AN_IMAGE")
+    return data, media_type
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest
+
+_WS = re.compile(r"[ \t\n\r]*")
+_MAX_TOKEN = 64 * 1024  # characters in one email or file name
+_JSON_KINDS = {
+    "{": "an object",
+    "[": "a list",
+    '"': "a string",
+    "t": "a boolean",
+    "f": "a boolean",
+    "n": "null",
+}
+
+
+def _kind(ch: str) -> str | None:
+    if ch in _JSON_KINDS:
+        return _JSON_KINDS[ch]
+    if ch == "-" or ch.isdigit():
+        return "a number"
+    return None
+
+
+def _manifest_text(reader: RangeReader, loc: MemberLocation, block_size: int) -> Iterator[str]:
+    """The manifest's text in pieces: ranged reads, inflated and decoded incrementally, CRC-checked."""
+    if loc.method not in (0, 8):
+        raise ExportError(
+            "MANIFEST_NOT_JSON", "The manifest.txt of the export is compressed in a way we cannot read."
+        )
+    start, _flags = _data_offset(reader, loc, member_errors=False)
+    end = start + loc.compressed_size
+    inflater = zlib.decompressobj(-15) if loc.method == 8 else None
+    decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
+    crc = 0
+    produced = 0
+    pos = start
+    pending = b""
+    cap = block_size * 4  # most text produced from one piece of input
+    while True:
+        if inflater is not None and pending:
+            feed, pending = pending, b""
+        elif pos < end and not (inflater is not None and inflater.eof):
+            feed = reader.read(pos, min(block_size, end - pos))
+            if not feed:
+                raise ExportError("TRUNCATED_ZIP")
+            pos += len(feed)
+        elif inflater is not None and not inflater.eof:
+            feed = b""  # output may still be pending inside the inflater
+        else:
+            break
+        if inflater is None:
+            data = feed
+        else:
+            try:
+                data = inflater.decompress(feed, cap)
+            except zlib.error:
+                raise ExportError("TRUNCATED_ZIP") from None
+            pending = inflater.unconsumed_tail
+            if not feed and not data:
+                break
+        produced += len(data)
+        if produced > loc.size:
+            raise ExportError("TRUNCATED_ZIP")
+        crc = zlib.crc32(data, crc)
+        try:
+            text = decoder.decode(data)
+        except UnicodeDecodeError:
+            raise ExportError(
+                "MANIFEST_NOT_JSON", "The manifest.txt of the export is not UTF-8 text."
+            ) from None
+        if text:
+            yield text
+    if produced != loc.size or crc != loc.crc:
+        raise ExportError("TRUNCATED_ZIP")
+    try:
+        tail = decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise ExportError("MANIFEST_NOT_JSON", "The manifest.txt of the export is not UTF-8 text.") from None
+    if tail:
+        yield tail
+
+
+class _Scanner:
+    """A sliding text buffer over the manifest pieces, holding at most one token plus one block."""
+
+    def __init__(self, pieces: Iterator[str]) -> None:
+        self._pieces = pieces
+        self.buf = ""
+        self.pos = 0
+        self.eof = False
+        self._decoder = json.JSONDecoder()
+
+    def _more(self) -> bool:
+        if self.eof:
+            return False
+        piece = next(self._pieces, None)
+        if piece is None:
+            self.eof = True
+            return False
+        if self.pos:
+            self.buf = self.buf[self.pos :]
+            self.pos = 0
+        self.buf += piece
+        return True
+
+    def peek(self) -> str:
+        """The next non-whitespace character ('' at the end of the text)."""
+        while True:
+            match = _WS.match(self.buf, self.pos)
+            self.pos = match.end() if match else self.pos
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._more():
+                return ""
+
+    def expect(self, allowed: str, where: str, *, value: bool = False) -> str:
+        """Consume one of ``allowed``; at a value position other JSON is a shape error."""
+        ch = self.peek()
+        if ch and ch in allowed:
+            self.pos += 1
+            return ch
+        if value or not ch:
+            raise self._unexpected(ch, where)
+        raise ExportError("MANIFEST_NOT_JSON", f"The manifest.txt of the export is not valid JSON ({where}).")
+
+    def _unexpected(self, ch: str, where: str) -> ExportError:
+        if not ch:
+            return ExportError(
+                "MANIFEST_NOT_JSON", f"The manifest.txt of the export ends too early ({where})."
+            )
+        kind = _kind(ch)
+        if kind is None or ch in ",:]}":
+            return ExportError(
+                "MANIFEST_NOT_JSON", f"The manifest.txt of the export is not valid JSON ({where})."
+            )
+        return ExportError("MANIFEST_BAD_SHAPE", f"{MESSAGES['MANIFEST_BAD_SHAPE']} ({where}, found {kind})")
+
+    def string(self, where: str, *, is_key: bool = False) -> str:
+        ch = self.peek()
+        if ch != '"':
+            if is_key and ch:
+                raise ExportError(
+                    "MANIFEST_NOT_JSON", f"The manifest.txt of the export is not valid JSON ({where})."
+                )
+            raise self._unexpected(ch, where)
+        while True:
+            try:
+                value, end = self._decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as exc:
+                incomplete = exc.msg.startswith("Unterminated") or exc.pos >= len(self.buf) - 6
+                if not incomplete or self.eof:
+                    raise ExportError(
+                        "MANIFEST_NOT_JSON", f"The manifest.txt of the export is not valid JSON ({where})."
+                    ) from None
+                if len(self.buf) - self.pos > _MAX_TOKEN:
+                    raise ExportError(
+                        "MANIFEST_BAD_SHAPE",
+                        f"{MESSAGES['MANIFEST_BAD_SHAPE']} ({where} is longer than {_MAX_TOKEN} characters)",
+                    ) from None
+                self._more()
+                continue
+            self.pos = end
+            assert isinstance(value, str)
+            return value
+
+
+def iter_manifest(
+    reader: RangeReader,
+    location: MemberLocation,
+    *,
+    block_size: int = BLOCK_SIZE,
+    max_files_per_learner: int = 100_000,
+) -> Iterator[tuple[str, list[str]]]:
+    """Yield ``(email, files)`` for every key of ``manifest.txt``, in order, parsing as it reads.
+
+    Memory stays bounded by one block plus one learner's entry. The email is only stripped
+    of surrounding whitespace; duplicate keys are yielded as they come. A manifest that is not
+    JSON raises ``MANIFEST_NOT_JSON``; JSON of another shape raises ``MANIFEST_BAD_SHAPE``.
+    """
+    scan = _Scanner(_manifest_text(reader, location, block_size))
+    ch = scan.peek()
+    if ch == "":
+        raise ExportError("MANIFEST_NOT_JSON", "The manifest.txt of the export is empty.")
+    scan.expect("{", "the manifest must be one JSON object", value=True)
+    index = 0
+    if scan.peek() == "}":
+        scan.pos += 1
+    else:
+        while True:
+            index += 1
+            email = scan.string(f"key #{index} must be an email string", is_key=True)
+            scan.expect(":", f"after key #{index}")
+            scan.expect("[", f"the value of key #{index} must be a list of file names", value=True)
+            files: list[str] = []
+            if scan.peek() == "]":
+                scan.pos += 1
+            else:
+                while True:
+                    files.append(scan.string(f"the list of key #{index} must hold file-name strings"))
+                    if len(files) > max_files_per_learner:
+                        raise ExportError(
+                            "MANIFEST_BAD_SHAPE",
+                            f"{MESSAGES['MANIFEST_BAD_SHAPE']} (key #{index} lists more than "
+                            f"{max_files_per_learner} files)",
+                        )
+                    if scan.expect(",]", f"in the list of key #{index}") == "]":
+                        break
+            yield email.strip(), files
+            if scan.expect(",}", f"after the value of key #{index}") == "}":
+                break
+    if scan.peek() != "":
+        raise ExportError(
+            "MANIFEST_NOT_JSON", "The manifest.txt of the export has text after its JSON object."
+        )
+
+
+def find_manifest(reader: RangeReader) -> tuple[MemberLocation, MemberIndex]:
+    """The manifest's location and the index of all members (one walk of the central directory)."""
+    index = member_index(reader)
+    if MANIFEST_NAME not in index:
+        raise ExportError("NO_MANIFEST")
+    return index[MANIFEST_NAME], index
+
+
+# --------------------------------------------------------------------------------------------
+# Joining the manifest with the members
+
+_EMAIL = re.compile(r"\A[^@\s<>\"(),;:\[\]\\]+@[^@\s<>\"(),;:\[\]\\]+\.[^@\s<>\"(),;:\[\]\\.]+\Z")
+
+
+def normalize_email(email: str) -> str:
+    """The form used to compare emails (and derive learner ids): stripped and lowercased."""
+    return email.strip().lower()
+
+
+def is_valid_email(email: str) -> bool:
+    return len(email) <= 254 and bool(_EMAIL.match(email))
+
+
+class FileEntry(BaseModel):
+    name: str
+    location: MemberLocation | None = None
+    problem: Problem | None = None
+
+
+class LearnerEntry(BaseModel):
+    email: str  # as written in the manifest (stripped)
+    normalized_email: str
+    files: list[FileEntry] = Field(default_factory=list)
+    problems: list[Problem] = Field(default_factory=list)
+    duplicate: bool = False  # an earlier entry had the same normalized email (streaming mode)
+
+
+class PlanStats(BaseModel):
+    """Counts filled while :func:`iter_learners` runs; complete once it is exhausted."""
+
+    members: int = 0  # files in the ZIP, manifest excluded
+    learners: int = 0  # manifest entries
+    distinct_learners: int = 0
+    listed_files: int = 0
+    usable_files: int = 0  # listed, present, and no problem found
+    file_problems: dict[str, int] = Field(default_factory=dict)
+    learner_problems: dict[str, int] = Field(default_factory=dict)
+    unlisted_members: int = 0  # files in the ZIP no learner lists
+    unlisted_examples: list[str] = Field(default_factory=list)
+
+
+class ExportPlan(BaseModel):
+    manifest: MemberLocation
+    learners: list[LearnerEntry]
+    stats: PlanStats
+
+
+def _file_entry(
+    reader: RangeReader, index: Mapping[str, MemberLocation], name: str, *, sniff: bool, max_size: int
+) -> FileEntry:
+    loc = index.get(name) if name != MANIFEST_NAME else None
+    if loc is None:
+        return FileEntry(name=name, problem=problem("FILE_MISSING"))
+    if loc.size == 0:
+        return FileEntry(name=name, location=loc, problem=problem("EMPTY_FILE"))
+    if loc.size > max_size:
+        return FileEntry(name=name, location=loc, problem=problem("FILE_TOO_LARGE"))
+    if loc.method not in (0, 8):
+        return FileEntry(name=name, location=loc, problem=problem("UNSUPPORTED_COMPRESSION"))
+    if sniff:
+        try:
+            head = read_member_head(reader, loc)
+        except MemberError as exc:
+            return FileEntry(name=name, location=loc, problem=exc.problem)
+        if sniff_media_type(head) is None:
+            return FileEntry(name=name, location=loc, problem=problem("NOT_AN_IMAGE"))
+    return FileEntry(name=name, location=loc)
+
+
+def iter_learners(
+    reader: RangeReader,
+    *,
+    index: MemberIndex | None = None,
+    sniff: bool = False,
+    max_size: int = DEFAULT_MAX_SIZE,
+    stats: PlanStats | None = None,
+) -> Iterator[LearnerEntry]:
+    """Stream the manifest joined with the members, one :class:`LearnerEntry` per manifest key.
+
+    A key whose normalized email was seen before is yielded again with ``duplicate=True`` and a
+    ``DUPLICATE_EMAIL`` problem: the caller merges it into the learner with the same id. With
+    ``sniff`` each listed file's first bytes are read to check it is a PNG or SVG (one ranged
+    read per file). ``stats`` is filled as the stream goes and is complete at its end.
+    """
+    if index is None:
+        manifest, index = find_manifest(reader)
+    elif MANIFEST_NAME in index:
+        manifest = index[MANIFEST_NAME]
+    else:
+        raise ExportError("NO_MANIFEST")
+    stats = stats if stats is not None else PlanStats()
+    stats.members = len(index) - 1
+    seen: set[bytes] = set()
+    listed: set[str] = set()
+    for email, names in iter_manifest(reader, manifest):
+        normalized = normalize_email(email)
+        entry = LearnerEntry(email=email, normalized_email=normalized)
+        if not is_valid_email(email):
+            entry.problems.append(problem("INVALID_EMAIL"))
+        digest = hashlib.blake2b(normalized.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if digest in seen:
+            entry.duplicate = True
+            entry.problems.append(problem("DUPLICATE_EMAIL"))
+        else:
+            seen.add(digest)
+            stats.distinct_learners += 1
+        local: set[str] = set()
+        for name in names:
+            if name in local:
+                continue
+            local.add(name)
+            file_entry = _file_entry(reader, index, name, sniff=sniff, max_size=max_size)
+            entry.files.append(file_entry)
+            stats.listed_files += 1
+            if file_entry.location is not None:
+                listed.add(name)
+            if file_entry.problem is None:
+                stats.usable_files += 1
+            else:
+                code = file_entry.problem.code
+                stats.file_problems[code] = stats.file_problems.get(code, 0) + 1
+        for learner_problem in entry.problems:
+            code = learner_problem.code
+            stats.learner_problems[code] = stats.learner_problems.get(code, 0) + 1
+        stats.learners += 1
+        yield entry
+    for name in index:
+        if name != MANIFEST_NAME and name not in listed:
+            stats.unlisted_members += 1
+            if len(stats.unlisted_examples) < 20:
+                stats.unlisted_examples.append(name)
+
+
+def plan_export(reader: RangeReader, *, sniff: bool = True, max_size: int = DEFAULT_MAX_SIZE) -> ExportPlan:
+    """The whole plan in memory, duplicate emails merged into their first entry (small exports, CLI)."""
+    manifest, index = find_manifest(reader)
+    stats = PlanStats()
+    learners: list[LearnerEntry] = []
+    by_email: dict[str, LearnerEntry] = {}
+    for entry in iter_learners(reader, index=index, sniff=sniff, max_size=max_size, stats=stats):
+        first = by_email.get(entry.normalized_email)
+        if first is None:
+            by_email[entry.normalized_email] = entry
+            learners.append(entry)
+            continue
+        names = {f.name for f in first.files}
+        first.files.extend(f for f in entry.files if f.name not in names)
+        for p in entry.problems:
+            if p not in first.problems:
+                first.problems.append(p)
+    return ExportPlan(manifest=manifest, learners=learners, stats=stats)

@@ -1,0 +1,706 @@
+"""Reading Backpack exports by byte range: good exports, every kind of bad one, hostile input."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import struct
+import tracemalloc
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backpack_migrate.domain import MemberLocation
+from backpack_migrate.export import (
+    BytesRangeReader,
+    ExportError,
+    FileRangeReader,
+    MemberError,
+    S3RangeReader,
+    find_manifest,
+    iter_learners,
+    iter_manifest,
+    iter_members,
+    member_index,
+    plan_export,
+    read_badge_image,
+    read_member,
+    read_member_head,
+    sniff_media_type,
+)
+from infra.local.bakery import bake_png, bake_svg, make_png, make_svg
+
+pytestmark = pytest.mark.unit
+
+PNG = bake_png(make_png("#336699", 16), "https://issuer.example/a/1.json")
+SVG = bake_svg(make_svg("#993366", "B"), '{"id": "x"}', "https://issuer.example/a/2.json").encode()
+STORED = zipfile.ZIP_STORED
+DEFLATED = zipfile.ZIP_DEFLATED
+
+
+def make_zip(
+    members: dict[str, bytes] | list[tuple[str, bytes]],
+    *,
+    manifest: Any = None,
+    manifest_raw: bytes | None = None,
+    method: int = STORED,
+    manifest_method: int = DEFLATED,
+) -> bytes:
+    buf = io.BytesIO()
+    items = list(members.items()) if isinstance(members, dict) else list(members)
+    with zipfile.ZipFile(buf, "w") as zf:
+        if manifest_raw is None and manifest is not None:
+            manifest_raw = json.dumps(manifest).encode()
+        if manifest_raw is not None:
+            zf.writestr("manifest.txt", manifest_raw, compress_type=manifest_method)
+        for name, data in items:
+            zf.writestr(name, data, compress_type=method)
+    return buf.getvalue()
+
+
+def good_export(method: int = STORED) -> bytes:
+    manifest = {
+        "ada@example.org": ["a.png", "b.svg"],
+        "grace@example.org": ["c.png"],
+    }
+    return make_zip({"a.png": PNG, "b.svg": SVG, "c.png": PNG}, manifest=manifest, method=method)
+
+
+def code_of(fn: Any, *args: Any, **kwargs: Any) -> str:
+    with pytest.raises(ExportError) as info:
+        result = fn(*args, **kwargs)
+        if hasattr(result, "__next__"):
+            list(result)
+    return info.value.code
+
+
+# ------------------------------------------------------------------------------ good exports
+
+
+@pytest.mark.parametrize("method", [STORED, DEFLATED])
+def test_good_export_plans_and_reads_back(method: int) -> None:
+    reader = BytesRangeReader(good_export(method))
+    plan = plan_export(reader)
+    assert [learner.email for learner in plan.learners] == ["ada@example.org", "grace@example.org"]
+    ada = plan.learners[0]
+    assert [f.name for f in ada.files] == ["a.png", "b.svg"]
+    assert all(f.problem is None and f.location is not None for f in ada.files)
+    assert plan.stats.listed_files == 3
+    assert plan.stats.usable_files == 3
+    assert plan.stats.unlisted_members == 0
+    assert plan.stats.members == 3
+    loc = ada.files[0].location
+    assert loc is not None
+    assert read_member(reader, loc) == PNG
+    assert read_badge_image(reader, loc) == (PNG, "image/png")
+    svg_loc = ada.files[1].location
+    assert svg_loc is not None
+    assert read_badge_image(reader, svg_loc) == (SVG, "image/svg+xml")
+    assert read_member_head(reader, svg_loc, 20) == SVG[:20]
+
+
+def test_member_locations_match_zipfile() -> None:
+    data = good_export(DEFLATED)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        expected = {i.filename: (i.header_offset, i.compress_size, i.file_size, i.CRC) for i in zf.infolist()}
+    got = {
+        m.name: (m.header_offset, m.compressed_size, m.size, m.crc)
+        for m in iter_members(BytesRangeReader(data))
+    }
+    assert got == expected
+    index = member_index(BytesRangeReader(data))
+    assert len(index) == 4
+    assert isinstance(index["a.png"], MemberLocation)
+    assert index["a.png"].method == DEFLATED
+    assert "missing.png" not in index
+
+
+def test_file_reader(tmp_path: Path) -> None:
+    path = tmp_path / "export.zip"
+    path.write_bytes(good_export())
+    with FileRangeReader(path) as reader:
+        plan = plan_export(reader)
+        loc = plan.learners[1].files[0].location
+        assert loc is not None
+        assert read_member(reader, loc) == PNG
+
+
+def test_utf8_names_and_directories_and_comment() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("badges/", b"")
+        zf.writestr("badges/été.png", PNG)
+        zf.writestr("manifest.txt", json.dumps({"a@example.org": ["badges/été.png"]}))
+        zf.comment = b"PK\x05\x06 a comment that looks like a signature"
+    plan = plan_export(BytesRangeReader(buf.getvalue()))
+    assert plan.learners[0].files[0].problem is None
+    assert plan.stats.members == 1  # the directory entry is not a member
+
+
+def test_prepended_data_is_tolerated() -> None:
+    data = b"#!/bin/sh\necho self-extracting\n" + good_export()
+    reader = BytesRangeReader(data)
+    plan = plan_export(reader)
+    loc = plan.learners[0].files[0].location
+    assert loc is not None
+    assert read_member(reader, loc) == PNG
+
+
+def _zip64_by_hand(members: list[tuple[str, bytes]]) -> bytes:
+    """Stored members whose central entries and end record use ZIP64 fields."""
+    out = bytearray()
+    central = bytearray()
+    for name, data in members:
+        raw = name.encode()
+        crc = zlib.crc32(data)
+        offset = len(out)
+        extra = struct.pack("<HHQQ", 1, 16, len(data), len(data))
+        out += struct.pack(
+            "<4s5H3L2H", b"PK\x03\x04", 45, 0, 0, 0, 0, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(raw), 20
+        )
+        out += raw + extra + data
+        cextra = struct.pack("<HHQQQ", 1, 24, len(data), len(data), offset)
+        central += struct.pack(
+            "<4s6H3L5H2L",
+            b"PK\x01\x02",
+            45,
+            45,
+            0,
+            0,
+            0,
+            0,
+            crc,
+            0xFFFFFFFF,
+            0xFFFFFFFF,
+            len(raw),
+            len(cextra),
+            0,
+            0,
+            0,
+            0,
+            0xFFFFFFFF,
+        )
+        central += raw + cextra
+    cd_offset = len(out)
+    out += central
+    z64_offset = len(out)
+    n = len(members)
+    out += struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, n, n, len(central), cd_offset)
+    out += struct.pack("<4sLQL", b"PK\x06\x07", 0, z64_offset, 1)
+    out += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return bytes(out)
+
+
+def test_zip64_records_and_extra_fields() -> None:
+    manifest = json.dumps({"a@example.org": ["a.png", "b.svg"]}).encode()
+    data = _zip64_by_hand([("a.png", PNG), ("b.svg", SVG), ("manifest.txt", manifest)])
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:  # the hand-made archive is a real ZIP64
+        assert zf.read("b.svg") == SVG
+    reader = BytesRangeReader(data)
+    plan = plan_export(reader)
+    files = plan.learners[0].files
+    assert [f.problem for f in files] == [None, None]
+    assert files[1].location is not None
+    assert read_member(reader, files[1].location) == SVG
+
+
+def test_zip64_with_more_than_65535_entries() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("manifest.txt", json.dumps({"a@example.org": ["f65999"]}))
+        for i in range(66_000):
+            zf.writestr(f"f{i}", b"")
+    data = buf.getvalue()
+    assert b"PK\x06\x06" in data[-200:]
+    reader = BytesRangeReader(data)
+    assert sum(1 for _ in iter_members(reader)) == 66_001
+    learners = list(iter_learners(reader))
+    assert learners[0].files[0].problem is not None
+    assert learners[0].files[0].problem.code == "EMPTY_FILE"
+
+
+def test_central_directory_is_read_in_blocks() -> None:
+    members = [(f"badge-{i:05}.png", PNG) for i in range(2000)]
+    data = make_zip(members, manifest={"a@example.org": ["badge-00001.png"]})
+    reader = BytesRangeReader(data)
+    names = iter_members(reader, block_size=4096)
+    first = next(names)
+    assert first.name == "manifest.txt"
+    directory_reads = reader.calls[2:]  # after the end-record search
+    assert directory_reads and all(length <= 4096 for _, length in directory_reads)
+    assert len(directory_reads) < 5  # lazily: only the first blocks so far
+    assert sum(1 for _ in names) == 2000
+
+
+# ------------------------------------------------------------------------------ S3 reader
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read(self) -> bytes:
+        return self._data
+
+    def close(self) -> None:
+        pass
+
+
+class _ClientError(Exception):
+    def __init__(self, code: str, status: int) -> None:
+        super().__init__(code)
+        self.response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+
+
+class FakeS3:
+    def __init__(self, data: bytes, etag: str = '"abc"') -> None:
+        self.data = data
+        self.etag = etag
+        self.calls: list[dict[str, Any]] = []
+
+    def head_object(self, **kwargs: Any) -> dict[str, Any]:
+        return {"ContentLength": len(self.data), "ETag": self.etag}
+
+    def get_object(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(kwargs)
+        if kwargs.get("IfMatch") != self.etag:
+            raise _ClientError("PreconditionFailed", 412)
+        first, last = kwargs["Range"].removeprefix("bytes=").split("-")
+        return {"Body": _Body(self.data[int(first) : int(last) + 1])}
+
+
+def test_s3_reader_reads_ranges_pinned_to_etag() -> None:
+    data = good_export(DEFLATED)
+    s3 = FakeS3(data)
+    reader = S3RangeReader(s3, "bucket", "exports/x.zip", block_size=128, cache_blocks=64)
+    assert len(data) > 3 * 128
+    assert reader.size == len(data)
+    assert reader.etag == '"abc"'
+    plan = plan_export(reader)
+    loc = plan.learners[0].files[0].location
+    assert loc is not None
+    assert read_member(reader, loc) == PNG
+    assert all(call["IfMatch"] == '"abc"' for call in s3.calls)
+    assert reader.requests == len(s3.calls) <= len(data) // 128 + 1  # each block fetched once at most
+    assert reader.read(len(data), 10) == b""
+    assert reader.read(100, 50) == data[100:150]  # across two blocks
+    s3.etag = '"replaced"'
+    with pytest.raises(ExportError) as info:
+        reader.read(0, len(data))
+    assert info.value.code == "EXPORT_CHANGED"
+
+
+def test_s3_reader_on_moto() -> None:
+    import boto3
+    from moto import mock_aws
+
+    data = good_export()
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="exports")
+        s3.put_object(Bucket="exports", Key="x.zip", Body=data)
+        reader = S3RangeReader(s3, "exports", "x.zip")
+        plan = plan_export(reader)
+        assert plan.stats.usable_files == 3
+        with pytest.raises(ExportError) as info:
+            S3RangeReader(s3, "exports", "x.zip", etag='"not-it"', size=len(data)).read(0, 10)
+        assert info.value.code == "EXPORT_CHANGED"
+        with pytest.raises(ExportError) as info:
+            S3RangeReader(s3, "exports", "gone.zip")
+        assert info.value.code == "EXPORT_GONE"
+
+
+# ------------------------------------------------------------------------------ bad exports
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"hello world", PNG, b"\x00" * 100, b"PK", json.dumps({"a": ["b"]}).encode()],
+    ids=["empty", "text", "png", "zeros", "pk", "json"],
+)
+def test_not_a_zip(data: bytes) -> None:
+    assert code_of(plan_export, BytesRangeReader(data)) == "NOT_A_ZIP"
+
+
+def test_truncated_zip_at_every_point() -> None:
+    data = good_export(DEFLATED)
+    for cut in range(4, len(data), 7):
+        assert code_of(plan_export, BytesRangeReader(data[:cut])) == "TRUNCATED_ZIP", cut
+    for cut in range(1, 4):
+        assert code_of(plan_export, BytesRangeReader(data[:cut])) in {"TRUNCATED_ZIP", "NOT_A_ZIP"}
+
+
+def _eocd_pos(data: bytes) -> int:
+    return data.rindex(b"PK\x05\x06")
+
+
+def test_central_directory_offset_beyond_size() -> None:
+    data = bytearray(good_export())
+    pos = _eocd_pos(bytes(data))
+    struct.pack_into("<L", data, pos + 16, len(data) + 1000)
+    assert code_of(plan_export, BytesRangeReader(bytes(data))) == "TRUNCATED_ZIP"
+
+
+def test_bad_central_signature() -> None:
+    data = bytearray(good_export())
+    first = data.index(b"PK\x01\x02")
+    data[first + 3] = 0x09
+    assert code_of(plan_export, BytesRangeReader(bytes(data))) == "TRUNCATED_ZIP"
+
+
+def test_wrong_entry_count() -> None:
+    data = bytearray(good_export())
+    pos = _eocd_pos(bytes(data))
+    struct.pack_into("<HH", data, pos + 8, 9, 9)
+    assert code_of(plan_export, BytesRangeReader(bytes(data))) == "TRUNCATED_ZIP"
+
+
+def test_no_manifest() -> None:
+    assert code_of(plan_export, BytesRangeReader(make_zip({"a.png": PNG}))) == "NO_MANIFEST"
+    nested = make_zip({"export/manifest.txt": b"{}", "a.png": PNG})
+    assert code_of(plan_export, BytesRangeReader(nested)) == "NO_MANIFEST"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"   ",
+        b"hello",
+        b"{",
+        b'{"a@example.org": [}',
+        b'{"a@example.org": ["a.png",]}',
+        b'{"a@example.org": ["a.png"],}',
+        b'{"a@example.org" ["a.png"]}',
+        b'{"a@example.org": ["a.png"]} trailing',
+        b"{'a@example.org': ['a.png']}",
+        b'{"a@example.org": ["a\\qb.png"]}',
+        b'{"a@example.org": ["a.png"]',
+        b'{"\xff\xfe": []}',
+        b"{1: []}",
+    ],
+)
+@pytest.mark.parametrize("method", [STORED, DEFLATED])
+def test_manifest_not_json(raw: bytes, method: int) -> None:
+    data = make_zip({"a.png": PNG}, manifest_raw=raw, manifest_method=method)
+    assert code_of(plan_export, BytesRangeReader(data)) == "MANIFEST_NOT_JSON"
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        [],
+        ["a.png"],
+        "a.png",
+        3,
+        "null",
+        {"a@example.org": "a.png"},
+        {"a@example.org": [1]},
+        {"a@example.org": ["a.png", None]},
+        {"a@example.org": {"a.png": True}},
+        {"a@example.org": [["a.png"]]},
+        {"a@example.org": ["a.png"], "b@example.org": False},
+    ],
+)
+def test_manifest_bad_shape(manifest: Any) -> None:
+    raw = b"null" if manifest == "null" else json.dumps(manifest).encode()
+    data = make_zip({"a.png": PNG}, manifest_raw=raw)
+    with pytest.raises(ExportError) as info:
+        plan_export(BytesRangeReader(data))
+    assert info.value.code == "MANIFEST_BAD_SHAPE"
+    assert "(" in info.value.message  # says what was wrong
+
+
+def test_manifest_with_bom_and_whitespace_is_fine() -> None:
+    raw = b'\xef\xbb\xbf \n{ "  Ada@Example.org " :\t[ "a.png" ] }\n'
+    plan = plan_export(BytesRangeReader(make_zip({"a.png": PNG}, manifest_raw=raw)))
+    assert plan.learners[0].email == "Ada@Example.org"
+    assert plan.learners[0].normalized_email == "ada@example.org"
+    assert plan.learners[0].problems == []
+
+
+def test_empty_manifest_object() -> None:
+    plan = plan_export(BytesRangeReader(make_zip({"a.png": PNG}, manifest={})))
+    assert plan.learners == []
+    assert plan.stats.unlisted_members == 1
+    assert plan.stats.unlisted_examples == ["a.png"]
+
+
+def test_per_entry_problems() -> None:
+    manifest = {
+        "ada@example.org": ["a.png", "missing.png", "notes.png", "empty.png", "big.png", "a.png"],
+        "not an email": ["b.svg"],
+        "ADA@example.org": ["c.png"],
+    }
+    members = {
+        "a.png": PNG,
+        "b.svg": SVG,
+        "c.png": PNG,
+        "notes.png": b"these are my notes, not an image",
+        "empty.png": b"",
+        "big.png": PNG + b"\0" * 5000,
+        "stray.png": PNG,
+    }
+    reader = BytesRangeReader(make_zip(members, manifest=manifest, method=DEFLATED))
+    plan = plan_export(reader, max_size=4000)
+    assert len(plan.learners) == 2
+    ada, other = plan.learners
+    codes = {f.name: f.problem.code if f.problem else None for f in ada.files}
+    assert codes == {
+        "a.png": None,
+        "missing.png": "FILE_MISSING",
+        "notes.png": "NOT_AN_IMAGE",
+        "empty.png": "EMPTY_FILE",
+        "big.png": "FILE_TOO_LARGE",
+        "c.png": None,  # merged from the duplicate email
+    }
+    assert [p.code for p in ada.problems] == ["DUPLICATE_EMAIL"]
+    assert [p.code for p in other.problems] == ["INVALID_EMAIL"]
+    assert plan.stats.unlisted_members == 1
+    assert plan.stats.unlisted_examples == ["stray.png"]
+    assert plan.stats.distinct_learners == 2
+    assert plan.stats.learners == 3
+    assert plan.stats.file_problems == {
+        "FILE_MISSING": 1,
+        "NOT_AN_IMAGE": 1,
+        "EMPTY_FILE": 1,
+        "FILE_TOO_LARGE": 1,
+    }
+
+
+def test_streaming_marks_duplicates_instead_of_merging() -> None:
+    manifest_raw = b'{"a@example.org": ["a.png"], "A@EXAMPLE.ORG": ["a.png"]}'
+    reader = BytesRangeReader(make_zip({"a.png": PNG}, manifest_raw=manifest_raw))
+    first, second = iter_learners(reader)
+    assert not first.duplicate
+    assert second.duplicate
+    assert [p.code for p in second.problems] == ["DUPLICATE_EMAIL"]
+
+
+def test_without_sniffing_nothing_but_the_directory_is_read() -> None:
+    data = make_zip({"notes.png": b"not an image"}, manifest={"a@example.org": ["notes.png"]})
+    plan = plan_export(BytesRangeReader(data), sniff=False)
+    assert plan.learners[0].files[0].problem is None
+    with pytest.raises(MemberError) as info:
+        loc = plan.learners[0].files[0].location
+        assert loc is not None
+        read_badge_image(BytesRangeReader(data), loc)
+    assert info.value.code == "NOT_AN_IMAGE"
+
+
+# ------------------------------------------------------------------------------ members
+
+
+def _only(data: bytes, name: str) -> MemberLocation:
+    return member_index(BytesRangeReader(data))[name]
+
+
+def test_crc_mismatch_is_corrupt_file() -> None:
+    data = bytearray(make_zip({"a.png": PNG}, manifest={}))
+    pos = data.index(PNG[20:40])
+    data[pos] ^= 0xFF
+    reader = BytesRangeReader(bytes(data))
+    with pytest.raises(MemberError) as info:
+        read_member(reader, _only(bytes(data), "a.png"))
+    assert info.value.code == "CORRUPT_FILE"
+
+
+def test_unsupported_compression_and_encryption() -> None:
+    data = make_zip({"a.png": PNG}, manifest={})
+    reader = BytesRangeReader(data)
+    loc = _only(data, "a.png")
+    bzip = loc.model_copy(update={"method": 12})
+    with pytest.raises(MemberError) as info:
+        read_member(reader, bzip)
+    assert info.value.code == "UNSUPPORTED_COMPRESSION"
+    encrypted = bytearray(data)
+    struct.pack_into("<H", encrypted, loc.header_offset + 6, 1)
+    with pytest.raises(MemberError) as info:
+        read_member(BytesRangeReader(bytes(encrypted)), loc)
+    assert info.value.code == "ENCRYPTED_FILE"
+    with pytest.raises(MemberError) as info:
+        read_member(reader, loc, max_size=10)
+    assert info.value.code == "FILE_TOO_LARGE"
+
+
+def test_deflate_bomb_is_bounded() -> None:
+    bomb = b"\0" * 5_000_000
+    data = make_zip({"bomb.png": bomb}, manifest={}, method=DEFLATED)
+    loc = _only(data, "bomb.png")
+    lie = loc.model_copy(update={"size": 100})  # a directory that lies about the size
+    with pytest.raises(MemberError) as info:
+        read_member(BytesRangeReader(data), lie, max_size=100_000)
+    assert info.value.code == "CORRUPT_FILE"
+    assert read_member_head(BytesRangeReader(data), loc, 64) == b"\0" * 64
+
+
+def test_sniff_media_type() -> None:
+    assert sniff_media_type(PNG) == "image/png"
+    assert sniff_media_type(SVG) == "image/svg+xml"
+    assert sniff_media_type(b"<svg/>") == "image/svg+xml"
+    assert sniff_media_type(b'\xef\xbb\xbf<?xml version="1.0"?>\n<!-- hi -->\n<!DOCTYPE svg>\n<svg>') == (
+        "image/svg+xml"
+    )
+    assert sniff_media_type(b"<svg:svg xmlns:svg='http://www.w3.org/2000/svg'>") == "image/svg+xml"
+    assert sniff_media_type("<svg>".encode("utf-16")) == "image/svg+xml"
+    assert sniff_media_type(b"<html><svg></svg></html>") is None
+    assert sniff_media_type(b"GIF89a") is None
+    assert sniff_media_type(zlib.compress(SVG)) is None
+    assert sniff_media_type(b"") is None
+
+
+# ------------------------------------------------------------------------------ bounded reading
+
+
+def _big_manifest(learners: int) -> bytes:
+    return json.dumps(
+        {f"learner{i}@example.org": [f"b{i}-{j}.png" for j in range(3)] for i in range(learners)}
+    ).encode()
+
+
+@pytest.mark.parametrize("method", [STORED, DEFLATED])
+def test_iter_manifest_reads_in_bounded_blocks(method: int) -> None:
+    raw = _big_manifest(20_000)
+    data = make_zip([], manifest_raw=raw, manifest_method=method)
+    reader = BytesRangeReader(data)
+    loc = _only(data, "manifest.txt")
+    reader.calls.clear()
+    entries = iter_manifest(reader, loc, block_size=8192)
+    email, files = next(entries)
+    assert email == "learner0@example.org"
+    assert files == ["b0-0.png", "b0-1.png", "b0-2.png"]
+    assert sum(length for _, length in reader.calls) <= 8192 + 30 + 64  # header + one block
+    count = 1 + sum(1 for _ in entries)
+    assert count == 20_000
+    assert all(length <= 8192 for _, length in reader.calls[1:])
+    assert sum(length for _, length in reader.calls[1:]) == loc.compressed_size
+
+
+def test_iter_manifest_memory_does_not_grow_with_learners() -> None:
+    raw = _big_manifest(30_000)  # about 2 MB of JSON
+    data = make_zip([], manifest_raw=raw, manifest_method=DEFLATED)
+    reader = BytesRangeReader(data)
+    loc = _only(data, "manifest.txt")
+    reader.calls.clear()
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in iter_manifest(reader, loc, block_size=8192))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 30_000
+    assert len(raw) > 2_000_000
+    assert peak < len(raw) // 5
+
+
+def test_find_manifest() -> None:
+    loc, index = find_manifest(BytesRangeReader(good_export()))
+    assert loc.name == "manifest.txt"
+    assert set(index) == {"manifest.txt", "a.png", "b.svg", "c.png"}
+
+
+# ------------------------------------------------------------------------------ hostile input
+
+# More examples for a longer hunt: HYPOTHESIS_EXAMPLES=5000 pytest -k hostile
+FUZZ = settings(
+    max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def _consume(data: bytes) -> None:
+    reader = BytesRangeReader(data)
+    try:
+        plan = plan_export(reader)
+    except ExportError:
+        return
+    for learner in plan.learners:
+        for f in learner.files:
+            if f.location is not None:
+                with contextlib.suppress(MemberError):
+                    read_badge_image(reader, f.location, max_size=1_000_000)
+
+
+@FUZZ
+@given(st.binary(max_size=2000))
+def test_hostile_bytes_end_in_export_errors(data: bytes) -> None:
+    _consume(data)
+    _consume(b"PK\x03\x04" + data)
+    _consume(data + b"PK\x05\x06" + data[:18])
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_exports_end_in_export_errors(data: st.DataObject) -> None:
+    base = bytearray(good_export(data.draw(st.sampled_from([STORED, DEFLATED]))))
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(0, len(base) - 1))
+        base[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(base)))
+    _consume(bytes(base))
+    _consume(bytes(base[:cut]))
+    _consume(bytes(base[cut:]))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=12,
+)
+manifests = st.one_of(
+    json_values,
+    st.dictionaries(st.text(), st.lists(st.text(), max_size=4), max_size=6),
+    st.dictionaries(st.text(), st.lists(st.text(), max_size=4) | json_values, max_size=6),
+)
+
+
+def _shape_ok(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(v, list) and all(isinstance(x, str) for x in v) for v in value.values()
+    )
+
+
+@FUZZ
+@given(manifests, st.sampled_from([STORED, DEFLATED]), st.integers(1, 64), st.booleans())
+def test_hostile_manifests_match_the_json_reference(
+    value: Any, method: int, block: int, indent: bool
+) -> None:
+    raw = json.dumps(value, indent=2 if indent else None, ensure_ascii=False).encode()
+    data = make_zip([], manifest_raw=raw, manifest_method=method)
+    reader = BytesRangeReader(data)
+    loc = _only(data, "manifest.txt")
+    if _shape_ok(value):
+        assert list(iter_manifest(reader, loc, block_size=block)) == [
+            (k.strip(), v) for k, v in value.items()
+        ]
+    else:
+        assert code_of(iter_manifest, reader, loc, block_size=block) == "MANIFEST_BAD_SHAPE"
+
+
+@FUZZ
+@given(st.text(alphabet='{}[]",: \n\\abu0123456789@.', max_size=80), st.integers(1, 16))
+def test_hostile_manifest_text_never_escapes(text: str, block: int) -> None:
+    data = make_zip([], manifest_raw=text.encode(), manifest_method=DEFLATED)
+    reader = BytesRangeReader(data)
+    loc = _only(data, "manifest.txt")
+    try:
+        reference = json.loads(text, object_pairs_hook=list)
+    except ValueError:
+        reference = None
+    try:
+        got = list(iter_manifest(reader, loc, block_size=block))
+    except ExportError as exc:
+        assert exc.code in {"MANIFEST_NOT_JSON", "MANIFEST_BAD_SHAPE"}
+        if reference is not None:
+            assert exc.code == "MANIFEST_BAD_SHAPE"
+        return
+    assert reference is not None
+    assert got == [(k.strip(), v) for k, v in reference]
