@@ -8,6 +8,7 @@ from urllib.parse import unquote_plus
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.parser.models import S3Model
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from backpack_migrate.intake import read_export
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.services import get_services
@@ -22,6 +23,8 @@ def handler(event: S3Model, context: LambdaContext) -> dict[str, Any]:
     svc.register_context(context)
     exports = []
     for record in event.Records:
+        if record.s3.object is None:  # only ObjectCreated events reach this function
+            continue
         job = {
             "bucket": record.s3.bucket.name,
             "key": unquote_plus(record.s3.object.key),

@@ -6,12 +6,14 @@ import random
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
+
 from backpack_migrate.migration import RetryLater, import_badge
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.services import get_services
-from pydantic import BaseModel
 
 processor = BatchProcessor(event_type=EventType.SQS)
 MAX_BACKOFF_SECONDS = 900
@@ -32,7 +34,7 @@ def backoff_seconds(receive_count: int, asked: float | None) -> int:
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     svc = get_services()
     svc.register_context(context)
 

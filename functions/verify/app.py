@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
+
 from backpack_migrate.migration import verify_learner
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.services import get_services
-from pydantic import BaseModel
 
 processor = BatchProcessor(event_type=EventType.SQS)
 
@@ -22,7 +24,7 @@ class VerifyJob(BaseModel):
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     svc = get_services()
 
     def record_handler(record: SQSRecord) -> None:

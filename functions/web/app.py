@@ -8,7 +8,9 @@ from urllib.parse import parse_qs
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from backpack_migrate import portal
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.services import Services, get_services
@@ -46,10 +48,17 @@ def _respond(page: portal.Page) -> Response:
         headers["Location"] = page.location
     cookies = []
     if page.session_id:
-        secure = "; Secure" if _svc().settings.public_base_url.startswith("https://") else ""
+        # Lax, so the cookie comes back on Badgr's redirect to the callback (a top-level GET).
         cookies.append(
-            f"{portal.SESSION_COOKIE}={page.session_id}; Path=/; HttpOnly; SameSite=Lax; "
-            f"Max-Age={portal.SESSION_TTL}{secure}"
+            Cookie(
+                name=portal.SESSION_COOKIE,
+                value=page.session_id,
+                path="/",
+                http_only=True,
+                secure=_svc().settings.public_base_url.startswith("https://"),
+                same_site=SameSite.LAX_MODE,
+                max_age=portal.SESSION_TTL,
+            )
         )
     return Response(
         status_code=page.status,

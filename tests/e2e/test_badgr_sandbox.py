@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+
 from backpack_migrate.badgr import (
     BadgrAuthError,
     BadgrClient,
@@ -30,7 +31,6 @@ from backpack_migrate.badgr import (
     image_data_uri,
     new_pkce_pair,
 )
-
 from infra.local.badgr_sandbox import BadgrSandbox
 
 pytestmark = pytest.mark.e2e
@@ -394,7 +394,7 @@ def test_bad_token_and_missing_scope(sandbox: BadgrSandbox, client: BadgrClient)
 
 
 @pytest.mark.parametrize(("status", "retry_after"), [(500, None), (502, None), (503, None), (429, 1.0)])
-def test_injected_failures_are_retry(  # noqa: PLR0917 - fixtures and one table row
+def test_injected_failures_are_retry(
     sandbox: BadgrSandbox, client: BadgrClient, token: str, site: IssuerSite, status: int, retry_after: float
 ) -> None:
     assertion = site.badge("flaky", LEARNER)

@@ -12,6 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from requests.adapters import BaseAdapter
+
 from backpack_migrate.badgr import (
     BadgrAuthError,
     BadgrClient,
@@ -25,7 +27,6 @@ from backpack_migrate.badgr import (
     reason_for,
 )
 from backpack_migrate.domain import BadgrAnswer
-from requests.adapters import BaseAdapter
 
 pytestmark = pytest.mark.unit
 
@@ -270,7 +271,7 @@ RECIPIENT_ERRORS = [
         (503, "busy", {"Retry-After": "3"}, "retry", [], None, 3.0),
     ],
 )  # fmt: skip
-def test_import_outcomes(  # noqa: PLR0917 - one row of the table
+def test_import_outcomes(
     status: int,
     body: Any,
     headers: dict[str, str],
