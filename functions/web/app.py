@@ -42,6 +42,13 @@ def _session_id() -> str | None:
     return morsel.value if morsel else None
 
 
+def _redirect_uri() -> str:
+    """Our OAuth callback. The template cannot hand this function its own API's URL (a cycle),
+    so without a configured public URL it is the domain the request came in on."""
+    base = _svc().settings.public_base_url or f"https://{app.current_event.request_context.domain_name}"
+    return f"{base.rstrip('/')}/oauth/callback"
+
+
 def _respond(page: portal.Page) -> Response:
     headers: dict[str, str] = dict(SECURITY_HEADERS)
     if page.location:
@@ -83,13 +90,13 @@ def landing(token: str) -> Response:
 def connect(token: str) -> Response:
     form = parse_qs(app.current_event.decoded_body or "")
     csrf = form.get("csrf", [None])[0]
-    return _respond(portal.connect(_svc(), token, _session_id(), csrf))
+    return _respond(portal.connect(_svc(), token, _session_id(), csrf, _redirect_uri()))
 
 
 @app.get("/oauth/callback")
 def oauth_callback() -> Response:
     params = {k: v for k, v in (app.current_event.query_string_parameters or {}).items()}
-    return _respond(portal.callback(_svc(), _session_id(), params))
+    return _respond(portal.callback(_svc(), _session_id(), params, _redirect_uri()))
 
 
 @app.get("/l/<token>/status")

@@ -35,10 +35,6 @@ class Settings(BaseModel):
     allow_loopback_fetch: bool = Field(default=False, alias="ALLOW_LOOPBACK_FETCH")
     record_ttl_days: int = Field(default=180, alias="RECORD_TTL_DAYS", ge=1)
 
-    @property
-    def redirect_uri(self) -> str:
-        return f"{self.public_base_url.rstrip('/')}/oauth/callback"
-
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -81,7 +81,7 @@ def landing(svc: Services, token: str, session_id: str | None) -> Page:
     return Page(200, body, session_id=sid if created else None)
 
 
-def connect(svc: Services, token: str, session_id: str | None, csrf: str | None) -> Page:
+def connect(svc: Services, token: str, session_id: str | None, csrf: str | None, redirect_uri: str) -> Page:
     claims = _claims(svc, token)
     session = svc.store.get_session(session_id) if session_id else None
     if (
@@ -104,14 +104,14 @@ def connect(svc: Services, token: str, session_id: str | None, csrf: str | None)
     )
     url = svc.badgr.authorize_url(
         svc.settings.badgr_authorize_url,
-        redirect_uri=svc.settings.redirect_uri,
+        redirect_uri=redirect_uri,
         state=state,
         code_challenge=challenge,
     )
     return Page(303, "", location=url)
 
 
-def callback(svc: Services, session_id: str | None, params: dict[str, str]) -> Page:
+def callback(svc: Services, session_id: str | None, params: dict[str, str], redirect_uri: str) -> Page:
     session = svc.store.get_session(session_id) if session_id else None
     if session is None or "state" not in session:
         raise PortalError(
@@ -130,7 +130,7 @@ def callback(svc: Services, session_id: str | None, params: dict[str, str]) -> P
     from .badgr import BadgrError
 
     try:
-        tokens = svc.badgr.exchange_code(params["code"], session["pkce"], svc.settings.redirect_uri)
+        tokens = svc.badgr.exchange_code(params["code"], session["pkce"], redirect_uri)
     except BadgrError as error:
         logger.warning("code exchange failed", extra={"error": type(error).__name__})
         raise PortalError(
