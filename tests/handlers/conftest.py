@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def load_handler(name: str) -> ModuleType:
     """Import functions/<name>/app.py under a name of its own, as Lambda would load it alone."""
-    module_name = f"fn_{name}_app"
+    module_name = f"handler_under_test_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, ROOT / "functions" / name / "app.py")

@@ -1,0 +1,81 @@
+"""``make bench``: every benchmark part, a table each, then one JSON line of the named figures.
+
+Parts that cannot run say why and put null in the JSON. The last line of the output is always
+the JSON object, so scripts can read it with ``tail -n 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from infra.bench.common import Part, render
+
+FIGURES = (
+    "verify_corpus_ours_per_s",
+    "verify_corpus_reference_per_s",
+    "verify_loopback_ours_per_s",
+    "verify_loopback_reference_per_s",
+    "verify_loopback_ratio",
+    "verify_loopback_reference_sample",
+    "intake_10k_learners_per_s",
+    "intake_10k_badges_per_s",
+    "intake_10k_peak_mb",
+    "intake_1k_learners_per_s",
+    "intake_1k_badges_per_s",
+    "intake_1k_peak_mb",
+    "cold_import_ms",
+)
+
+
+def _guarded(title: str, build: Callable[[], list[Part]]) -> list[Part]:
+    started = time.perf_counter()
+    try:
+        parts = build()
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        return [Part(title).skip(f"the part crashed: {type(exc).__name__}: {exc}")]
+    for part in parts:
+        part.notes.append(f"({title} took {time.perf_counter() - started:.0f} s)")
+    return parts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run every benchmark part.")
+    parser.add_argument("--only", choices=("verify", "cold", "intake"), action="append")
+    parser.add_argument("--badges", type=int, default=10_000, help="badges on the loopback site")
+    parser.add_argument("--sample", type=int, default=250, help="badges the reference verifies on loopback")
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--runs", type=int, default=5, help="cold-import runs per function")
+    args = parser.parse_args(argv)
+    chosen = set(args.only or ("verify", "cold", "intake"))
+
+    from infra.bench import cold_imports, intake_bench, verify_bench
+
+    parts: list[Part] = []
+    if "verify" in chosen:
+        vargs = verify_bench.parse_args(
+            ["--badges", str(args.badges), "--sample", str(args.sample), "--workers", str(args.workers)]
+        )
+        parts += _guarded("verify", lambda: verify_bench.run(vargs))
+    if "cold" in chosen:
+        parts += _guarded("cold imports", lambda: [cold_imports.bench_cold_imports(args.runs)])
+    if "intake" in chosen:
+        parts += _guarded("intake", lambda: [intake_bench.bench_intake()])
+
+    figures: dict[str, Any] = dict.fromkeys(FIGURES)
+    for part in parts:
+        print(render(part))
+        print()
+        figures.update(part.figures)
+    print(json.dumps(figures, separators=(", ", ": ")), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
