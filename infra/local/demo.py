@@ -116,6 +116,13 @@ def running(root: Path, work: Path, http_port: int = 0) -> Iterator[Running]:
                 yield Running(world, site, sandbox, stack)
 
 
+def _text_of(email: dict[str, Any]) -> str:
+    """The readable body of a captured email (moto keeps the HTML part)."""
+    body = str(email["body"] or "")
+    body = re.sub(r"<a href=\"([^\"]+)\">([^<]+)</a>", r"\2: \1", body)
+    return html.unescape(re.sub(r"<[^>]+>", "\n", body)).replace("\n\n", "\n").strip()
+
+
 def links_by_email(stack: LocalStack) -> dict[str, str]:
     found: dict[str, str] = {}
     for email in stack.sent_emails():
@@ -173,13 +180,26 @@ def check(run: Running) -> list[str]:
     return failures
 
 
+def _quiet() -> None:
+    """The functions' JSON logs and moto's request lines would bury the story; keep warnings."""
+    import logging
+    import os
+
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+
 def run_demo(root: Path) -> int:
+    _quiet()
     work = root / ".local-stack" / "demo"
     started = time.monotonic()
     with running(root, work) as run:
         world = run.world
+        distinct = len({learner.email.strip().lower() for learner in world.learners})
         print(
-            f"Export: {len(world.learners)} learners, {len(world.expected)} badges -> {world.zip_path.name}"
+            f"Export: {len(world.learners)} manifest entries ({distinct} learners), "
+            f"{len(world.expected)} badges -> {world.zip_path.name}"
         )
         print(
             f"Issuer sites on {run.site.url}; Badgr sandbox on {run.sandbox.url}; HTTP API on {run.stack.url}"
@@ -191,6 +211,9 @@ def run_demo(root: Path) -> int:
         print(f"\n{len(run.stack.sent_emails())} emails sent:")
         for email in run.stack.sent_emails():
             print(f"  to {email['to'][0]:<34} {email['subject']}")
+        first = run.stack.sent_emails()[0]
+        print(f"\nThe first one, as the learner reads it (to {first['to'][0]}):")
+        print("  | " + "\n  | ".join(_text_of(first).splitlines()))
         accounts = {a.username: a for a in world.accounts}
         print("\nEach learner opens the link, presses 'Move my badges to Badgr', signs in and allows:")
         for learner in world.learners:
@@ -230,6 +253,7 @@ def run_demo(root: Path) -> int:
 
 def run_local(root: Path, port: int = 3000) -> int:
     """The same stack, left running, with links a person can open in a browser."""
+    _quiet()
     work = root / ".local-stack" / "local"
     with running(root, work, http_port=port) as run:
         run.upload()

@@ -25,7 +25,15 @@ from .domain import (
     Problem,
     VerdictSummary,
 )
-from .export import ExportError, PlanStats, S3RangeReader, iter_learners, read_member, sniff_media_type
+from .export import (
+    MESSAGES,
+    ExportError,
+    PlanStats,
+    S3RangeReader,
+    iter_learners,
+    read_member,
+    sniff_media_type,
+)
 from .observability import logger, metrics
 from .services import Services
 
@@ -134,7 +142,8 @@ def _plan_problems(stats: PlanStats) -> list[Problem]:
             )
         )
     for code, count in sorted(stats.file_problems.items()):
-        found.append(Problem(code=code, message=f"{count} listed files: {code.replace('_', ' ').lower()}."))
+        files = "1 listed file" if count == 1 else f"{count} listed files"
+        found.append(Problem(code=code, message=f"{files}: {MESSAGES.get(code, code)}"))
     return found
 
 

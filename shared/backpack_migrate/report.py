@@ -51,7 +51,8 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     lines += [f"    {state:<18} {count}" for state, count in report["badges_by_state"].items()]
     for problem in report["export_problems"]:
-        lines.append(f"  export error {problem['code']}: {problem['message']}")
+        label = "error" if report["status"] == "failed" else "note"
+        lines.append(f"  {label} {problem['code']}: {problem['message']}")
     if report["learner_problems"]:
         lines.append(
             "  learner problems: " + ", ".join(f"{k} x{v}" for k, v in report["learner_problems"].items())
