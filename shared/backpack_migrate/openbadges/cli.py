@@ -78,7 +78,12 @@ def _human(verdict: Verdict, out: TextIO) -> None:
     badge = verdict.badge
     name = badge.badge_class.name if badge and badge.badge_class.name else "this badge"
     version = f" (Open Badges {verdict.version})" if verdict.version else ""
-    headline = "VALID" if verdict.valid else ("REVOKED" if verdict.revoked else "NOT VALID")
+    if verdict.valid:
+        headline = "VALID"
+    elif is_unusable(verdict):
+        headline = "UNUSABLE INPUT"
+    else:
+        headline = "REVOKED" if verdict.revoked else "NOT VALID"
     out.write(f"{headline}: {name}{version}\n")
     if badge and badge.issuer.name:
         out.write(f"  issued by {badge.issuer.name}")
