@@ -12,11 +12,14 @@ _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;color:#1d1d1f}
 h1{font-size:1.6rem}ul.badges{list-style:none;padding:0}
 li.badge{display:flex;gap:1rem;align-items:flex-start;border-bottom:1px solid #ddd;padding:.8rem 0}
-li.badge img{width:72px;height:72px;object-fit:contain}
+li.badge img,.noimage{width:72px;height:72px;flex:none;object-fit:contain}
+.noimage{box-sizing:border-box;border:2px dashed #bbb;border-radius:50%}
 .verdict{font-size:.95rem}.ok{color:#1a7f37}.warn{color:#9a6700}.bad{color:#b42318}
 button{font-size:1.05rem;padding:.6rem 1.2rem;border-radius:.4rem;border:0;background:#0b57d0;color:#fff}
 .progress{font-weight:600}
 """
+
+_SHOWN_MEDIA = ("image/png", "image/svg+xml")
 
 
 def _layout(title: str, body: str, refresh: int | None = None) -> str:
@@ -79,10 +82,11 @@ def _badge_items(token: str, badges: Sequence[BadgeRecord]) -> str:
     items = []
     for badge in badges:
         css, line = verdict_line(badge)
+        # Only files that really are PNG or SVG get an <img>; anything else would show a broken image.
         image = (
             f"<img alt='' src='/l/{escape(token)}/badges/{escape(badge.badge_id)}/image'>"
-            if badge.member is not None
-            else "<img alt=''>"
+            if badge.member is not None and badge.media_type in _SHOWN_MEDIA
+            else "<span class='noimage' aria-hidden='true'></span>"
         )
         items.append(
             f"<li class='badge' data-state='{escape(badge.state.value)}'>{image}<div>"

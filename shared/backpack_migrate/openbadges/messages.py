@@ -94,6 +94,7 @@ def message_for(code: str, detail: str | None = None) -> str:
     template = MESSAGES.get(code, "This badge could not be checked.")
     if "{detail}" in template:
         if code == "REVOKED":
-            return template.format(detail=f" ({detail})" if detail else "")
+            reason = detail.strip().rstrip(".") if detail else ""
+            return template.format(detail=f" ({reason})" if reason else "")
         return template.format(detail=detail or "unknown")
     return template
