@@ -151,7 +151,11 @@ def import_badge(svc: Services, learner_id: str, badge_id: str, receive_count: i
     except RetryLater as retry:
         last = receive_count >= svc.settings.migrate_max_receive_count
         state = BadgeState.DEAD_LETTERED if last else BadgeState.FAILED_RETRYABLE
-        _finish(svc, badge, state, problem=retry.problem, attempts=receive_count, form=form, final=False)
+        reason = retry.problem
+        if last and reason.code != _ACCESS_LOST.code:
+            # No retry is coming any more: the learner's page must not promise one.
+            reason = Problem(code=reason.code, message=_GAVE_UP)
+        _finish(svc, badge, state, problem=reason, attempts=receive_count, form=form, final=False)
         raise
     state = {
         "imported": BadgeState.IMPORTED,
@@ -253,6 +257,7 @@ _ACCESS_LOST = Problem(
     message="Badgr no longer lets us add badges to your account: open your link and connect Badgr again.",
 )
 _ACCESS_WAIT = Problem(code="BADGR_BUSY", message="Badgr asked us to wait; we will try again.")
+_GAVE_UP = "Badgr did not take this badge after several tries; our team has been told."
 
 
 def _tokens(svc: Services, learner_id: str) -> tuple[str, str, int]:

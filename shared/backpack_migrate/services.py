@@ -104,6 +104,9 @@ def build_services(settings: Settings) -> Services:
     from .store import DynamoStore
 
     kms = boto3.client("kms")
+    # Owned by these services (not Powertools' process-wide default provider), so reset_services()
+    # also forgets the secrets' client and cache when the environment points somewhere else.
+    secrets = parameters.SecretsProvider(boto3_client=boto3.client("secretsmanager"))
     persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
     idempotency_config = IdempotencyConfig(expires_after_seconds=7 * 86400)
 
@@ -117,8 +120,10 @@ def build_services(settings: Settings) -> Services:
         )
 
     def link_secret() -> bytes:
-        value = parameters.get_secret(settings.link_secret_arn, max_age=300)
-        return value.encode() if isinstance(value, str) else bytes(value)
+        value = secrets.get(settings.link_secret_arn, max_age=300)
+        if not isinstance(value, str | bytes):
+            raise TypeError("the link signing secret must be a string")
+        return value.encode() if isinstance(value, str) else value
 
     def verifier_factory() -> Any:
         from .openbadges import SafeFetcher, Verifier
@@ -128,7 +133,7 @@ def build_services(settings: Settings) -> Services:
     def badgr_factory() -> Any:
         from .badgr import BadgrClient
 
-        secret = parameters.get_secret(settings.badgr_client_secret_arn, max_age=300)
+        secret = secrets.get(settings.badgr_client_secret_arn, max_age=300)
         return BadgrClient(settings.badgr_api_url, settings.badgr_client_id, str(secret))
 
     return Services(
