@@ -26,9 +26,15 @@ FIGURES = (
     "intake_10k_learners_per_s",
     "intake_10k_badges_per_s",
     "intake_10k_peak_mb",
+    "intake_10k_growth_mb",
+    "intake_10k_traced_mb",
+    "intake_10k_export_mb",
     "intake_1k_learners_per_s",
     "intake_1k_badges_per_s",
     "intake_1k_peak_mb",
+    "intake_1k_growth_mb",
+    "intake_1k_traced_mb",
+    "intake_1k_export_mb",
     "cold_import_ms",
 )
 

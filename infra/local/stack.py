@@ -226,12 +226,17 @@ class LocalStack:
         async_retry_delays: tuple[float, ...] = (0.2, 0.5),
         poll_interval: float = 0.1,
         default_max_concurrency: int = 2,
+        dispatch: bool = True,
     ) -> None:
         """
         ``failure_visibility_timeout``: seconds after which a message whose invocation failed is
         visible again (instead of the queue's VisibilityTimeout, minutes in the template);
         ``None`` keeps the queue's timeout as AWS does.
         ``async_retry_delays``: waits before the asynchronous retries (a minute and two in AWS).
+        ``dispatch=False`` deploys the resources and serves the HTTP API but starts no S3 watcher,
+        asynchronous-invoke worker or SQS pollers: new objects and queued messages just stay
+        where they are (for measuring one function's work alone; ``wait_idle`` then waits on
+        queues nobody empties).
         """
         self.root = Path(root).resolve()
         self.badgr_api_url = badgr_api_url
@@ -244,6 +249,7 @@ class LocalStack:
         self.async_retry_delays = async_retry_delays
         self.poll_interval = poll_interval
         self.default_max_concurrency = default_max_concurrency
+        self.dispatch = dispatch
 
         self.stack_name = f"backpack-migrate-local-{uuid.uuid4().hex[:8]}"
         self.endpoint_url = ""
@@ -337,13 +343,15 @@ class LocalStack:
         self._build_dispatch()
         self._spawn(self._http.serve_forever, "local-http-api")
         self._http_serving = True
-        self._spawn(self._s3_watcher, "local-s3-watch")
-        self._spawn(self._async_worker, "local-async-invoke")
-        for source in self.sqs_sources:
-            for n in range(source.max_concurrency):
-                self._spawn(
-                    functools.partial(self._sqs_worker, source), f"local-sqs-{source.queue_logical_id}-{n}"
-                )
+        if self.dispatch:
+            self._spawn(self._s3_watcher, "local-s3-watch")
+            self._spawn(self._async_worker, "local-async-invoke")
+            for source in self.sqs_sources:
+                for n in range(source.max_concurrency):
+                    self._spawn(
+                        functools.partial(self._sqs_worker, source),
+                        f"local-sqs-{source.queue_logical_id}-{n}",
+                    )
         log.info("local stack up: api %s, aws %s", self.url, self.endpoint_url)
 
     def stop(self) -> None:
