@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from backpack_migrate.badgr import ImportResult, Tokens
 from backpack_migrate.config import Settings
 from backpack_migrate.crypto import EmailCipher, TokenVault
-from backpack_migrate.domain import BadgeRecord, BadgeState, ExportRecord, LearnerRecord
+from backpack_migrate.domain import BadgeRecord, BadgeState, ExportRecord, LearnerRecord, check_transition
 from backpack_migrate.notify import Email, RateLimiter
 from backpack_migrate.services import Services
 
@@ -58,6 +58,21 @@ class InMemoryStore:
     def get_learner(self, learner_id: str) -> LearnerRecord | None:
         return self.learners.get(learner_id)
 
+    def mark_migration_requested(self, learner_id: str, at: str) -> None:
+        with self._lock:
+            learner = self.learners[learner_id]
+            self.learners[learner_id] = learner.model_copy(
+                update={"migration_requested_at": at, "summary_for": None}
+            )
+
+    def claim_summary(self, learner_id: str, requested_at: str) -> bool:
+        with self._lock:
+            learner = self.learners[learner_id]
+            if learner.migration_requested_at != requested_at or learner.summary_for is not None:
+                return False
+            self.learners[learner_id] = learner.model_copy(update={"summary_for": requested_at})
+            return True
+
     def iter_export_learners(self, export_id: str) -> Iterator[LearnerRecord]:
         return (learner for learner in list(self.learners.values()) if learner.export_id == export_id)
 
@@ -82,6 +97,8 @@ class InMemoryStore:
         return (badge for badge in list(self.badges.values()) if badge.export_id == export_id)
 
     def transition(self, badge: BadgeRecord, expected: Iterable[BadgeState]) -> bool:
+        expected = frozenset(expected)
+        check_transition(expected, badge.state)
         with self._lock:
             key = (badge.learner_id, badge.badge_id)
             current = self.badges.get(key)
@@ -229,6 +246,7 @@ def fake_services(
         emails=EmailCipher(kms, "key"),
         tokens=TokenVault(kms, "key"),
         link_secret=lambda: b"k" * 32,
+        learner_id_secret=lambda: b"i" * 32,
         sender=sender,
         rate=RateLimiter(1000.0, sleep=lambda _s: None),
         verifier_factory=lambda: verifier,

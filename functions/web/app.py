@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
@@ -62,7 +63,8 @@ def _respond(page: portal.Page) -> Response:
                 value=page.session_id,
                 path="/",
                 http_only=True,
-                secure=_svc().settings.public_base_url.startswith("https://"),
+                # Only a plain-http local run (make local) goes without Secure.
+                secure=not _svc().settings.public_base_url.startswith("http://"),
                 same_site=SameSite.LAX_MODE,
                 max_age=portal.SESSION_TTL,
             )
@@ -105,8 +107,9 @@ def status(token: str) -> Response:
 
 
 @app.get("/l/<token>/status.json")
-def status_json(token: str) -> dict[str, Any]:
-    return portal.status_json(_svc(), token)
+def status_json(token: str) -> Response:
+    body = json.dumps(portal.status_json(_svc(), token))
+    return _respond(portal.Page(200, body, content_type="application/json"))
 
 
 @app.get("/l/<token>/badges/<badge_id>/image")

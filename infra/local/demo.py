@@ -151,14 +151,12 @@ def play_learner(link: str, username: str, password: str) -> requests.Response:
 
 def check(run: Running) -> list[str]:
     """Every listed badge in its expected final state; Badgr holding exactly what it should."""
-    from backpack_migrate.crypto import learner_id_for
     from backpack_migrate.services import get_services
 
     svc = get_services()
-    secret = svc.link_secret()
     failures = []
     for expected in run.world.expected:
-        learner_id = learner_id_for(expected.email, secret)
+        learner_id = svc.learner_id(expected.email)
         badge = next((b for b in svc.store.list_badges(learner_id) if b.file_name == expected.file), None)
         if badge is None:
             failures.append(f"{expected.file} of {expected.email}: no record")

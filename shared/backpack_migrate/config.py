@@ -20,6 +20,8 @@ class Settings(BaseModel):
     migrate_queue_url: str = Field(default="", alias="MIGRATE_QUEUE_URL")
     kms_key_id: str = Field(default="alias/backpack-migrate", alias="KMS_KEY_ID")
     link_secret_arn: str = Field(default="", alias="LINK_SECRET_ARN")
+    # Never rotated: a learner's id is an HMAC of the email under it, so re-uploads keep their ids.
+    learner_id_secret_arn: str = Field(default="", alias="LEARNER_ID_SECRET_ARN")
     badgr_client_secret_arn: str = Field(default="", alias="BADGR_CLIENT_SECRET_ARN")
     badgr_client_id: str = Field(default="backpack-migrate", alias="BADGR_CLIENT_ID")
     badgr_api_url: str = Field(default="https://api.badgr.io", alias="BADGR_API_URL")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class BadgeState(StrEnum):
@@ -37,6 +42,7 @@ TRANSITIONS: dict[BadgeState, frozenset[BadgeState]] = {
     BadgeState.VERIFIED: frozenset({BadgeState.QUEUED}),
     BadgeState.QUEUED: frozenset(
         {
+            BadgeState.QUEUED,  # connecting again re-sends a job that may have been lost
             BadgeState.IMPORTED,
             BadgeState.ALREADY_IN_BADGR,
             BadgeState.PENDING,
@@ -47,6 +53,7 @@ TRANSITIONS: dict[BadgeState, frozenset[BadgeState]] = {
     ),
     BadgeState.FAILED_RETRYABLE: frozenset(
         {
+            BadgeState.QUEUED,
             BadgeState.IMPORTED,
             BadgeState.ALREADY_IN_BADGR,
             BadgeState.PENDING,
@@ -64,6 +71,7 @@ TRANSITIONS: dict[BadgeState, frozenset[BadgeState]] = {
             BadgeState.PENDING,
             BadgeState.REJECTED,
             BadgeState.FAILED_RETRYABLE,
+            BadgeState.DEAD_LETTERED,  # a redriven job that failed to the end again
         }
     ),
     BadgeState.UNREADABLE: frozenset(),
@@ -72,6 +80,17 @@ TRANSITIONS: dict[BadgeState, frozenset[BadgeState]] = {
     BadgeState.PENDING: frozenset(),
     BadgeState.REJECTED: frozenset(),
 }
+
+
+class TransitionError(ValueError):
+    """A state change the badge state machine does not allow: a bug, never a data problem."""
+
+
+def check_transition(expected: frozenset[BadgeState] | set[BadgeState], new: BadgeState) -> None:
+    wrong = sorted(state.value for state in expected if new not in TRANSITIONS[state])
+    if wrong or not expected:
+        raise TransitionError(f"a badge cannot move from {wrong or 'nothing'} to {new.value}")
+
 
 STATE_WORDS: dict[BadgeState, str] = {
     BadgeState.EXTRACTED: "Being checked",
@@ -146,6 +165,7 @@ class BadgeRecord(BaseModel):
     state: BadgeState
     problem: Problem | None = None  # why it is unreadable, rejected, dead-lettered
     verdict: VerdictSummary | None = None
+    verified_at: str | None = None  # when ``verdict`` became a full verification, not only extraction
     import_form: str | None = None  # url | image | assertion
     badgr: BadgrAnswer | None = None
     attempts: int = 0
@@ -158,9 +178,9 @@ class LearnerRecord(BaseModel):
     email_ciphertext: str  # base64 of the export's data-key AES-GCM ciphertext; never plaintext
     badge_count: int = 0
     problems: list[Problem] = Field(default_factory=list)  # manifest-level problems for this learner
-    notified: bool = False
+    # Kept as attributes of their own in the store, each changed by one conditional update.
     migration_requested_at: str | None = None
-    summary_sent: bool = False
+    summary_for: str | None = None  # the request whose summary email is claimed
 
 
 class ExportStatus(StrEnum):

@@ -8,13 +8,12 @@ skipped) and queues verification and the learner's email. Nothing here knows abo
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .crypto import badge_id_for, learner_id_for
+from .crypto import badge_id_for
 from .domain import (
     BadgeRecord,
     BadgeState,
@@ -24,6 +23,7 @@ from .domain import (
     MemberLocation,
     Problem,
     VerdictSummary,
+    now_iso,
 )
 from .export import (
     MESSAGES,
@@ -41,6 +41,8 @@ from .services import Services
 MAX_FILES_PER_CHUNK = 400
 # Stop taking learners when less than this is left of the invocation; the rest goes back on the queue.
 RESERVE_MS = 60_000
+# Badges are written (and the clock read) this many at a time.
+FILES_PER_WRITE = 25
 
 
 class ChunkFile(BaseModel):
@@ -66,10 +68,6 @@ def export_id_for(bucket: str, key: str, etag: str) -> str:
     return hashlib.sha256(f"{bucket}/{key}@{etag.strip(chr(34))}".encode()).hexdigest()[:24]
 
 
-def _now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def open_export(svc: Services, export: ExportRecord) -> S3RangeReader:
     # S3 events carry the ETag bare; If-Match wants it quoted.
     etag = '"' + export.etag.strip('"') + '"'
@@ -92,7 +90,7 @@ def read_export(svc: Services, bucket: str, key: str, etag: str, size: int) -> E
             size=size,
             status=ExportStatus.READING,
             data_key_ciphertext=svc.emails.new_data_key(export_id),
-            created_at=_now_iso(),
+            created_at=now_iso(),
         )
         if not svc.store.put_export_if_absent(export):
             # Another delivery of the same event got here first; share its data key.
@@ -148,11 +146,10 @@ def _plan_problems(stats: PlanStats) -> list[Problem]:
 
 
 def _chunk_learners(svc: Services, export: ExportRecord, stats: PlanStats) -> Iterator[ChunkLearner]:
-    secret = svc.link_secret()
     reader = open_export(svc, export)
     # Streamed: the manifest and the central directory are never held whole, whatever their size.
     for entry in iter_learners(reader, stats=stats):
-        learner_id = learner_id_for(entry.email, secret)
+        learner_id = svc.learner_id(entry.email)
         ciphertext = svc.emails.encrypt(
             entry.email,
             learner_id=learner_id,
@@ -204,7 +201,11 @@ def _queue_chunks(svc: Services, export: ExportRecord) -> tuple[PlanStats, int]:
 
 
 def process_chunk(svc: Services, job: ChunkJob, remaining_ms: Callable[[], int]) -> ChunkJob | None:
-    """Extract the badges of a chunk's learners. Returns what is left when time runs short."""
+    """Extract the badges of a chunk's learners. Returns what is left when time runs short.
+
+    Badges are written in small groups and the clock is read between groups, so a learner with
+    hundreds of badges is resumed where it stopped, not started again.
+    """
     export = svc.store.get_export(job.export_id)
     if export is None:
         raise LookupError(f"chunk for unknown export {job.export_id}")
@@ -216,23 +217,12 @@ def process_chunk(svc: Services, job: ChunkJob, remaining_ms: Callable[[], int])
         if remaining_ms() < RESERVE_MS:
             left = job.model_copy(update={"learners": job.learners[index:]})
             break
-        svc.store.put_learner_if_absent(
-            LearnerRecord(
-                learner_id=learner.learner_id,
-                export_id=job.export_id,
-                email_ciphertext=learner.email_ciphertext,
-                problems=learner.problems,
-            )
-        )
-        known = {badge.badge_id for badge in svc.store.list_badges(learner.learner_id)}
-        fresh = [
-            _extract(reader, job.export_id, learner.learner_id, file)
-            for file in learner.files
-            if badge_id_for(learner.learner_id, file.name) not in known
-        ]
-        svc.store.put_badges_if_absent(fresh)
-        for badge in fresh:
-            metrics.add_metric(name=f"Badges_{badge.state.value}", unit="Count", value=1)
+        done = _extract_learner(svc, reader, job.export_id, learner, remaining_ms)
+        if done < len(learner.files):
+            # Its follow-ups go out with the job that finishes it.
+            rest = learner.model_copy(update={"files": learner.files[done:]})
+            left = job.model_copy(update={"learners": [rest, *job.learners[index + 1 :]]})
+            break
         follow_ups.append({"learner_id": learner.learner_id})
         if not any(p.code == "INVALID_EMAIL" for p in learner.problems):
             notices.append({"kind": "invite", "learner_id": learner.learner_id, "export_id": job.export_id})
@@ -242,6 +232,34 @@ def process_chunk(svc: Services, job: ChunkJob, remaining_ms: Callable[[], int])
         svc.queue.send(svc.settings.chunk_queue_url, [left.model_dump()])
         logger.info("chunk continues in a new job", extra={"learners_left": len(left.learners)})
     return left
+
+
+def _extract_learner(
+    svc: Services, reader: Any, export_id: str, learner: ChunkLearner, remaining_ms: Callable[[], int]
+) -> int:
+    """Record a learner and as many of its badges as time allows; returns how many files are done."""
+    svc.store.put_learner_if_absent(
+        LearnerRecord(
+            learner_id=learner.learner_id,
+            export_id=export_id,
+            email_ciphertext=learner.email_ciphertext,
+            problems=learner.problems,
+        )
+    )
+    known = {badge.badge_id for badge in svc.store.list_badges(learner.learner_id)}
+    for start in range(0, len(learner.files), FILES_PER_WRITE):
+        if start and remaining_ms() < RESERVE_MS:
+            return start
+        group = learner.files[start : start + FILES_PER_WRITE]
+        fresh = [
+            _extract(reader, export_id, learner.learner_id, file)
+            for file in group
+            if badge_id_for(learner.learner_id, file.name) not in known
+        ]
+        svc.store.put_badges_if_absent(fresh)
+        for badge in fresh:
+            metrics.add_metric(name=f"Badges_{badge.state.value}", unit="Count", value=1)
+    return len(learner.files)
 
 
 def _extract(reader: Any, export_id: str, learner_id: str, file: ChunkFile) -> BadgeRecord:
@@ -254,7 +272,7 @@ def _extract(reader: Any, export_id: str, learner_id: str, file: ChunkFile) -> B
         file_name=file.name,
         member=file.member,
         state=BadgeState.UNREADABLE,
-        updated_at=_now_iso(),
+        updated_at=now_iso(),
     )
     if file.problem is not None or file.member is None:
         problem = file.problem or Problem(code="FILE_MISSING", message="This file is not in the export.")

@@ -6,10 +6,8 @@ replayed job can never move a badge backwards or import it twice.
 
 from __future__ import annotations
 
-import base64
 import json
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .domain import (
@@ -17,16 +15,26 @@ from .domain import (
     BadgeRecord,
     BadgeState,
     BadgrAnswer,
+    ExportRecord,
     LearnerRecord,
     Problem,
     VerdictSummary,
+    now_iso,
 )
-from .export import read_member
+from .export import ExportError, read_member
 from .intake import open_export
 from .observability import logger, metrics
 from .services import Services
 
 RETRYABLE_STATES = (BadgeState.QUEUED, BadgeState.FAILED_RETRYABLE, BadgeState.DEAD_LETTERED)
+# States a new request (the learner connecting Badgr, again or for the first time) sends to work.
+REQUEUED_STATES = (
+    BadgeState.EXTRACTED,
+    BadgeState.VERIFIED,
+    BadgeState.QUEUED,
+    BadgeState.FAILED_RETRYABLE,
+    BadgeState.DEAD_LETTERED,
+)
 
 
 class RetryLater(Exception):  # noqa: N818 - it is a request, not an error
@@ -38,12 +46,21 @@ class RetryLater(Exception):  # noqa: N818 - it is a request, not an error
         self.delay = delay
 
 
-def _now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+_ACCESS_LOST = Problem(
+    code="BADGR_ACCESS_LOST",
+    message="Badgr no longer lets us add badges to your account: open your link and connect Badgr again.",
+)
+_ACCESS_WAIT = Problem(code="BADGR_BUSY", message="Badgr asked us to wait; we will try again.")
+_UNAVAILABLE = Problem(code="BADGR_UNAVAILABLE", message="Badgr did not answer; we will try again.")
+_GAVE_UP = "Badgr did not take this badge after several tries; our team has been told."
+_INTERNAL = Problem(
+    code="INTERNAL_ERROR",
+    message="Something went wrong on our side while moving this badge; our team has been told.",
+)
 
 
-def learner_email(svc: Services, learner: LearnerRecord) -> str:
-    export = svc.store.get_export(learner.export_id)
+def learner_email(svc: Services, learner: LearnerRecord, export: ExportRecord | None = None) -> str:
+    export = export or svc.store.get_export(learner.export_id)
     if export is None:
         raise LookupError(f"learner {learner.learner_id} belongs to an unknown export")
     return svc.emails.decrypt(
@@ -55,6 +72,24 @@ def learner_email(svc: Services, learner: LearnerRecord) -> str:
 
 
 # -- verdicts, worked out ahead --------------------------------------------------------------
+def _verdicts(svc: Services, learner: LearnerRecord, badges: Sequence[BadgeRecord]) -> list[BadgeRecord]:
+    """The badges with their full verdicts (against the learner's email), not yet stored."""
+    export = svc.store.get_export(learner.export_id)
+    if export is None:
+        raise LookupError(f"learner {learner.learner_id} belongs to an unknown export")
+    email = learner_email(svc, learner, export)
+    reader = open_export(svc, export)
+    images = [read_member(reader, badge.member) if badge.member else b"" for badge in badges]
+    verdicts = svc.verifier.verify_many(images, [email])
+    checked = now_iso()
+    return [
+        badge.model_copy(
+            update={"verdict": _merge(badge.verdict, verdict.to_summary()), "verified_at": checked}
+        )
+        for badge, verdict in zip(badges, verdicts, strict=True)
+    ]
+
+
 def verify_learner(svc: Services, learner_id: str) -> int:
     """Verify every extracted badge of a learner against the learner's email; returns how many."""
     learner = svc.store.get_learner(learner_id)
@@ -63,24 +98,14 @@ def verify_learner(svc: Services, learner_id: str) -> int:
     waiting = [b for b in svc.store.list_badges(learner_id) if b.state == BadgeState.EXTRACTED]
     if not waiting:
         return 0
-    email = learner_email(svc, learner)
-    export = svc.store.get_export(learner.export_id)
-    assert export is not None
-    reader = open_export(svc, export)
-    images = [read_member(reader, badge.member) if badge.member else b"" for badge in waiting]
-    verdicts = svc.verifier.verify_many(images, [email])
     done = 0
-    for badge, verdict in zip(waiting, verdicts, strict=True):
-        summary: VerdictSummary = _merge(badge.verdict, verdict.to_summary())
-        if svc.store.transition(
-            badge.model_copy(update={"state": BadgeState.VERIFIED, "verdict": summary}),
-            [BadgeState.EXTRACTED],
-        ):
+    for badge in _verdicts(svc, learner, waiting):
+        verified = badge.model_copy(update={"state": BadgeState.VERIFIED})
+        if svc.store.transition(verified, [BadgeState.EXTRACTED]):
             done += 1
+            valid = verified.verdict is not None and verified.verdict.valid
             metrics.add_metric(
-                name="BadgesVerifiedValid" if summary.valid else "BadgesVerifiedInvalid",
-                unit="Count",
-                value=1,
+                name="BadgesVerifiedValid" if valid else "BadgesVerifiedInvalid", unit="Count", value=1
             )
     return done
 
@@ -104,39 +129,73 @@ def store_tokens(svc: Services, learner_id: str, tokens: Any) -> None:
 
 
 def request_migration(svc: Services, learner_id: str) -> int:
-    """Queue an import job for every badge that can still move; returns how many were queued."""
-    learner = svc.store.get_learner(learner_id)
-    if learner is None:
+    """Queue an import job for every badge that can still move; returns how many were queued.
+
+    Badges already queued are sent again: a job lost with a crashed request must not leave its
+    badge waiting for ever, and a duplicate job changes nothing (imports are idempotent).
+    """
+    if svc.store.get_learner(learner_id) is None:
         raise LookupError(f"unknown learner {learner_id}")
-    svc.store.save_learner(
-        learner.model_copy(update={"migration_requested_at": _now_iso(), "summary_sent": False})
-    )
-    queued: list[dict[str, Any]] = []
+    svc.store.mark_migration_requested(learner_id, now_iso())
+    batch: list[dict[str, Any]] = []
+    queued = 0
     for badge in svc.store.list_badges(learner_id):
-        if badge.state in (BadgeState.EXTRACTED, BadgeState.VERIFIED, BadgeState.DEAD_LETTERED):
-            moved = badge.model_copy(update={"state": BadgeState.QUEUED, "problem": None})
-            if svc.store.transition(moved, [badge.state]):
-                queued.append({"learner_id": learner_id, "badge_id": badge.badge_id})
-    svc.queue.send(svc.settings.migrate_queue_url, queued)
+        if badge.state not in REQUEUED_STATES:
+            continue
+        moved = badge.model_copy(update={"state": BadgeState.QUEUED, "problem": None})
+        if svc.store.transition(moved, [badge.state]):
+            batch.append({"learner_id": learner_id, "badge_id": badge.badge_id})
+        if len(batch) == 10:  # sent as we go, so a timeout loses at most one batch of jobs
+            queued += svc.queue.send(svc.settings.migrate_queue_url, batch)
+            batch = []
+    if batch:
+        queued += svc.queue.send(svc.settings.migrate_queue_url, batch)
     metrics.add_metric(name="MigrationsRequested", unit="Count", value=1)
     if not queued:
         maybe_send_summary(svc, learner_id)
-    return len(queued)
+    return queued
 
 
 # -- one import --------------------------------------------------------------------------------
 def import_badge(svc: Services, learner_id: str, badge_id: str, receive_count: int) -> BadgeState | None:
     """Move one badge into Badgr and record its final state.
 
-    Raises ``RetryLater`` when Badgr or the network failed for now; on the job's last delivery the
-    badge is recorded as dead-lettered first, so the learner's page says so.
+    Raises ``RetryLater`` when Badgr or the network failed for now. On the job's last delivery the
+    badge is recorded as dead-lettered first, whatever failed, so the learner's page says so.
     """
     badge = svc.store.get_badge(learner_id, badge_id)
     if badge is None:
         logger.warning("import job for an unknown badge", extra={"badge_id": badge_id})
         return None
     if badge.state not in RETRYABLE_STATES:
-        return badge.state  # a replayed job: the badge has already moved on
+        if badge.state in FINAL_STATES:
+            # A replay after a crash between the final write and the summary: finish the job.
+            maybe_send_summary(svc, learner_id)
+        return badge.state
+    last = receive_count >= svc.settings.migrate_max_receive_count
+    try:
+        return _import(svc, badge, receive_count)
+    except RetryLater as retry:
+        reason = retry.problem
+        if last and reason.code != _ACCESS_LOST.code:
+            # No retry is coming any more: the learner's page must not promise one.
+            reason = Problem(code=reason.code, message=_GAVE_UP)
+        state = BadgeState.DEAD_LETTERED if last else BadgeState.FAILED_RETRYABLE
+        _finish(svc, badge, state, problem=reason, attempts=receive_count)
+        raise
+    except Exception:
+        if last:
+            logger.exception("import failed on its last delivery", extra={"badge_id": badge_id})
+            _finish(svc, badge, BadgeState.DEAD_LETTERED, problem=_INTERNAL, attempts=receive_count)
+        raise
+
+
+def _import(svc: Services, badge: BadgeRecord, receive_count: int) -> BadgeState:
+    if badge.verified_at is None:
+        # Queued before its verify job ran: check it now rather than send Badgr a doomed badge.
+        learner = svc.store.get_learner(badge.learner_id)
+        if learner is not None:
+            badge = _verdicts(svc, learner, [badge])[0]
     verdict = badge.verdict
     if verdict is not None and verdict.certain_to_fail:
         blocking = (
@@ -146,17 +205,7 @@ def import_badge(svc: Services, learner_id: str, badge_id: str, receive_count: i
         )
         return _finish(svc, badge, BadgeState.REJECTED, problem=blocking)
     form, payload = _import_form(svc, badge)
-    try:
-        result = _import_with_token(svc, learner_id, badge_id, form, payload)
-    except RetryLater as retry:
-        last = receive_count >= svc.settings.migrate_max_receive_count
-        state = BadgeState.DEAD_LETTERED if last else BadgeState.FAILED_RETRYABLE
-        reason = retry.problem
-        if last and reason.code != _ACCESS_LOST.code:
-            # No retry is coming any more: the learner's page must not promise one.
-            reason = Problem(code=reason.code, message=_GAVE_UP)
-        _finish(svc, badge, state, problem=reason, attempts=receive_count, form=form, final=False)
-        raise
+    result = _import_with_token(svc, badge.learner_id, badge.badge_id, form, payload)
     state = {
         "imported": BadgeState.IMPORTED,
         "already_in_badgr": BadgeState.ALREADY_IN_BADGR,
@@ -181,7 +230,6 @@ def _finish(
     badgr: BadgrAnswer | None = None,
     attempts: int | None = None,
     form: str | None = None,
-    final: bool = True,
 ) -> BadgeState:
     updated = badge.model_copy(
         update={
@@ -194,22 +242,29 @@ def _finish(
     )
     if svc.store.transition(updated, [badge.state]):
         metrics.add_metric(name=f"Badges_{state.value}", unit="Count", value=1)
-        if final or state in FINAL_STATES:
+        if state in FINAL_STATES:
             maybe_send_summary(svc, badge.learner_id)
     return state
 
 
 def _import_form(svc: Services, badge: BadgeRecord) -> tuple[str, Any]:
-    """The hosted URL when it verifies, else the baked image, else the assertion itself."""
+    """The hosted URL when it verifies, else the baked image, else the hosted URL anyway."""
+    from .badgr import image_data_uri
+
     verdict = badge.verdict
     if verdict is not None and verdict.valid and verdict.hosted_url:
         return "url", verdict.hosted_url
     if badge.member is not None:
         export = svc.store.get_export(badge.export_id)
-        assert export is not None
-        data = read_member(open_export(svc, export), badge.member)
-        media_type = badge.media_type or "image/png"
-        return "image", f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+        try:
+            if export is None:
+                raise ExportError("EXPORT_GONE")
+            data = read_member(open_export(svc, export), badge.member)
+        except ExportError as error:
+            if verdict is not None and verdict.hosted_url:
+                return "url", verdict.hosted_url
+            raise RetryLater(Problem(code=error.code, message=error.message)) from error
+        return "image", image_data_uri(data, badge.media_type or "image/png")
     if verdict is not None and verdict.hosted_url:
         return "url", verdict.hosted_url
     raise RetryLater(Problem(code="NOTHING_TO_SEND", message="Nothing of this badge could be sent to Badgr."))
@@ -218,46 +273,48 @@ def _import_form(svc: Services, badge: BadgeRecord) -> tuple[str, Any]:
 def _import_with_token(
     svc: Services, learner_id: str, badge_id: str, form: str, payload: Any
 ) -> dict[str, Any]:
-    from .badgr import BadgrAuthError, BadgrThrottled, BadgrUnavailable
-
     def call(job: dict[str, Any]) -> dict[str, Any]:
-        for _ in range(2):
+        refreshed = False
+        while True:
             access_token, refresh_token, version = _tokens(svc, learner_id)
             result = svc.badgr.import_badge(access_token, **{form: payload})
             if result.outcome == "retry":
-                raise RetryLater(
-                    Problem(code="BADGR_UNAVAILABLE", message="Badgr did not answer; we will try again."),
-                    delay=result.retry_after,
-                )
-            if result.outcome in ("unauthorized", "forbidden"):
-                try:
-                    tokens = svc.badgr.refresh(refresh_token)
-                except BadgrThrottled as throttled:
-                    raise RetryLater(_ACCESS_WAIT, delay=throttled.retry_after) from throttled
-                except BadgrUnavailable as error:
-                    raise RetryLater(_ACCESS_WAIT) from error
-                except BadgrAuthError as error:
-                    raise RetryLater(_ACCESS_LOST) from error
-                sealed = svc.tokens.seal(tokens.model_dump_json(), learner_id=learner_id)
-                svc.store.save_token(learner_id, sealed, version + 1)  # a lost race means a fresher token
+                raise RetryLater(_UNAVAILABLE, delay=result.retry_after)
+            if result.outcome == "forbidden" or (result.outcome == "unauthorized" and refreshed):
+                # 404 means the token lacks rw:backpack: only the learner can grant it again.
+                raise RetryLater(_ACCESS_LOST)
+            if result.outcome == "unauthorized":
+                _refresh(svc, learner_id, refresh_token, version)
+                refreshed = True
                 continue
             return {
                 "outcome": result.outcome,
                 "reason": result.reason,
                 "answer": result.to_answer().model_dump(),
             }
-        raise RetryLater(_ACCESS_LOST)
 
     once: Callable[..., dict[str, Any]] = svc.once("badgr-import", call)
     return once(job={"learner_id": learner_id, "badge_id": badge_id})
 
 
-_ACCESS_LOST = Problem(
-    code="BADGR_ACCESS_LOST",
-    message="Badgr no longer lets us add badges to your account: open your link and connect Badgr again.",
-)
-_ACCESS_WAIT = Problem(code="BADGR_BUSY", message="Badgr asked us to wait; we will try again.")
-_GAVE_UP = "Badgr did not take this badge after several tries; our team has been told."
+def _refresh(svc: Services, learner_id: str, refresh_token: str, version: int) -> None:
+    """Refresh an expired access token. Badgr rotates refresh tokens, so workers of the same
+    learner race: the loser's old refresh token is refused, and it takes the winner's tokens."""
+    from .badgr import BadgrAuthError, BadgrThrottled, BadgrUnavailable
+
+    try:
+        tokens = svc.badgr.refresh(refresh_token)
+    except BadgrThrottled as throttled:
+        raise RetryLater(_ACCESS_WAIT, delay=throttled.retry_after) from throttled
+    except BadgrUnavailable as error:
+        raise RetryLater(_ACCESS_WAIT) from error
+    except BadgrAuthError as error:
+        stored = svc.store.get_token(learner_id)
+        if stored is not None and stored[1] > version:
+            return
+        raise RetryLater(_ACCESS_LOST) from error
+    sealed = svc.tokens.seal(tokens.model_dump_json(), learner_id=learner_id)
+    svc.store.save_token(learner_id, sealed, version + 1)  # a lost race leaves the winner's tokens
 
 
 def _tokens(svc: Services, learner_id: str) -> tuple[str, str, int]:
@@ -271,16 +328,19 @@ def _tokens(svc: Services, learner_id: str) -> tuple[str, str, int]:
 
 # -- the end of a learner's move -------------------------------------------------------------
 def maybe_send_summary(svc: Services, learner_id: str) -> bool:
-    """Queue the summary email once every badge of a learner that was asked to move is final."""
+    """Queue the summary email once every badge of a learner that was asked to move is final.
+
+    The notice goes out before the claim: a crash in between sends it again, and the notice's
+    idempotency key (learner + request) keeps that to one email.
+    """
     learner = svc.store.get_learner(learner_id)
-    if learner is None or learner.migration_requested_at is None or learner.summary_sent:
+    requested_at = learner.migration_requested_at if learner else None
+    if learner is None or requested_at is None or learner.summary_for == requested_at:
         return False
-    badges = svc.store.list_badges(learner_id)
-    if any(badge.state not in FINAL_STATES for badge in badges):
+    if any(badge.state not in FINAL_STATES for badge in svc.store.list_badges(learner_id)):
         return False
     svc.queue.send(
         svc.settings.notify_queue_url,
-        [{"kind": "summary", "learner_id": learner_id, "requested_at": learner.migration_requested_at}],
+        [{"kind": "summary", "learner_id": learner_id, "requested_at": requested_at}],
     )
-    svc.store.save_learner(learner.model_copy(update={"summary_sent": True}))
-    return True
+    return svc.store.claim_summary(learner_id, requested_at)

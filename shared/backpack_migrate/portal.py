@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .domain import BadgeRecord
-from .export import read_member
+from .export import ExportError, read_member
 from .intake import open_export
 from .links import LinkClaims, LinkError, new_secret_token, tokens_match, verify_link
 from .migration import request_migration, store_tokens
@@ -138,6 +138,13 @@ def callback(svc: Services, session_id: str | None, params: dict[str, str], redi
             "Badgr was not connected",
             "Badgr did not confirm the connection. Please try again from your link.",
         ) from error
+    if not tokens.has_scope("rw:backpack"):
+        raise PortalError(
+            400,
+            "Badgr was not connected",
+            "Badgr did not allow us to add badges to your backpack, so no badge was moved. "
+            "You can try again from your link.",
+        )
     learner_id = session["learner_id"]
     store_tokens(svc, learner_id, tokens)
     assert session_id is not None
@@ -180,7 +187,10 @@ def badge_image(svc: Services, token: str, badge_id: str) -> Page:
     export = svc.store.get_export(badge.export_id)
     if export is None:
         raise PortalError(404, "No image", "This badge has no image.")
-    data = read_member(open_export(svc, export), badge.member)
+    try:
+        data = read_member(open_export(svc, export), badge.member)
+    except ExportError as error:
+        raise PortalError(404, "No image", "This badge's image is no longer kept.") from error
     media_type = (
         badge.media_type if badge.media_type in ("image/png", "image/svg+xml") else "application/octet-stream"
     )

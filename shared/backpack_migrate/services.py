@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .config import Settings, get_settings
-from .crypto import EmailCipher, TokenVault
+from .crypto import EmailCipher, TokenVault, learner_id_for
 from .notify import EmailSender, RateLimiter
 from .queues import JobQueue
 from .store import Store
@@ -36,6 +36,7 @@ class Services:
     emails: EmailCipher
     tokens: TokenVault
     link_secret: Callable[[], bytes]
+    learner_id_secret: Callable[[], bytes]
     sender: EmailSender
     rate: RateLimiter
     verifier_factory: Callable[[], Any]
@@ -47,6 +48,9 @@ class Services:
     _verifier: Any = field(default=None, init=False, repr=False)
     _badgr: Any = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def learner_id(self, email: str) -> str:
+        return learner_id_for(email, self.learner_id_secret())
 
     @property
     def verifier(self) -> Any:
@@ -90,6 +94,21 @@ def reset_services() -> None:
         _services = None
 
 
+class _Lazy:
+    """A boto3 client made on first use: each function builds only the clients it calls."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._make()
+        return getattr(self._client, name)
+
+
 def build_services(settings: Settings) -> Services:
     import boto3
     from aws_lambda_powertools.utilities import parameters
@@ -103,10 +122,10 @@ def build_services(settings: Settings) -> Services:
     from .queues import SqsJobQueue
     from .store import DynamoStore
 
-    kms = boto3.client("kms")
+    kms = _Lazy(lambda: boto3.client("kms"))
     # Owned by these services (not Powertools' process-wide default provider), so reset_services()
     # also forgets the secrets' client and cache when the environment points somewhere else.
-    secrets = parameters.SecretsProvider(boto3_client=boto3.client("secretsmanager"))
+    secrets = _Lazy(lambda: parameters.SecretsProvider(boto3_client=boto3.client("secretsmanager")))
     persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
     idempotency_config = IdempotencyConfig(expires_after_seconds=7 * 86400)
 
@@ -119,10 +138,10 @@ def build_services(settings: Settings) -> Services:
             key_prefix=name,
         )
 
-    def link_secret() -> bytes:
-        value = secrets.get(settings.link_secret_arn, max_age=300)
+    def secret_bytes(arn: str) -> bytes:
+        value = secrets.get(arn, max_age=300)
         if not isinstance(value, str | bytes):
-            raise TypeError("the link signing secret must be a string")
+            raise TypeError("a signing secret must be a string")
         return value.encode() if isinstance(value, str) else value
 
     def verifier_factory() -> Any:
@@ -136,15 +155,18 @@ def build_services(settings: Settings) -> Services:
         secret = secrets.get(settings.badgr_client_secret_arn, max_age=300)
         return BadgrClient(settings.badgr_api_url, settings.badgr_client_id, str(secret))
 
+    table = _Lazy(lambda: boto3.resource("dynamodb").Table(settings.table_name))
+
     return Services(
         settings=settings,
-        store=DynamoStore(boto3.resource("dynamodb").Table(settings.table_name), settings.record_ttl_days),
-        queue=SqsJobQueue(boto3.client("sqs")),
-        s3=boto3.client("s3"),
+        store=DynamoStore(table, settings.record_ttl_days),
+        queue=SqsJobQueue(_Lazy(lambda: boto3.client("sqs"))),
+        s3=_Lazy(lambda: boto3.client("s3")),
         emails=EmailCipher(kms, settings.kms_key_id),
         tokens=TokenVault(kms, settings.kms_key_id),
-        link_secret=link_secret,
-        sender=SesSender(boto3.client("ses"), settings.ses_sender),
+        link_secret=lambda: secret_bytes(settings.link_secret_arn),
+        learner_id_secret=lambda: secret_bytes(settings.learner_id_secret_arn),
+        sender=SesSender(_Lazy(lambda: boto3.client("ses")), settings.ses_sender),
         rate=RateLimiter(settings.emails_per_second),
         verifier_factory=verifier_factory,
         badgr_factory=badgr_factory,

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
-from .domain import BadgeRecord, BadgeState, ExportRecord, LearnerRecord
+from .domain import BadgeRecord, BadgeState, ExportRecord, LearnerRecord, check_transition, now_iso
 
 
 class Store(Protocol):
@@ -30,6 +30,8 @@ class Store(Protocol):
     def put_learner_if_absent(self, learner: LearnerRecord) -> bool: ...
     def save_learner(self, learner: LearnerRecord) -> None: ...
     def get_learner(self, learner_id: str) -> LearnerRecord | None: ...
+    def mark_migration_requested(self, learner_id: str, at: str) -> None: ...
+    def claim_summary(self, learner_id: str, requested_at: str) -> bool: ...
     def iter_export_learners(self, export_id: str) -> Iterator[LearnerRecord]: ...
     def put_badges_if_absent(self, badges: Iterable[BadgeRecord]) -> int: ...
     def get_badge(self, learner_id: str, badge_id: str) -> BadgeRecord | None: ...
@@ -41,10 +43,6 @@ class Store(Protocol):
     def put_session(self, session_id: str, data: dict[str, str], ttl_seconds: int) -> None: ...
     def get_session(self, session_id: str) -> dict[str, str] | None: ...
     def delete_session(self, session_id: str) -> None: ...
-
-
-def _now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _is_condition_failure(error: ClientError) -> bool:
@@ -72,14 +70,28 @@ class DynamoStore:
         }
 
     def _learner_item(self, learner: LearnerRecord) -> dict[str, Any]:
-        return {
+        item = {
             "PK": f"LEARNER#{learner.learner_id}",
             "SK": "META",
             "GSI1PK": f"EXPORT#{learner.export_id}#LEARNERS",
             "GSI1SK": learner.learner_id,
-            "data": learner.model_dump_json(),
+            "data": learner.model_dump_json(exclude={"migration_requested_at", "summary_for"}),
             "expires_at": self._expires(),
         }
+        if learner.migration_requested_at:
+            item["requested_at"] = learner.migration_requested_at
+        if learner.summary_for:
+            item["summary_for"] = learner.summary_for
+        return item
+
+    @staticmethod
+    def _learner(item: dict[str, Any]) -> LearnerRecord:
+        return LearnerRecord.model_validate_json(item["data"]).model_copy(
+            update={
+                "migration_requested_at": item.get("requested_at"),
+                "summary_for": item.get("summary_for"),
+            }
+        )
 
     def _badge_item(self, badge: BadgeRecord) -> dict[str, Any]:
         return {
@@ -139,14 +151,38 @@ class DynamoStore:
 
     def get_learner(self, learner_id: str) -> LearnerRecord | None:
         item = self._get(f"LEARNER#{learner_id}", "META")
-        return LearnerRecord.model_validate_json(item["data"]) if item else None
+        return self._learner(item) if item else None
+
+    def mark_migration_requested(self, learner_id: str, at: str) -> None:
+        """A new request: its summary is not claimed yet, whatever happened to an earlier one."""
+        self._table.update_item(
+            Key={"PK": f"LEARNER#{learner_id}", "SK": "META"},
+            UpdateExpression="SET requested_at = :at REMOVE summary_for",
+            ConditionExpression=Attr("PK").exists(),
+            ExpressionAttributeValues={":at": at},
+        )
+
+    def claim_summary(self, learner_id: str, requested_at: str) -> bool:
+        """True for exactly one caller per request, however many workers finish at once."""
+        try:
+            self._table.update_item(
+                Key={"PK": f"LEARNER#{learner_id}", "SK": "META"},
+                UpdateExpression="SET summary_for = :at",
+                ConditionExpression=Attr("requested_at").eq(requested_at) & Attr("summary_for").not_exists(),
+                ExpressionAttributeValues={":at": requested_at},
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
 
     def iter_export_learners(self, export_id: str) -> Iterator[LearnerRecord]:
         items = self._query(
             IndexName="GSI1", KeyConditionExpression=Key("GSI1PK").eq(f"EXPORT#{export_id}#LEARNERS")
         )
         for item in items:
-            yield LearnerRecord.model_validate_json(item["data"])
+            yield self._learner(item)
 
     # -- badges ------------------------------------------------------------------------------
     def put_badges_if_absent(self, badges: Iterable[BadgeRecord]) -> int:
@@ -175,8 +211,10 @@ class DynamoStore:
 
     def transition(self, badge: BadgeRecord, expected: Iterable[BadgeState]) -> bool:
         """Write ``badge`` only if the stored state is still one of ``expected``."""
+        expected = frozenset(expected)
+        check_transition(expected, badge.state)
         states = [state.value for state in expected]
-        badge = badge.model_copy(update={"updated_at": _now_iso()})
+        badge = badge.model_copy(update={"updated_at": now_iso()})
         values = {f":s{i}": state for i, state in enumerate(states)}
         try:
             self._table.update_item(

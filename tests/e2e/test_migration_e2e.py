@@ -32,7 +32,7 @@ import boto3
 import pytest
 import requests
 
-from backpack_migrate.crypto import badge_id_for, learner_id_for
+from backpack_migrate.crypto import badge_id_for
 from backpack_migrate.domain import FINAL_STATES, STATE_WORDS, BadgeRecord, BadgeState, ExportStatus
 from backpack_migrate.export import MESSAGES
 from backpack_migrate.links import sign_link, verify_link
@@ -102,7 +102,7 @@ def emails_with(stack: LocalStack, subject_part: str) -> Counter[str]:
 
 
 def learner_badges(svc: Services, email: str) -> list[BadgeRecord]:
-    return svc.store.list_badges(learner_id_for(email, svc.link_secret()))
+    return svc.store.list_badges(svc.learner_id(email))
 
 
 def token_of(link: str) -> str:
@@ -325,7 +325,7 @@ class World:
         return play_learner(self.links()[email], learner.username, learner.password)
 
     def badge_ids(self, email: str) -> list[str]:
-        learner_id = learner_id_for(email, self.svc.link_secret())
+        learner_id = self.svc.learner_id(email)
         return [badge_id_for(learner_id, name) for name in self.files_of(email)]
 
     def files_of(self, email: str) -> list[str]:
@@ -576,7 +576,7 @@ def test_connect_needs_this_sessions_csrf_token_and_callback_needs_its_state(tmp
             assert "Traceback" not in answer.text, what
         stack.wait_idle(timeout=30)
         assert import_requests(world.sandbox) == []
-        assert world.svc.store.get_token(learner_id_for(jo, world.svc.link_secret())) is None
+        assert world.svc.store.get_token(world.svc.learner_id(jo)) is None
         assert set(world.states(jo).values()) == {BadgeState.VERIFIED}
 
         # The refused answers spoiled nothing: the real round trip still works from this session.
@@ -633,7 +633,7 @@ def test_replayed_s3_events_and_sqs_messages_and_a_dying_worker_change_nothing(
         sqs = boto3.client("sqs")
 
         def send_duplicates(email: str) -> None:
-            learner_id = learner_id_for(email, svc.link_secret())
+            learner_id = svc.learner_id(email)
             for badge_id in world.badge_ids(email):
                 body = json.dumps({"learner_id": learner_id, "badge_id": badge_id}, separators=(",", ":"))
                 sqs.send_message(QueueUrl=migrate_queue, MessageBody=body)
@@ -650,7 +650,7 @@ def test_replayed_s3_events_and_sqs_messages_and_a_dying_worker_change_nothing(
         # A worker that dies after Badgr took the badge but before the state was recorded.
         crashed: list[str] = []
         real_transition = svc.store.transition
-        bob_id = learner_id_for(bob, svc.link_secret())
+        bob_id = svc.learner_id(bob)
 
         def dies_once(badge: BadgeRecord, expected: Any) -> bool:
             if badge.learner_id == bob_id and badge.state == BadgeState.IMPORTED and not crashed:

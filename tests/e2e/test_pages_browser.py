@@ -101,18 +101,16 @@ class World:
 
     def records(self, email: str) -> list[Any]:
         """The learner's badge records, in the order the pages list them."""
-        from backpack_migrate.crypto import learner_id_for
         from backpack_migrate.services import get_services
 
         svc = get_services()
-        return svc.store.list_badges(learner_id_for(email, svc.link_secret()))
+        return svc.store.list_badges(svc.learner_id(email))
 
     def learner(self, email: str) -> Any:
-        from backpack_migrate.crypto import learner_id_for
         from backpack_migrate.services import get_services
 
         svc = get_services()
-        return svc.store.get_learner(learner_id_for(email, svc.link_secret()))
+        return svc.store.get_learner(svc.learner_id(email))
 
 
 @pytest.fixture(scope="module")

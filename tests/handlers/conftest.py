@@ -74,6 +74,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
         key_id = boto3.client("kms", region_name=region).create_key()["KeyMetadata"]["KeyId"]
         secrets = boto3.client("secretsmanager", region_name=region)
         link = secrets.create_secret(Name="link", SecretString="l" * 48)["ARN"]
+        learner_ids = secrets.create_secret(Name="learner-ids", SecretString="i" * 48)["ARN"]
         badgr = secrets.create_secret(Name="badgr", SecretString="client-secret")["ARN"]
         boto3.client("ses", region_name=region).verify_email_identity(EmailAddress="badges@example.org")
         settings = Settings.model_validate(
@@ -87,6 +88,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
                 "MIGRATE_QUEUE_URL": urls["migrate"],
                 "KMS_KEY_ID": key_id,
                 "LINK_SECRET_ARN": link,
+                "LEARNER_ID_SECRET_ARN": learner_ids,
                 "BADGR_CLIENT_SECRET_ARN": badgr,
                 "BADGR_API_URL": "https://api.badgr.example",
                 "BADGR_AUTHORIZE_URL": "https://badgr.example/auth/oauth2/authorize",

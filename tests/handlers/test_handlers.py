@@ -71,7 +71,7 @@ def test_the_same_notify_message_twice_sends_one_email(aws: Services) -> None:
     assert "https://badges.example.org/l/" in emails[0].body
 
 
-def test_the_same_import_message_twice_imports_once(aws: Services) -> None:
+def test_the_same_import_message_twice_imports_once(aws: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     _run_intake(aws, _world(aws))
     learner_id = next(
         iter(aws.store.iter_export_learners(next(iter(aws.store.list_exports())).export_id))
@@ -84,10 +84,22 @@ def test_the_same_import_message_twice_imports_once(aws: Services) -> None:
     )
     request_migration(aws, learner_id)
     jobs = drain(aws, aws.settings.migrate_queue_url)
+    # The worker dies after Badgr accepted the first badge but before the state was written.
+    real_transition = aws.store.transition
+    crashes = []
+
+    def crash_once(badge: Any, expected: Any) -> bool:
+        if badge.state == BadgeState.IMPORTED and not crashes:
+            crashes.append(badge.badge_id)
+            raise RuntimeError("the worker died here")
+        return real_transition(badge, expected)
+
+    monkeypatch.setattr(aws.store, "transition", crash_once)
     migrate = load_handler("migrate")
-    for _ in range(2):
-        assert migrate.handler(sqs_event(jobs), FakeContext()) == {"batchItemFailures": []}
-    assert len(aws._badgr.imports) == 2  # two badges, each once
+    first = migrate.handler(sqs_event(jobs), FakeContext())
+    assert len(first["batchItemFailures"]) == 1
+    assert migrate.handler(sqs_event(jobs, receive_count=2), FakeContext()) == {"batchItemFailures": []}
+    assert len(aws._badgr.imports) == 2  # two badges, each sent to Badgr once despite the crash and replay
     assert {b.state for b in aws.store.list_badges(learner_id)} == {BadgeState.IMPORTED}
 
 

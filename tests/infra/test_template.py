@@ -252,34 +252,261 @@ def test_no_iam_statement_writes_to_every_resource(cfn: dict[str, Any]) -> None:
             assert "*" not in targets, (role, statement)
 
 
-def test_least_privilege_per_function(cfn: dict[str, Any]) -> None:
-    def actions_of(role: str) -> set[str]:
-        found: set[str] = set()
-        for owner, statement in _statements(cfn):
-            if owner == role:
-                acts = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-                found.update(acts)
-        return found
+# ---------------------------------------------------------------- least privilege, per function
+# Resources as the expanded template names them: a logical id, or one of these.
+EXPORTS = "exports/*"  # the objects under exports/ in the exports bucket
+SES_IDENTITIES = "ses:identity/*"
+# Conditions: None (unconditioned), "via <services>" (kms:ViaService), "from SesSender".
+Grant = tuple[str, str, str | None]
 
-    assert {"ses:SendEmail", "ses:SendRawEmail"} <= actions_of("NotifyFunctionRole")
-    for role in (
-        "IntakeFunctionRole",
-        "ChunkFunctionRole",
-        "VerifyFunctionRole",
-        "MigrateFunctionRole",
-        "WebFunctionRole",
-    ):
-        assert not any(a.startswith("ses:") for a in actions_of(role)), role
-    ses_statements = [s for r, s in _statements(cfn) if "ses:SendEmail" in s["Action"]]
-    assert all(
-        s["Condition"]["StringEquals"]["ses:FromAddress"] == {"Ref": "SesSender"} for s in ses_statements
-    )
-    assert "s3:PutObject" not in actions_of("WebFunctionRole")
-    assert "s3:GetObject" in actions_of("IntakeFunctionRole")
-    assert "sqs:SendMessage" in actions_of("IntakeFunctionRole")
+
+def _via(*services: str) -> str:
+    return "via " + ",".join(sorted(services))
+
+
+# Powertools' DynamoDBPersistenceLayer behind ``svc.once`` (services.build_services).
+IDEMPOTENT: frozenset[Grant] = frozenset(
+    (f"dynamodb:{action}", "IdempotencyTable", None)
+    for action in ("GetItem", "PutItem", "UpdateItem", "DeleteItem")
+)
+
+# Every AWS call each function's code makes (functions/<name>/app.py and what it reaches in
+# backpack_migrate), and the permission it needs. Nothing else may be granted.
+CALLS: dict[str, frozenset[Grant]] = {
+    "Intake": IDEMPOTENT  # svc.once("intake", read_export)
+    | {
+        # S3RangeReader: ranged GetObject, and HeadObject when the event had no size.
+        ("s3:GetObject", EXPORTS, None),
+        # get_export; put_export_if_absent and save_export (conditional and plain puts).
+        ("dynamodb:GetItem", "Table", None),
+        ("dynamodb:PutItem", "Table", None),
+        # EmailCipher.new_data_key; EmailCipher.encrypt opens the data key when another delivery
+        # made it or a retry resumes the export. Also opens the export, the tables, the secret.
+        ("kms:GenerateDataKey", "DataKey", None),
+        ("kms:Decrypt", "DataKey", None),
+        # SqsJobQueue.send (SendMessageBatch) of the chunk jobs.
+        ("sqs:SendMessage", "ChunkQueue", None),
+        # svc.learner_id: the HMAC key of learner ids (never the link-signing key).
+        ("secretsmanager:GetSecretValue", "LearnerIdSecret", None),
+        # Lambda's asynchronous dead-letter queue, sent to with the function's role.
+        ("sqs:SendMessage", "IntakeDeadLetterQueue", None),
+    },
+    "Chunk": frozenset(
+        {
+            ("s3:GetObject", EXPORTS, None),  # read_member of each badge
+            # get_export; put_learner_if_absent and put_badges_if_absent; list_badges.
+            ("dynamodb:GetItem", "Table", None),
+            ("dynamodb:PutItem", "Table", None),
+            ("dynamodb:Query", "Table", None),
+            # No KMS call of its own (emails pass through sealed): S3 and DynamoDB decrypt.
+            ("kms:Decrypt", "DataKey", _via("s3", "dynamodb")),
+            # A continuation of the chunk, verify jobs and invitations.
+            ("sqs:SendMessage", "ChunkQueue", None),
+            ("sqs:SendMessage", "VerifyQueue", None),
+            ("sqs:SendMessage", "NotifyQueue", None),
+        }
+    ),
+    "Verify": frozenset(
+        {
+            ("s3:GetObject", EXPORTS, None),  # the badge images
+            # get_learner, get_export; list_badges; transition.
+            ("dynamodb:GetItem", "Table", None),
+            ("dynamodb:Query", "Table", None),
+            ("dynamodb:UpdateItem", "Table", None),
+            ("kms:Decrypt", "DataKey", None),  # learner_email: the export's data key
+        }
+    ),
+    "Notify": IDEMPOTENT  # svc.once("notice", deliver)
+    | {
+        # get_learner, get_export; list_badges. Notify writes nothing to the table.
+        ("dynamodb:GetItem", "Table", None),
+        ("dynamodb:Query", "Table", None),
+        ("kms:Decrypt", "DataKey", None),  # learner_email
+        ("secretsmanager:GetSecretValue", "LinkSigningSecret", None),  # sign_link
+        ("ses:SendEmail", SES_IDENTITIES, "from SesSender"),  # SesSender.send
+    },
+    "Migrate": IDEMPOTENT  # svc.once("badgr-import", call)
+    | {
+        ("s3:GetObject", EXPORTS, None),  # the image import form
+        # get_badge, get_export, get_token, get_learner; list_badges; transition and
+        # claim_summary (conditional updates); save_token after a refresh.
+        ("dynamodb:GetItem", "Table", None),
+        ("dynamodb:Query", "Table", None),
+        ("dynamodb:UpdateItem", "Table", None),
+        ("dynamodb:PutItem", "Table", None),
+        # TokenVault.open for each import, TokenVault.seal after a refresh.
+        ("kms:Decrypt", "DataKey", None),
+        ("kms:Encrypt", "DataKey", None),
+        ("secretsmanager:GetSecretValue", "BadgrClientSecretSecret", None),  # badgr_factory
+        ("sqs:SendMessage", "NotifyQueue", None),  # maybe_send_summary
+        ("sqs:ChangeMessageVisibility", "MigrateQueue", None),  # SqsJobQueue.delay (backoff)
+    },
+    "Web": frozenset(
+        {
+            ("s3:GetObject", EXPORTS, None),  # portal.badge_image
+            # sessions, learners, badges, exports, tokens; list_badges; put_session, save_token;
+            # mark_migration_requested, transition, claim_summary. Sessions expire by TTL only.
+            ("dynamodb:GetItem", "Table", None),
+            ("dynamodb:PutItem", "Table", None),
+            ("dynamodb:UpdateItem", "Table", None),
+            ("dynamodb:Query", "Table", None),
+            # store_tokens seals the Badgr tokens; nothing is opened here directly.
+            ("kms:Encrypt", "DataKey", None),
+            ("kms:Decrypt", "DataKey", _via("s3", "dynamodb", "secretsmanager")),
+            ("secretsmanager:GetSecretValue", "LinkSigningSecret", None),  # verify_link
+            ("secretsmanager:GetSecretValue", "BadgrClientSecretSecret", None),  # badgr_factory
+            ("sqs:SendMessage", "MigrateQueue", None),  # request_migration
+            ("sqs:SendMessage", "NotifyQueue", None),  # maybe_send_summary
+        }
+    ),
+}
+
+SQS_TRIGGERED = {"Chunk", "Verify", "Notify", "Migrate"}
+FORBIDDEN_ACTIONS = {
+    "dynamodb:Scan",
+    "dynamodb:BatchWriteItem",
+    "dynamodb:DeleteTable",
+    "dynamodb:CreateTable",
+    "dynamodb:UpdateTable",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "sqs:PurgeQueue",
+    "sqs:DeleteQueue",
+    "kms:ScheduleKeyDeletion",
+    "secretsmanager:PutSecretValue",
+    "secretsmanager:RotateSecret",
+}
+_EXPORT_OBJECTS_ARN = (
+    "arn:${AWS::Partition}:s3:::backpack-migrate-exports-${AWS::AccountId}-${StackSuffix}/exports/*"
+)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _resource_name(resource: Any) -> str:
+    if isinstance(resource, dict) and set(resource) == {"Fn::GetAtt"} and resource["Fn::GetAtt"][1] == "Arn":
+        return str(resource["Fn::GetAtt"][0])
+    if isinstance(resource, dict) and set(resource) == {"Ref"}:
+        return str(resource["Ref"])
+    if isinstance(resource, dict) and set(resource) == {"Fn::Sub"}:
+        sub = resource["Fn::Sub"]
+        if isinstance(sub, list) and sub[0] == _EXPORT_OBJECTS_ARN:
+            return EXPORTS
+        if sub == "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:identity/*":
+            return SES_IDENTITIES
+    return json.dumps(resource, sort_keys=True)  # matches no entry of CALLS
+
+
+def _condition_name(condition: dict[str, Any] | None) -> str | None:
+    if condition is None:
+        return None
+    if list(condition) == ["StringEquals"] and list(condition["StringEquals"]) == ["kms:ViaService"]:
+        services = []
+        for value in _as_list(condition["StringEquals"]["kms:ViaService"]):
+            assert isinstance(value, dict) and value.get("Fn::Sub", "").endswith(
+                ".${AWS::Region}.amazonaws.com"
+            ), value
+            services.append(value["Fn::Sub"].split(".", 1)[0])
+        return _via(*services)
+    if condition == {"StringEquals": {"ses:FromAddress": {"Ref": "SesSender"}}}:
+        return "from SesSender"
+    return json.dumps(condition, sort_keys=True)  # matches no entry of CALLS
+
+
+def _grants(cfn: dict[str, Any], role: str) -> set[Grant]:
+    found: set[Grant] = set()
+    for policy in cfn["Resources"][role]["Properties"].get("Policies", []):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            assert statement["Effect"] == "Allow", (role, statement)
+            assert not {"NotAction", "NotResource", "Principal"} & set(statement), (role, statement)
+            condition = _condition_name(statement.get("Condition"))
+            for action in _as_list(statement["Action"]):
+                for resource in _as_list(statement["Resource"]):
+                    found.add((action, _resource_name(resource), condition))
+    return found
+
+
+@pytest.mark.parametrize("function", sorted(CALLS))
+def test_each_function_is_granted_exactly_the_calls_its_code_makes(
+    cfn: dict[str, Any], function: str
+) -> None:
+    role = f"{function}FunctionRole"
+    assert cfn["Resources"][f"{function}Function"]["Properties"]["Role"] == {"Fn::GetAtt": [role, "Arn"]}
+    granted = _grants(cfn, role)
+    missing = CALLS[function] - granted
+    extra = granted - CALLS[function]
+    assert not missing, f"{function} cannot make these calls: {sorted(missing, key=str)}"
+    assert not extra, f"{function} is granted more than its code calls: {sorted(extra, key=str)}"
+
+    managed = {
+        arn.rsplit("policy/", 1)[1]
+        for arn in cfn["Resources"][role]["Properties"].get("ManagedPolicyArns", [])
+    }
+    expected = {"service-role/AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess"}
+    if function in SQS_TRIGGERED:
+        expected.add("service-role/AWSLambdaSQSQueueExecutionRole")  # the event source's poller
+    assert managed == expected, function
+
+
+def test_the_data_key_opens_whatever_each_function_reads(cfn: dict[str, Any]) -> None:
+    """S3, DynamoDB and Secrets Manager decrypt under DataKey on the caller's behalf."""
+    key_arn = {"Fn::GetAtt": ["DataKey", "Arn"]}
+    (rule,) = cfn["Resources"]["ExportsBucket"]["Properties"]["BucketEncryption"][
+        "ServerSideEncryptionConfiguration"
+    ]
+    assert rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"] == key_arn
+    for table in ("Table", "IdempotencyTable"):
+        assert cfn["Resources"][table]["Properties"]["SSESpecification"]["KMSMasterKeyId"] == key_arn
+    for secret in resources(cfn, "AWS::SecretsManager::Secret").values():
+        assert secret["Properties"]["KmsKeyId"] == {"Ref": "DataKey"}
+    for function, calls in CALLS.items():
+        reads = {action.split(":")[0] for action, _, _ in calls} & {"s3", "dynamodb", "secretsmanager"}
+        decrypt = {condition for action, resource, condition in calls if action == "kms:Decrypt"}
+        if None in decrypt:
+            continue
+        (via,) = decrypt
+        assert via == _via(*reads), function
+
+
+def test_no_role_can_scan_drop_or_use_wildcards(cfn: dict[str, Any]) -> None:
     for role, statement in _statements(cfn):
-        if "s3:GetObject" in statement["Action"]:
-            assert "/exports/*" in json.dumps(statement["Resource"]), role
+        for action in _as_list(statement["Action"]):
+            assert "*" not in action, (role, action)
+            assert action not in FORBIDDEN_ACTIONS, (role, action)
+        for resource in _as_list(statement["Resource"]):
+            assert resource != "*", (role, statement)
+            assert "/index/" not in json.dumps(resource), (role, "no function queries an index")
+
+
+def test_learner_id_secret_is_separate_and_never_rotated(cfn: dict[str, Any], sam: dict[str, Any]) -> None:
+    secret = sam["Resources"]["LearnerIdSecret"]
+    assert secret["Type"] == "AWS::SecretsManager::Secret"
+    assert "GenerateSecretString" in secret["Properties"]
+    assert secret["DeletionPolicy"] == "Retain"
+    assert secret["UpdateReplacePolicy"] == "Retain"
+    rotation = ("AWS::SecretsManager::RotationSchedule", "AWS::SecretsManager::SecretTargetAttachment")
+    rotated = [r["Properties"].get("SecretId") for r in cfn["Resources"].values() if r["Type"] in rotation]
+    assert {"Ref": "LearnerIdSecret"} not in rotated
+    for function in resources(cfn, "AWS::Lambda::Function").values():
+        variables = function["Properties"]["Environment"]["Variables"]
+        assert variables["LEARNER_ID_SECRET_ARN"] == {"Ref": "LearnerIdSecret"}
+        assert variables["LINK_SECRET_ARN"] == {"Ref": "LinkSigningSecret"}
+    readers = {
+        function
+        for function, calls in CALLS.items()
+        for action, resource, _ in calls
+        if action == "secretsmanager:GetSecretValue" and resource == "LearnerIdSecret"
+    }
+    assert readers == {"Intake"}
+
+
+def test_traces_leave_out_handler_responses(cfn: dict[str, Any]) -> None:
+    # Responses carry CSRF tokens, link tokens and session cookies.
+    for logical_id, function in resources(cfn, "AWS::Lambda::Function").items():
+        variables = function["Properties"]["Environment"]["Variables"]
+        assert variables["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false", logical_id
 
 
 def test_parameters_conditions_and_outputs(sam: dict[str, Any]) -> None:
