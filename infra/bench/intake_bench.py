@@ -521,9 +521,9 @@ def bench_intake(
         if big_badges > small_badges:
             per_k = (big_growth - small_growth) / (big_badges - small_badges) * 1000
             part.notes.append(
-                f"growth between sizes: {per_k:.2f} MB per 1000 badges (ZIP directory index and "
-                "the sets of listed names and seen emails are held while the manifest streams; "
-                "the ZIP's bytes are not)"
+                f"growth between sizes: {per_k:.2f} MB per 1000 badges (past a few thousand "
+                "entries the ZIP directory index, listed names and seen emails go to a temporary "
+                "SQLite file with a bounded cache; the ZIP's bytes are never held)"
             )
     part.notes.extend(
         [

@@ -6,7 +6,10 @@ so everything here streams:
 
 - the central directory is read in blocks from the end of the object and yielded entry by entry;
 - ``manifest.txt`` is inflated and parsed incrementally, one learner at a time;
-- a badge image is read back on its own by two ranged reads (local header, then its data).
+- a badge image is read back on its own by two ranged reads (local header, then its data);
+- the index of members by name, the marks of which ones the manifest lists and the emails met so
+  far stay in memory up to a few thousand entries, then move to a scratch SQLite database in a
+  private temporary directory (``/tmp`` on Lambda), removed as soon as the stream ends or fails.
 
 Whole-export failures raise :class:`ExportError` with a stable code; problems with one learner
 or one file are reported as :class:`~backpack_migrate.domain.Problem` values.
@@ -17,8 +20,13 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import os
 import re
+import shutil
+import sqlite3
 import struct
+import tempfile
+import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
@@ -193,6 +201,10 @@ class S3RangeReader:
                 raise ExportError("EXPORT_CHANGED") from exc
             if code in {"NoSuchKey", "404", "NotFound"} or status == 404:
                 raise ExportError("EXPORT_GONE") from exc
+            if code == "AccessDenied" and "exports/" in self.key:
+                # The functions may read exports/* but not list the bucket, so S3 answers a
+                # missing (expired) export with 403, not 404.
+                raise ExportError("EXPORT_GONE") from exc
             raise
 
     def _get(self, start: int, length: int) -> bytes:
@@ -348,6 +360,22 @@ def iter_members(reader: RangeReader, *, block_size: int = BLOCK_SIZE) -> Iterat
     The directory is read in blocks of ``block_size`` bytes; nothing but the current block
     is kept. A damaged or cut directory raises :class:`ExportError`.
     """
+    for row in _iter_member_rows(reader, block_size=block_size):
+        yield _location(*row)
+
+
+# (name, header offset, compressed size, size, CRC-32, method)
+_MemberRow = tuple[str, int, int, int, int, int]
+
+
+def _location(name: str, header: int, csize: int, size: int, crc: int, method: int) -> MemberLocation:
+    return MemberLocation.model_construct(
+        name=name, header_offset=header, compressed_size=csize, size=size, method=method, crc=crc
+    )
+
+
+def _iter_member_rows(reader: RangeReader, *, block_size: int = BLOCK_SIZE) -> Iterator[_MemberRow]:
+    """:func:`iter_members` as plain tuples (building a model per member is most of its cost)."""
     directory = _find_directory(reader)
     end = directory.start + directory.size
     if end > reader.size:
@@ -387,9 +415,7 @@ def iter_members(reader: RangeReader, *, block_size: int = BLOCK_SIZE) -> Iterat
         name = _decode_name(name_raw, flags)
         if name.endswith("/"):
             continue
-        yield MemberLocation.model_construct(
-            name=name, header_offset=header, compressed_size=csize, size=usize, method=method, crc=crc
-        )
+        yield name, header, csize, usize, crc, method
     if count != directory.entries and (count & 0xFFFF) != directory.entries:
         raise ExportError("TRUNCATED_ZIP")
 
@@ -409,42 +435,294 @@ def _refill(
 
 _INDEX = struct.Struct("<QQQIH")
 
+# Up to this many members (or emails, in :func:`iter_learners`) are held in memory; past it they
+# move to a SQLite database in a private temporary directory, so memory stays bounded.
+IN_MEMORY_ENTRIES = 2048
+_BATCH = 1024  # rows written per transaction (and held until then)
+_CACHE_KIB = 1024  # SQLite page cache per database
+_U64 = 1 << 64
+_I64_MAX = (1 << 63) - 1
+_WITHOUT_ROWID = " WITHOUT ROWID" if sqlite3.sqlite_version_info >= (3, 8, 2) else ""
 
-class MemberIndex(Mapping[str, MemberLocation]):
-    """Member name -> location, stored packed (a few dozen bytes per member).
 
-    When a name appears twice in the central directory the later entry wins (as in ``zipfile``).
+def _signed(value: int) -> int:
+    """A 64-bit unsigned value as SQLite's signed INTEGER (ZIP64 sizes may use the top bit)."""
+    return value - _U64 if value > _I64_MAX else value
+
+
+def _unsigned(value: int) -> int:
+    return value + _U64 if value < 0 else value
+
+
+_SCRATCH_PREFIX = "backpack-export-"
+_OURS: set[str] = set()  # the scratch directories this process made and has not removed yet
+_swept = False
+
+
+def _drop_database(conn: sqlite3.Connection, directory: str) -> None:
+    try:
+        conn.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        _OURS.discard(directory)
+
+
+def _sweep_stale_databases() -> None:
+    """Remove scratch directories left behind by a process that died (a Lambda timeout keeps /tmp).
+
+    Once per process, best effort: only this user's directories whose process is gone, or that
+    carry this process's id without being among its own (the id was reused after a restart).
+    Were a live one removed (another pid namespace sharing the directory), its process would not
+    notice: SQLite keeps using the file it has open.
+    """
+    global _swept  # noqa: PLW0603 - once per process
+    if _swept:
+        return
+    _swept = True
+    pattern = re.compile(re.escape(_SCRATCH_PREFIX) + r"(\d+)-")
+    base = tempfile.gettempdir()
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None:
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid():
+            stale = entry.path not in _OURS
+        else:
+            try:
+                os.kill(pid, 0)
+                stale = False
+            except ProcessLookupError:
+                stale = True
+            except OSError:  # alive, another user's
+                stale = False
+        if stale:
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+class _TempDatabase:
+    """A scratch SQLite database in its own private temporary directory (mode 0700).
+
+    Built for speed, not durability: no journal, no syncs, an exclusive lock and a bounded page
+    cache. :meth:`close` (or garbage collection, or interpreter exit) closes the connection and
+    removes the directory. One thread at a time: the connection does no locking of its own.
     """
 
-    def __init__(self, members: Iterable[MemberLocation] = ()) -> None:
+    def __init__(self, schema: str) -> None:
+        _sweep_stale_databases()
+        self.directory = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-")
+        _OURS.add(self.directory)
+        self.path = os.path.join(self.directory, "scratch.sqlite")
+        try:
+            self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except BaseException:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+        self._finalizer = weakref.finalize(self, _drop_database, self.conn, self.directory)
+        try:
+            for pragma in (
+                "journal_mode=OFF",
+                "synchronous=OFF",
+                "locking_mode=EXCLUSIVE",
+                "temp_store=FILE",
+                f"cache_size=-{_CACHE_KIB}",
+            ):
+                self.conn.execute(f"PRAGMA {pragma}")
+            self.conn.executescript(schema)
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
+        """Run ``sql`` for every row in one transaction; the number of rows changed."""
+        if self.conn.in_transaction:
+            return self.conn.executemany(sql, rows).rowcount
+        self.conn.execute("BEGIN")
+        try:
+            return self.conn.executemany(sql, rows).rowcount
+        finally:
+            self.conn.execute("COMMIT")
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+_MEMBERS_SCHEMA = """
+CREATE TABLE members (
+    seq INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    header INTEGER NOT NULL,
+    csize INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    crc INTEGER NOT NULL,
+    method INTEGER NOT NULL,
+    listed INTEGER NOT NULL DEFAULT 0
+);
+"""
+_INSERT_MEMBER = (
+    "INSERT OR IGNORE INTO members (name, header, csize, size, crc, method) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_REPLACE_MEMBER = "UPDATE members SET header = ?, csize = ?, size = ?, crc = ?, method = ? WHERE name = ?"
+_FIND_MEMBER = "SELECT seq, header, csize, size, crc, method FROM members WHERE name = ?"
+
+
+class MemberIndex(Mapping[str, MemberLocation]):
+    """Member name -> location, a read-only mapping whose memory does not grow with the export.
+
+    Up to ``memory_entries`` members are kept in memory, packed (a few dozen bytes each); past
+    that, every member moves to a SQLite database in a private temporary directory, filled in
+    batched transactions and looked up by name. :meth:`close` (or ``with``) removes the
+    database; garbage collection and interpreter exit do too, as a backstop.
+
+    Iteration follows the central directory. When a name appears twice the later entry wins (as
+    in ``zipfile``) and keeps the first one's place. Not thread-safe: use an index from one thread
+    at a time (intake uses one thread).
+    """
+
+    def __init__(self, members: Iterable[MemberLocation] = (), *, memory_entries: int | None = None) -> None:
+        self.memory_entries = IN_MEMORY_ENTRIES if memory_entries is None else memory_entries
         self._packed: dict[str, bytes] = {}
-        for member in members:
-            self.add(member)
+        self._db: _TempDatabase | None = None
+        self._pending: list[_MemberRow] = []
+        self._count = 0  # members in the database
+        self._extend((m.name, m.header_offset, m.compressed_size, m.size, m.crc, m.method) for m in members)
+
+    # ---- building
 
     def add(self, member: MemberLocation) -> None:
-        self._packed[member.name] = _INDEX.pack(
-            member.header_offset, member.compressed_size, member.size, member.crc, member.method & 0xFFFF
+        self._add(
+            member.name, member.header_offset, member.compressed_size, member.size, member.crc, member.method
         )
+
+    def _extend(self, rows: Iterable[_MemberRow]) -> None:
+        """Add every row; on any failure the index is closed (its database removed) and it re-raises."""
+        try:
+            for row in rows:
+                self._add(*row)
+            self._flush()
+        except BaseException:
+            self.close()
+            raise
+
+    def _add(self, name: str, header: int, csize: int, size: int, crc: int, method: int) -> None:
+        method &= 0xFFFF
+        if self._db is None:
+            if len(self._packed) < self.memory_entries or name in self._packed:
+                self._packed[name] = _INDEX.pack(header, csize, size, crc, method)
+                return
+            self._spill()
+        self._pending.append((name, _signed(header), _signed(csize), _signed(size), crc, method))
+        if len(self._pending) >= _BATCH:
+            self._flush()
+
+    def _spill(self) -> None:
+        self._db = _TempDatabase(_MEMBERS_SCHEMA)
+        packed, self._packed = self._packed, {}
+        for name, value in packed.items():
+            header, csize, size, crc, method = _INDEX.unpack(value)
+            self._pending.append((name, _signed(header), _signed(csize), _signed(size), crc, method))
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        db = self._database()
+        rows, self._pending = self._pending, []
+        inserted = db.write(_INSERT_MEMBER, rows)
+        self._count += inserted
+        if inserted < len(rows):  # a name seen before: the later entry wins, in order
+            db.write(_REPLACE_MEMBER, [(*row[1:], row[0]) for row in rows])
+
+    def _database(self) -> _TempDatabase:
+        if self._db is None or self._db.closed:
+            raise ValueError("the member index is closed")
+        return self._db
+
+    # ---- state
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the members are held in memory (False once they moved to SQLite)."""
+        return self._db is None
+
+    @property
+    def database_path(self) -> str | None:
+        """The SQLite file holding the members, while there is one."""
+        return self._db.path if self._db is not None and not self._db.closed else None
+
+    def close(self) -> None:
+        """Remove the temporary database, if any. The index cannot be used afterwards."""
+        self._pending = []
+        if self._db is not None:
+            self._db.close()
+
+    def __enter__(self) -> MemberIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- Mapping
+
+    def _find(self, name: object) -> tuple[MemberLocation, int] | None:
+        """The location of ``name`` and its row in the database (-1 when in memory)."""
+        if not isinstance(name, str):
+            return None
+        if self._db is None:
+            value = self._packed.get(name)
+            return None if value is None else (_location(name, *_INDEX.unpack(value)), -1)
+        self._flush()
+        try:
+            row = self._database().conn.execute(_FIND_MEMBER, (name,)).fetchone()
+        except UnicodeEncodeError:  # lone surrogates: no directory name has them
+            return None
+        if row is None:
+            return None
+        seq, header, csize, size, crc, method = row
+        return _location(name, _unsigned(header), _unsigned(csize), _unsigned(size), crc, method), seq
 
     def __getitem__(self, name: str) -> MemberLocation:
-        header, csize, size, crc, method = _INDEX.unpack(self._packed[name])
-        return MemberLocation.model_construct(
-            name=name, header_offset=header, compressed_size=csize, size=size, method=method, crc=crc
-        )
+        found = self._find(name)
+        if found is None:
+            raise KeyError(name)
+        return found[0]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._packed
+        return self._find(name) is not None
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._packed)
+        if self._db is None:
+            yield from self._packed
+            return
+        self._flush()
+        for (name,) in self._database().conn.execute("SELECT name FROM members ORDER BY seq"):
+            yield name
 
     def __len__(self) -> int:
-        return len(self._packed)
+        if self._db is None:
+            return len(self._packed)
+        self._flush()
+        return self._count
 
 
-def member_index(reader: RangeReader) -> MemberIndex:
-    """Every file member of the export by name (a compact read-only mapping)."""
-    return MemberIndex(iter_members(reader))
+def member_index(reader: RangeReader, *, memory_entries: int | None = None) -> MemberIndex:
+    """Every file member of the export by name (a read-only mapping; close it when done)."""
+    index = MemberIndex(memory_entries=memory_entries)
+    index._extend(_iter_member_rows(reader))
+    return index
 
 
 # --------------------------------------------------------------------------------------------
@@ -775,11 +1053,16 @@ def iter_manifest(
 
 
 def find_manifest(reader: RangeReader) -> tuple[MemberLocation, MemberIndex]:
-    """The manifest's location and the index of all members (one walk of the central directory)."""
+    """The manifest's location and the index of all members (one walk of the central directory).
+
+    The caller owns the index: close it (or use it in a ``with``) to remove its temporary database.
+    """
     index = member_index(reader)
-    if MANIFEST_NAME not in index:
+    manifest = index.get(MANIFEST_NAME)
+    if manifest is None:
+        index.close()
         raise ExportError("NO_MANIFEST")
-    return index[MANIFEST_NAME], index
+    return manifest, index
 
 
 # --------------------------------------------------------------------------------------------
@@ -832,9 +1115,8 @@ class ExportPlan(BaseModel):
 
 
 def _file_entry(
-    reader: RangeReader, index: Mapping[str, MemberLocation], name: str, *, sniff: bool, max_size: int
+    reader: RangeReader, name: str, loc: MemberLocation | None, *, sniff: bool, max_size: int
 ) -> FileEntry:
-    loc = index.get(name) if name != MANIFEST_NAME else None
     if loc is None:
         return FileEntry(name=name, problem=problem("FILE_MISSING"))
     if loc.size == 0:
@@ -853,6 +1135,119 @@ def _file_entry(
     return FileEntry(name=name, location=loc)
 
 
+_UNLISTED_EXAMPLES = 20
+
+
+class _Listing:
+    """Which members the manifest lists, to count the unlisted ones at the end.
+
+    For an index in SQLite the mark is a column of the members table, set in batches; otherwise
+    (a small index in memory, or any other mapping) it is a set of names.
+    """
+
+    def __init__(self, index: Mapping[str, MemberLocation]) -> None:
+        self._index = index
+        self._members = index if isinstance(index, MemberIndex) else None
+        self._db = index._db if isinstance(index, MemberIndex) else None
+        self._names: set[str] = set()
+        self._marks: list[tuple[int]] = []
+        if self._db is not None:  # an index may be joined more than once
+            self._database().conn.execute("UPDATE members SET listed = 0 WHERE listed <> 0")
+
+    def _database(self) -> _TempDatabase:
+        assert self._members is not None
+        return self._members._database()
+
+    def find(self, name: str) -> tuple[MemberLocation | None, int]:
+        """The member called ``name`` (None if there is none) and its row (-1 if not in SQLite)."""
+        if name == MANIFEST_NAME:
+            return None, -1
+        if self._members is None:
+            return self._index.get(name), -1
+        return self._members._find(name) or (None, -1)
+
+    def mark(self, name: str, row: int) -> None:
+        if row < 0:
+            self._names.add(name)
+            return
+        self._marks.append((row,))
+        if len(self._marks) >= _BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._marks:
+            marks, self._marks = self._marks, []
+            self._database().write("UPDATE members SET listed = 1 WHERE seq = ?", marks)
+
+    def unlisted(self) -> tuple[int, list[str]]:
+        """How many members (the manifest excepted) no learner lists, and the first few of them."""
+        if self._db is None:
+            count = 0
+            examples: list[str] = []
+            for name in self._index:
+                if name != MANIFEST_NAME and name not in self._names:
+                    count += 1
+                    if len(examples) < _UNLISTED_EXAMPLES:
+                        examples.append(name)
+            return count, examples
+        self._flush()
+        conn = self._database().conn
+        (count,) = conn.execute(
+            "SELECT count(*) FROM members WHERE listed = 0 AND name <> ?", (MANIFEST_NAME,)
+        ).fetchone()
+        rows = conn.execute(
+            "SELECT name FROM members WHERE listed = 0 AND name <> ? ORDER BY seq LIMIT ?",
+            (MANIFEST_NAME, _UNLISTED_EXAMPLES),
+        )
+        return int(count), [name for (name,) in rows]
+
+
+_SEEN_SCHEMA = f"CREATE TABLE seen (digest BLOB PRIMARY KEY){_WITHOUT_ROWID};"
+
+
+class _SeenEmails:
+    """The normalized emails met so far, as keyed digests: in memory, then in SQLite.
+
+    Past ``memory_entries`` emails the digests move to a temporary database keyed by digest. The
+    digest key is random per run, so the scratch file holds nothing that can be matched to an email.
+    """
+
+    def __init__(self, memory_entries: int) -> None:
+        self._limit = memory_entries
+        self._key = os.urandom(16)
+        self._memory: set[bytes] = set()
+        self._db: _TempDatabase | None = None
+        self._uncommitted = 0
+
+    def add(self, normalized: str) -> bool:
+        """Remember an email; False if it was met before."""
+        digest = hashlib.blake2b(
+            normalized.encode("utf-8", "surrogatepass"), digest_size=16, key=self._key
+        ).digest()
+        if self._db is None:
+            if digest in self._memory:
+                return False
+            if len(self._memory) < self._limit:
+                self._memory.add(digest)
+                return True
+            self._db = _TempDatabase(_SEEN_SCHEMA)
+            self._db.write("INSERT INTO seen (digest) VALUES (?)", [(d,) for d in self._memory])
+            self._memory = set()
+        conn = self._db.conn
+        if not conn.in_transaction:
+            conn.execute("BEGIN")
+        new = conn.execute("INSERT OR IGNORE INTO seen (digest) VALUES (?)", (digest,)).rowcount == 1
+        self._uncommitted += 1
+        if self._uncommitted >= _BATCH:
+            conn.execute("COMMIT")
+            self._uncommitted = 0
+        return new
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+
 def iter_learners(
     reader: RangeReader,
     *,
@@ -867,71 +1262,80 @@ def iter_learners(
     ``DUPLICATE_EMAIL`` problem: the caller merges it into the learner with the same id. With
     ``sniff`` each listed file's first bytes are read to check it is a PNG or SVG (one ranged
     read per file). ``stats`` is filled as the stream goes and is complete at its end.
+
+    Memory does not grow with the export: the member index, the listed marks and the emails met
+    so far go to temporary SQLite databases past :data:`IN_MEMORY_ENTRIES` entries. Those are
+    removed when the stream ends, fails or is closed; an ``index`` passed in stays open (its
+    owner closes it). One thread consumes a stream.
     """
+    own_index = index is None
     if index is None:
         manifest, index = find_manifest(reader)
     elif MANIFEST_NAME in index:
         manifest = index[MANIFEST_NAME]
     else:
         raise ExportError("NO_MANIFEST")
-    stats = stats if stats is not None else PlanStats()
-    stats.members = len(index) - 1
-    seen: set[bytes] = set()
-    listed: set[str] = set()
-    for email, names in iter_manifest(reader, manifest):
-        normalized = normalize_email(email)
-        entry = LearnerEntry(email=email, normalized_email=normalized)
-        if not is_valid_email(email):
-            entry.problems.append(problem("INVALID_EMAIL"))
-        digest = hashlib.blake2b(normalized.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        if digest in seen:
-            entry.duplicate = True
-            entry.problems.append(problem("DUPLICATE_EMAIL"))
-        else:
-            seen.add(digest)
-            stats.distinct_learners += 1
-        local: set[str] = set()
-        for name in names:
-            if name in local:
-                continue
-            local.add(name)
-            file_entry = _file_entry(reader, index, name, sniff=sniff, max_size=max_size)
-            entry.files.append(file_entry)
-            stats.listed_files += 1
-            if file_entry.location is not None:
-                listed.add(name)
-            if file_entry.problem is None:
-                stats.usable_files += 1
+    seen: _SeenEmails | None = None
+    try:
+        stats = stats if stats is not None else PlanStats()
+        stats.members = len(index) - 1
+        listing = _Listing(index)
+        seen = _SeenEmails(IN_MEMORY_ENTRIES)
+        for email, names in iter_manifest(reader, manifest):
+            normalized = normalize_email(email)
+            entry = LearnerEntry(email=email, normalized_email=normalized)
+            if not is_valid_email(email):
+                entry.problems.append(problem("INVALID_EMAIL"))
+            if seen.add(normalized):
+                stats.distinct_learners += 1
             else:
-                code = file_entry.problem.code
-                stats.file_problems[code] = stats.file_problems.get(code, 0) + 1
-        for learner_problem in entry.problems:
-            code = learner_problem.code
-            stats.learner_problems[code] = stats.learner_problems.get(code, 0) + 1
-        stats.learners += 1
-        yield entry
-    for name in index:
-        if name != MANIFEST_NAME and name not in listed:
-            stats.unlisted_members += 1
-            if len(stats.unlisted_examples) < 20:
-                stats.unlisted_examples.append(name)
+                entry.duplicate = True
+                entry.problems.append(problem("DUPLICATE_EMAIL"))
+            local: set[str] = set()
+            for name in names:
+                if name in local:
+                    continue
+                local.add(name)
+                loc, row = listing.find(name)
+                file_entry = _file_entry(reader, name, loc, sniff=sniff, max_size=max_size)
+                entry.files.append(file_entry)
+                stats.listed_files += 1
+                if loc is not None:
+                    listing.mark(name, row)
+                if file_entry.problem is None:
+                    stats.usable_files += 1
+                else:
+                    code = file_entry.problem.code
+                    stats.file_problems[code] = stats.file_problems.get(code, 0) + 1
+            for learner_problem in entry.problems:
+                code = learner_problem.code
+                stats.learner_problems[code] = stats.learner_problems.get(code, 0) + 1
+            stats.learners += 1
+            yield entry
+        stats.unlisted_members, stats.unlisted_examples = listing.unlisted()
+    finally:
+        if seen is not None:
+            seen.close()
+        if own_index:
+            index.close()
 
 
 def plan_export(reader: RangeReader, *, sniff: bool = True, max_size: int = DEFAULT_MAX_SIZE) -> ExportPlan:
     """The whole plan in memory, duplicate emails merged into their first entry (small exports, CLI)."""
-    manifest, index = find_manifest(reader)
     stats = PlanStats()
     learners: list[LearnerEntry] = []
     by_email: dict[str, LearnerEntry] = {}
-    for entry in iter_learners(reader, index=index, sniff=sniff, max_size=max_size, stats=stats):
-        first = by_email.get(entry.normalized_email)
-        if first is None:
-            by_email[entry.normalized_email] = entry
-            learners.append(entry)
-            continue
-        names = {f.name for f in first.files}
-        first.files.extend(f for f in entry.files if f.name not in names)
-        for p in entry.problems:
-            if p not in first.problems:
-                first.problems.append(p)
+    manifest, index = find_manifest(reader)
+    with index:
+        for entry in iter_learners(reader, index=index, sniff=sniff, max_size=max_size, stats=stats):
+            first = by_email.get(entry.normalized_email)
+            if first is None:
+                by_email[entry.normalized_email] = entry
+                learners.append(entry)
+                continue
+            names = {f.name for f in first.files}
+            first.files.extend(f for f in entry.files if f.name not in names)
+            for p in entry.problems:
+                if p not in first.problems:
+                    first.problems.append(p)
     return ExportPlan(manifest=manifest, learners=learners, stats=stats)

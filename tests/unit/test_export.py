@@ -7,7 +7,9 @@ import io
 import json
 import os
 import struct
+import tempfile
 import tracemalloc
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -17,12 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from backpack_migrate import export
 from backpack_migrate.domain import MemberLocation
 from backpack_migrate.export import (
     BytesRangeReader,
     ExportError,
     FileRangeReader,
     MemberError,
+    MemberIndex,
+    PlanStats,
     S3RangeReader,
     find_manifest,
     iter_learners,
@@ -73,6 +78,22 @@ def good_export(method: int = STORED) -> bytes:
     return make_zip({"a.png": PNG, "b.svg": SVG, "c.png": PNG}, manifest=manifest, method=method)
 
 
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temporary directory the export's scratch databases go to (empty when all are removed)."""
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def paths(request: pytest.FixtureRequest, scratch: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with members and emails held in memory, then with both moved to SQLite."""
+    monkeypatch.setattr(export, "IN_MEMORY_ENTRIES", 10**9 if request.param == "memory" else 1)
+    return str(request.param)
+
+
 def code_of(fn: Any, *args: Any, **kwargs: Any) -> str:
     with pytest.raises(ExportError) as info:
         result = fn(*args, **kwargs)
@@ -85,7 +106,7 @@ def code_of(fn: Any, *args: Any, **kwargs: Any) -> str:
 
 
 @pytest.mark.parametrize("method", [STORED, DEFLATED])
-def test_good_export_plans_and_reads_back(method: int) -> None:
+def test_good_export_plans_and_reads_back(method: int, paths: str) -> None:
     reader = BytesRangeReader(good_export(method))
     plan = plan_export(reader)
     assert [learner.email for learner in plan.learners] == ["ada@example.org", "grace@example.org"]
@@ -106,7 +127,7 @@ def test_good_export_plans_and_reads_back(method: int) -> None:
     assert read_member_head(reader, svg_loc, 20) == SVG[:20]
 
 
-def test_member_locations_match_zipfile() -> None:
+def test_member_locations_match_zipfile(paths: str) -> None:
     data = good_export(DEFLATED)
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         expected = {i.filename: (i.header_offset, i.compress_size, i.file_size, i.CRC) for i in zf.infolist()}
@@ -132,7 +153,7 @@ def test_file_reader(tmp_path: Path) -> None:
         assert read_member(reader, loc) == PNG
 
 
-def test_utf8_names_and_directories_and_comment() -> None:
+def test_utf8_names_and_directories_and_comment(paths: str) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("badges/", b"")
@@ -198,7 +219,7 @@ def _zip64_by_hand(members: list[tuple[str, bytes]]) -> bytes:
     return bytes(out)
 
 
-def test_zip64_records_and_extra_fields() -> None:
+def test_zip64_records_and_extra_fields(paths: str) -> None:
     manifest = json.dumps({"a@example.org": ["a.png", "b.svg"]}).encode()
     data = _zip64_by_hand([("a.png", PNG), ("b.svg", SVG), ("manifest.txt", manifest)])
     with zipfile.ZipFile(io.BytesIO(data)) as zf:  # the hand-made archive is a real ZIP64
@@ -329,12 +350,13 @@ def test_not_a_zip(data: bytes) -> None:
     assert code_of(plan_export, BytesRangeReader(data)) == "NOT_A_ZIP"
 
 
-def test_truncated_zip_at_every_point() -> None:
+def test_truncated_zip_at_every_point(paths: str, scratch: Path) -> None:
     data = good_export(DEFLATED)
     for cut in range(4, len(data), 7):
         assert code_of(plan_export, BytesRangeReader(data[:cut])) == "TRUNCATED_ZIP", cut
     for cut in range(1, 4):
         assert code_of(plan_export, BytesRangeReader(data[:cut])) in {"TRUNCATED_ZIP", "NOT_A_ZIP"}
+    assert not any(scratch.iterdir())  # no scratch database left behind by any failure
 
 
 def _eocd_pos(data: bytes) -> int:
@@ -355,17 +377,21 @@ def test_bad_central_signature() -> None:
     assert code_of(plan_export, BytesRangeReader(bytes(data))) == "TRUNCATED_ZIP"
 
 
-def test_wrong_entry_count() -> None:
+def test_wrong_entry_count(paths: str, scratch: Path) -> None:
     data = bytearray(good_export())
     pos = _eocd_pos(bytes(data))
     struct.pack_into("<HH", data, pos + 8, 9, 9)
     assert code_of(plan_export, BytesRangeReader(bytes(data))) == "TRUNCATED_ZIP"
+    assert code_of(member_index, BytesRangeReader(bytes(data))) == "TRUNCATED_ZIP"
+    assert not any(scratch.iterdir())
 
 
-def test_no_manifest() -> None:
+def test_no_manifest(paths: str, scratch: Path) -> None:
     assert code_of(plan_export, BytesRangeReader(make_zip({"a.png": PNG}))) == "NO_MANIFEST"
     nested = make_zip({"export/manifest.txt": b"{}", "a.png": PNG})
     assert code_of(plan_export, BytesRangeReader(nested)) == "NO_MANIFEST"
+    assert code_of(iter_learners, BytesRangeReader(nested)) == "NO_MANIFEST"
+    assert not any(scratch.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -426,14 +452,14 @@ def test_manifest_with_bom_and_whitespace_is_fine() -> None:
     assert plan.learners[0].problems == []
 
 
-def test_empty_manifest_object() -> None:
+def test_empty_manifest_object(paths: str) -> None:
     plan = plan_export(BytesRangeReader(make_zip({"a.png": PNG}, manifest={})))
     assert plan.learners == []
     assert plan.stats.unlisted_members == 1
     assert plan.stats.unlisted_examples == ["a.png"]
 
 
-def test_per_entry_problems() -> None:
+def test_per_entry_problems(paths: str) -> None:
     manifest = {
         "ada@example.org": ["a.png", "missing.png", "notes.png", "empty.png", "big.png", "a.png"],
         "not an email": ["b.svg"],
@@ -475,7 +501,7 @@ def test_per_entry_problems() -> None:
     }
 
 
-def test_streaming_marks_duplicates_instead_of_merging() -> None:
+def test_streaming_marks_duplicates_instead_of_merging(paths: str) -> None:
     manifest_raw = b'{"a@example.org": ["a.png"], "A@EXAMPLE.ORG": ["a.png"]}'
     reader = BytesRangeReader(make_zip({"a.png": PNG}, manifest_raw=manifest_raw))
     first, second = iter_learners(reader)
@@ -600,10 +626,196 @@ def test_iter_manifest_memory_does_not_grow_with_learners() -> None:
     assert peak < len(raw) // 5
 
 
-def test_find_manifest() -> None:
+def test_find_manifest(paths: str) -> None:
     loc, index = find_manifest(BytesRangeReader(good_export()))
     assert loc.name == "manifest.txt"
     assert set(index) == {"manifest.txt", "a.png", "b.svg", "c.png"}
+
+
+# ------------------------------------------------------------------------------ bounded joining
+
+
+def _many_members_export(members: int, learners: int) -> bytes:
+    """``members`` empty files; learner i lists b{i}, b{i+1} and a missing file; every 7th email twice."""
+    manifest: list[str] = []
+    for i in range(learners):
+        files = json.dumps([f"b{i}", f"b{(i + 1) % members}", f"gone{i}"])
+        manifest.append(f'"learner{i}@example.org": {files}')
+        if i % 7 == 0:
+            manifest.append(f'"LEARNER{i}@example.org ": {json.dumps([f"b{i}", "extra"])}')
+    raw = ("{" + ", ".join(manifest) + "}").encode()
+    # Stored, the manifest is read a block at a time (inflating it may buffer a few hundred KB).
+    return make_zip([(f"b{i}", b"") for i in range(members)], manifest_raw=raw, manifest_method=STORED)
+
+
+def _stream(data: bytes) -> tuple[list[Any], PlanStats]:
+    stats = PlanStats()
+    learners = [entry.model_dump() for entry in iter_learners(BytesRangeReader(data), stats=stats)]
+    return learners, stats
+
+
+def test_memory_and_sqlite_paths_give_the_same_join(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _many_members_export(members=600, learners=200)
+    monkeypatch.setattr(export, "IN_MEMORY_ENTRIES", 10**9)
+    in_memory = _stream(data)
+    assert not any(scratch.iterdir())  # nothing was written to disk
+    monkeypatch.setattr(export, "IN_MEMORY_ENTRIES", 50)
+    in_sqlite = _stream(data)
+    assert in_sqlite == in_memory
+    learners, stats = in_sqlite
+    assert stats.members == 600
+    assert stats.learners == 200 + 29
+    assert stats.distinct_learners == 200
+    assert stats.learner_problems == {"DUPLICATE_EMAIL": 29}
+    assert [entry["duplicate"] for entry in learners[:3]] == [False, True, False]
+    assert stats.file_problems == {"EMPTY_FILE": 201 * 2 - 2 + 29, "FILE_MISSING": 200 + 29}
+    assert stats.unlisted_members == 600 - 201  # b0..b200 are listed
+    assert stats.unlisted_examples == [f"b{i}" for i in range(201, 221)]  # in directory order
+    assert not any(scratch.iterdir())
+
+
+def test_member_index_moves_to_sqlite_past_the_limit(scratch: Path) -> None:
+    members = [(f"m{i:03}.png", bytes([i % 251]) * (i + 1)) for i in range(120)]
+    members.insert(30, ("m007.png", b"the later entry wins"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile: duplicate name
+        data = make_zip(members, manifest={}, method=DEFLATED)
+    reader = BytesRangeReader(data)
+    small = member_index(reader, memory_entries=10**9)
+    with member_index(reader, memory_entries=16) as big:
+        assert small.in_memory and small.database_path is None
+        assert not big.in_memory
+        path = big.database_path
+        assert path is not None and Path(path).is_file() and Path(path).parent.parent == scratch
+        assert len(big) == len(small) == 121
+        assert list(big) == list(small)  # directory order; the duplicate keeps the first place
+        assert dict(big.items()) == dict(small.items())
+        assert read_member(reader, big["m007.png"]) == b"the later entry wins"
+        assert "m119.png" in big and "nope.png" not in big and 7 not in big
+        assert "\ud800.png" not in big  # not even encodable: no directory name is like it
+        assert big.get("nope.png") is None
+        with pytest.raises(KeyError):
+            big["nope.png"]
+    assert not any(scratch.iterdir())
+    with pytest.raises(ValueError, match="closed"):
+        big["m001.png"]
+
+
+def test_member_index_keeps_64_bit_values(scratch: Path) -> None:
+    huge = MemberLocation.model_construct(
+        name="huge.png", header_offset=2**63 + 5, compressed_size=2**64 - 1, size=2**63, method=8, crc=7
+    )
+    with MemberIndex([huge], memory_entries=0) as index:
+        assert not index.in_memory
+        assert index["huge.png"] == huge
+        index.add(huge.model_copy(update={"size": 3}))
+        assert index["huge.png"].size == 3
+        assert len(index) == 1
+
+
+def test_lone_surrogate_file_name_is_missing(paths: str) -> None:
+    raw = b'{"a@example.org": ["a.png", "\\ud800.png"]}'
+    learners = list(iter_learners(BytesRangeReader(make_zip({"a.png": PNG}, manifest_raw=raw))))
+    assert [f.problem.code if f.problem else None for f in learners[0].files] == [None, "FILE_MISSING"]
+
+
+def test_an_index_joined_twice_counts_afresh(paths: str, scratch: Path) -> None:
+    data = _many_members_export(members=40, learners=10)
+    reader = BytesRangeReader(data)
+    _manifest, index = find_manifest(reader)
+    with index:
+        first, second = PlanStats(), PlanStats()
+        list(iter_learners(reader, index=index, stats=first))
+        list(iter_learners(reader, index=index, stats=second))
+        assert first == second
+        assert first.unlisted_members == 40 - 11
+        assert len(index) == 41  # a caller's index stays open after the stream
+    assert not any(scratch.iterdir())
+
+
+def _scratch_files(scratch: Path) -> list[Path]:
+    return [p for p in scratch.rglob("*") if p.is_file()]
+
+
+def test_scratch_databases_are_removed_when_the_stream_ends(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export, "IN_MEMORY_ENTRIES", 10)
+    data = _many_members_export(members=100, learners=40)
+    stream = iter_learners(BytesRangeReader(data))
+    next(stream)
+    assert len(_scratch_files(scratch)) == 1  # the member index
+    for _ in range(15):
+        next(stream)
+    assert len(_scratch_files(scratch)) == 2  # and the emails met so far
+    assert sum(1 for _ in stream) == 40 + 6 - 16
+    assert not any(scratch.iterdir())
+
+
+def test_scratch_databases_are_removed_after_an_error_midway(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export, "IN_MEMORY_ENTRIES", 10)
+    entries = ", ".join(f'"l{i}@example.org": ["b{i}"]' for i in range(30))
+    raw = ("{" + entries + ', "broken@example.org": ["b1"] oops}').encode()
+    data = make_zip([(f"b{i}", PNG) for i in range(50)], manifest_raw=raw)
+    stream = iter_learners(BytesRangeReader(data))
+    seen = 0
+    with pytest.raises(ExportError) as info:
+        for _ in stream:
+            seen += 1
+            assert len(_scratch_files(scratch)) >= 1
+    assert info.value.code == "MANIFEST_NOT_JSON"
+    assert seen == 31  # the error comes after the last entry is read
+    assert not any(scratch.iterdir())
+    # A consumer that stops early: closing the stream removes them too.
+    stream = iter_learners(BytesRangeReader(data))
+    next(stream)
+    assert _scratch_files(scratch)
+    stream.close()
+    assert not any(scratch.iterdir())
+    # And so does plan_export when it fails.
+    assert code_of(plan_export, BytesRangeReader(data), sniff=False) == "MANIFEST_NOT_JSON"
+    assert not any(scratch.iterdir())
+
+
+def test_stale_scratch_of_a_dead_process_is_swept(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stale = scratch / f"backpack-export-{2**22 + 12345}-abc"  # beyond any pid_max: that process is gone
+    stale.mkdir()
+    (stale / "scratch.sqlite").write_bytes(b"left by a Lambda that timed out")
+    unrelated = scratch / "backpack-export-notes"
+    unrelated.mkdir()
+    monkeypatch.setattr(export, "_swept", False)
+    with MemberIndex([_only(good_export(), "a.png")], memory_entries=0) as index:
+        assert index.database_path is not None
+        assert not stale.exists()
+        assert unrelated.exists()
+    assert [p.name for p in scratch.iterdir()] == ["backpack-export-notes"]
+
+
+def test_join_memory_does_not_grow_with_members_and_learners(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export, "IN_MEMORY_ENTRIES", 256)
+
+    def traced_peak(members: int, learners: int) -> int:
+        reader = BytesRangeReader(_many_members_export(members, learners))
+        stats = PlanStats()
+        tracemalloc.start()
+        try:
+            for _ in iter_learners(reader, stats=stats):
+                pass
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert stats.distinct_learners == learners
+        return peak
+
+    small = traced_peak(5_000, 2_000)
+    big = traced_peak(20_000, 8_000)
+    # Held in memory, 15,000 more members and 6,000 more learners would take several MB.
+    assert big < small + 256 * 1024, (small, big)
+    assert not any(scratch.iterdir())
 
 
 # ------------------------------------------------------------------------------ hostile input
