@@ -4,30 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from backpack_migrate.batch import run_sqs_batch
 from backpack_migrate.intake import ChunkJob, process_chunk
 from backpack_migrate.observability import logger, metrics, tracer
-from backpack_migrate.services import get_services
-
-processor = BatchProcessor(event_type=EventType.SQS)
+from backpack_migrate.services import Services
 
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    svc = get_services()
-    svc.register_context(context)
-
-    def record_handler(record: SQSRecord) -> None:
+    def handle(svc: Services, record: SQSRecord) -> None:
         job = ChunkJob.model_validate_json(record.body)
         logger.append_keys(export_id=job.export_id, chunk=job.chunk)
         process_chunk(svc, job, context.get_remaining_time_in_millis)
 
-    return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
-    )
+    return run_sqs_batch(event, context, handle)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
+from backpack_migrate.batch import run_sqs_batch
 from backpack_migrate.migration import RetryLater, import_badge
 from backpack_migrate.observability import logger, metrics, tracer
-from backpack_migrate.services import get_services
+from backpack_migrate.services import Services
 
-processor = BatchProcessor(event_type=EventType.SQS)
 MAX_BACKOFF_SECONDS = 900
 
 
@@ -35,10 +34,7 @@ def backoff_seconds(receive_count: int, asked: float | None) -> int:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    svc = get_services()
-    svc.register_context(context)
-
-    def record_handler(record: SQSRecord) -> None:
+    def handle(svc: Services, record: SQSRecord) -> None:
         job = ImportJob.model_validate_json(record.body)
         receive_count = int(record.attributes.approximate_receive_count or 1)
         try:
@@ -51,6 +47,4 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
             )
             raise
 
-    return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
-    )
+    return run_sqs_batch(event, context, handle)

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
+from backpack_migrate.batch import run_sqs_batch
 from backpack_migrate.migration import verify_learner
 from backpack_migrate.observability import logger, metrics, tracer
-from backpack_migrate.services import get_services
-
-processor = BatchProcessor(event_type=EventType.SQS)
+from backpack_migrate.services import Services
 
 
 class VerifyJob(BaseModel):
@@ -25,12 +23,7 @@ class VerifyJob(BaseModel):
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    svc = get_services()
+    def handle(svc: Services, record: SQSRecord) -> None:
+        verify_learner(svc, VerifyJob.model_validate_json(record.body).learner_id)
 
-    def record_handler(record: SQSRecord) -> None:
-        job = VerifyJob.model_validate_json(record.body)
-        verify_learner(svc, job.learner_id)
-
-    return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
-    )
+    return run_sqs_batch(event, context, handle)
