@@ -171,6 +171,18 @@ class _Made:
     issuer_name: str
 
 
+def write_document(site_dir: Path, path: str, content: Any) -> None:
+    """Put one document of an issuer site on disk: bytes, text, or JSON for anything else."""
+    target = site_dir / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        target.write_bytes(content)
+    elif isinstance(content, str):
+        target.write_text(content, "utf-8")
+    else:
+        target.write_text(json.dumps(content, indent=2), "utf-8")
+
+
 class _Site:
     """Writes the issuers' documents under ``site_dir`` with URLs under ``base``."""
 
@@ -186,14 +198,7 @@ class _Site:
         return f"{self.base}/{path.lstrip('/')}"
 
     def write(self, path: str, content: Any) -> None:
-        target = self.dir / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            target.write_bytes(content)
-        elif isinstance(content, str):
-            target.write_text(content, "utf-8")
-        else:
-            target.write_text(json.dumps(content, indent=2), "utf-8")
+        write_document(self.dir, path, content)
 
     def salt(self) -> str:
         return "".join(self.rng.choice(SALT_ALPHABET) for _ in range(16))

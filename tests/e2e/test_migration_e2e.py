@@ -42,6 +42,7 @@ from infra.local.badgr_sandbox import BadgrSandbox
 from infra.local.bakery import bake_png, make_png
 from infra.local.demo import CLIENT_ID, check, forms_of, links_by_email, play_learner, running
 from infra.local.issuer_site import IssuerSite
+from infra.local.sample_export import write_document
 from infra.local.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
@@ -232,14 +233,7 @@ class Issuer:
         )
 
     def _write(self, path: str, content: Any) -> None:
-        target = self.dir / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            target.write_bytes(content)
-        elif isinstance(content, str):
-            target.write_text(content, "utf-8")
-        else:
-            target.write_text(json.dumps(content), "utf-8")
+        write_document(self.dir, path, content)
 
     def badge(self, email: str) -> tuple[str, bytes]:
         """A hosted 2.0 assertion for ``email`` (hashed recipient): its URL and a PNG with it baked."""

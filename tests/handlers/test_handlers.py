@@ -71,19 +71,23 @@ def test_the_same_notify_message_twice_sends_one_email(aws: Services) -> None:
     assert "https://badges.example.org/l/" in emails[0].body
 
 
-def test_the_same_import_message_twice_imports_once(aws: Services, monkeypatch: pytest.MonkeyPatch) -> None:
-    _run_intake(aws, _world(aws))
-    learner_id = next(
-        iter(aws.store.iter_export_learners(next(iter(aws.store.list_exports())).export_id))
-    ).learner_id
+def _connected_learner(aws: Services) -> tuple[str, list[dict[str, Any]]]:
+    """A learner whose export was read and checked, who connected Badgr: its import jobs."""
     from backpack_migrate.badgr import Tokens
     from backpack_migrate.migration import request_migration, store_tokens
 
+    _run_intake(aws, _world(aws))
+    export_id = next(iter(aws.store.list_exports())).export_id
+    learner_id = next(iter(aws.store.iter_export_learners(export_id))).learner_id
     store_tokens(
         aws, learner_id, Tokens(access_token="a", refresh_token="r", expires_at=0, scope="rw:backpack")
     )
     request_migration(aws, learner_id)
-    jobs = drain(aws, aws.settings.migrate_queue_url)
+    return learner_id, drain(aws, aws.settings.migrate_queue_url)
+
+
+def test_the_same_import_message_twice_imports_once(aws: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    learner_id, jobs = _connected_learner(aws)
     # The worker dies after Badgr accepted the first badge but before the state was written.
     real_transition = aws.store.transition
     crashes = []
@@ -104,18 +108,7 @@ def test_the_same_import_message_twice_imports_once(aws: Services, monkeypatch: 
 
 
 def test_a_failing_import_is_reported_as_a_batch_item_failure_and_held_back(aws: Services) -> None:
-    _run_intake(aws, _world(aws))
-    learner_id = next(
-        iter(aws.store.iter_export_learners(next(iter(aws.store.list_exports())).export_id))
-    ).learner_id
-    from backpack_migrate.badgr import Tokens
-    from backpack_migrate.migration import request_migration, store_tokens
-
-    store_tokens(
-        aws, learner_id, Tokens(access_token="a", refresh_token="r", expires_at=0, scope="rw:backpack")
-    )
-    request_migration(aws, learner_id)
-    jobs = drain(aws, aws.settings.migrate_queue_url)
+    learner_id, jobs = _connected_learner(aws)
     aws._badgr = ScriptedBadgr({hosted_assertion("h1", EMAIL)["id"]: ["retry"]})
     sqs = boto3.client("sqs", region_name="us-east-1")
     sqs.send_message(QueueUrl=aws.settings.migrate_queue_url, MessageBody=json.dumps(jobs[0]))
