@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import os
 import re
 import secrets
+import signal
 import sys
 import time
 from collections import Counter
@@ -181,7 +183,6 @@ def check(run: Running) -> list[str]:
 def _quiet() -> None:
     """The functions' JSON logs and moto's request lines would bury the story; keep warnings."""
     import logging
-    import os
 
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
@@ -249,15 +250,41 @@ def run_demo(root: Path) -> int:
     return 0
 
 
+def _stop_on_term(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def run_local(root: Path, port: int = 3000) -> int:
     """The same stack, left running, with links a person can open in a browser."""
     _quiet()
     work = root / ".local-stack" / "local"
+    if not _port_free(port):
+        print(f"Port {port} is taken; the HTTP API gets another one.")
+        port = 0
     with running(root, work, http_port=port) as run:
         run.upload()
         run.stack.wait_idle(timeout=300)
         env_file = root / ".local-stack" / "env.json"
-        env_file.write_text(json.dumps({**run.stack.env, "AWS_ENDPOINT_URL": run.stack.endpoint_url}))
+        # Everything `backpack-migrate upload/report` needs to reach this stack, moto's fake
+        # credentials included; removed when the stack stops.
+        local_aws = {
+            "AWS_ENDPOINT_URL": run.stack.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        }
+        env_file.write_text(json.dumps({**run.stack.env, **local_aws}))
         links = links_by_email(run.stack)
         accounts = {a.username: a for a in run.world.accounts}
         print(f"Local stack running: HTTP API {run.stack.url}, Badgr sandbox {run.sandbox.url}")
@@ -270,11 +297,14 @@ def run_local(root: Path, port: int = 3000) -> int:
                     f"  {learner.email}\n    link: {link}\n    Badgr: {account.username} / {account.password}"
                 )
         print("\n`backpack-migrate report` in another terminal shows the export's state. Ctrl-C stops.")
+        signal.signal(signal.SIGTERM, _stop_on_term)
         try:
             while True:
                 time.sleep(1)
         except KeyboardInterrupt:
             print("stopping")
+        finally:
+            env_file.unlink(missing_ok=True)
     return 0
 
 
