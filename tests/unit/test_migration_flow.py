@@ -246,3 +246,23 @@ def test_an_export_that_is_not_a_zip_is_recorded_as_failed_with_a_clear_error() 
     assert failed.status == ExportStatus.FAILED
     assert failed.problems[0].code == "NOT_A_ZIP"
     assert failed.export_id == export_id_for("exports-bucket", "exports/bad.zip", etag)
+
+
+def test_a_learner_with_many_badges_is_resumed_inside_its_files() -> None:
+    assertions = [hosted_assertion(f"m{i}", ANA) for i in range(60)]
+    files = {ANA: {f"m{i:02d}.png": baked(a) for i, a in enumerate(assertions)}}
+    svc, store, queue, s3, _sender = fake_services(verifier=Verifier(fetcher({})), badgr=ScriptedBadgr())
+    data = make_export(files)
+    etag = s3.put("exports-bucket", "exports/many.zip", data)
+    read_export(svc, "exports-bucket", "exports/many.zip", etag, len(data))
+    (job,) = [ChunkJob.model_validate(j) for j in queue.take("chunk")]
+    # Time runs short after the first group of badges: the rest of this learner goes on in a new job.
+    clock = iter([600_000, 1_000])
+    left = process_chunk(svc, job, lambda: next(clock, 1_000))
+    assert left is not None
+    assert len(store.badges) == 25
+    assert len(left.learners) == 1 and len(left.learners[0].files) == 35
+    assert queue.take("notify") == []  # the invitation waits until every badge is on record
+    assert process_chunk(svc, ChunkJob.model_validate(queue.take("chunk")[0]), lambda: 600_000) is None
+    assert len(store.badges) == 60
+    assert len(queue.take("notify")) == 1
