@@ -34,7 +34,10 @@ def _layout(title: str, body: str, refresh: int | None = None) -> str:
 
 def _badge_title(badge: BadgeRecord) -> str:
     verdict = badge.verdict
-    return (verdict.name if verdict and verdict.name else None) or badge.file_name
+    if verdict and verdict.name:
+        return verdict.name
+    # Nothing names it (its issuer's site is gone, say): the file it came in is all there is.
+    return f"Unnamed badge ({badge.file_name.rsplit('/', 1)[-1]})"
 
 
 def _badge_facts(badge: BadgeRecord) -> str:
@@ -45,7 +48,7 @@ def _badge_facts(badge: BadgeRecord) -> str:
     if verdict.issuer_name:
         facts.append(f"Issued by {escape(verdict.issuer_name)}")
     if verdict.issued_on:
-        facts.append(f"on {escape(verdict.issued_on[:10])}")
+        facts.append(f"{'on' if facts else 'Issued on'} {escape(verdict.issued_on[:10])}")
     return f"<div class='facts'>{' '.join(facts)}</div>" if facts else ""
 
 
