@@ -127,9 +127,6 @@ class InMemoryStore:
             return None
         return dict(found[0])
 
-    def delete_session(self, session_id: str) -> None:
-        self.sessions.pop(session_id, None)
-
 
 class FakeQueue:
     def __init__(self) -> None:

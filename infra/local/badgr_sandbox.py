@@ -37,6 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from infra.local.serving import base_url, serve_in_background, stop_serving
+
 ALL_SCOPES = ("r:profile", "rw:profile", "r:backpack", "rw:backpack", "rw:issuer")
 SESSION_COOKIE = "badgr_sandbox_session"
 ACCESS_TOKEN_SECONDS = 86400
@@ -264,19 +266,13 @@ class BadgrSandbox:
         server.daemon_threads = True
         server.block_on_close = False
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="badgr-sandbox", daemon=True
-        )
-        self._thread.start()
+        self._thread = serve_in_background(server, "badgr-sandbox", poll_interval=0.05)
         return self.url
 
     def stop(self) -> None:
         if self._server is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        stop_serving(self._server, self._thread)
         self._server = None
         self._thread = None
 
@@ -291,8 +287,7 @@ class BadgrSandbox:
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("the sandbox is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return base_url(self._server)
 
     @property
     def authorize_endpoint(self) -> str:

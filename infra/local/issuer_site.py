@@ -17,6 +17,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from infra.local.serving import base_url, serve_in_background, stop_serving
+
 CONTENT_TYPES = {
     ".json": "application/json",
     ".jsonld": "application/ld+json",
@@ -106,8 +108,7 @@ class IssuerSite:
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("the issuer site is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return base_url(self._server)
 
     @property
     def hits(self) -> dict[str, int]:
@@ -124,17 +125,13 @@ class IssuerSite:
         server.hits = {}
         server.lock = threading.Lock()
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="issuer-site", daemon=True)
-        self._thread.start()
+        self._thread = serve_in_background(server, "issuer-site")
         return self
 
     def stop(self) -> None:
         if self._server is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        stop_serving(self._server, self._thread)
         self._server = None
         self._thread = None
 

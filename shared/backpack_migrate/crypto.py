@@ -14,9 +14,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-
-def normalize_email(email: str) -> str:
-    return email.strip().lower()
+from .domain import normalize_email
 
 
 def learner_id_for(email: str, secret: bytes) -> str:

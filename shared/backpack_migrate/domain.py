@@ -8,6 +8,11 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 
+def normalize_email(email: str) -> str:
+    """The form used to compare emails and derive learner ids: stripped and lowercased."""
+    return email.strip().lower()
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -176,7 +181,6 @@ class LearnerRecord(BaseModel):
     learner_id: str
     export_id: str
     email_ciphertext: str  # base64 of the export's data-key AES-GCM ciphertext; never plaintext
-    badge_count: int = 0
     problems: list[Problem] = Field(default_factory=list)  # manifest-level problems for this learner
     # Kept as attributes of their own in the store, each changed by one conditional update.
     migration_requested_at: str | None = None

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from backpack_migrate.domain import MemberLocation, Problem
+from backpack_migrate.domain import MemberLocation, Problem, normalize_email
 
 MANIFEST_NAME = "manifest.txt"
 DEFAULT_MAX_SIZE = 20 * 1024 * 1024
@@ -1069,11 +1069,6 @@ def find_manifest(reader: RangeReader) -> tuple[MemberLocation, MemberIndex]:
 # Joining the manifest with the members
 
 _EMAIL = re.compile(r"\A[^@\s<>\"(),;:\[\]\\]+@[^@\s<>\"(),;:\[\]\\]+\.[^@\s<>\"(),;:\[\]\\.]+\Z")
-
-
-def normalize_email(email: str) -> str:
-    """The form used to compare emails (and derive learner ids): stripped and lowercased."""
-    return email.strip().lower()
 
 
 def is_valid_email(email: str) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .domain import BadgeRecord
 from .export import ExportError, read_member
 from .intake import open_export
 from .links import LinkClaims, LinkError, new_secret_token, tokens_match, verify_link
@@ -61,10 +60,6 @@ def _session(svc: Services, session_id: str | None, learner_id: str) -> tuple[st
     return new_id, data, True
 
 
-def _badges(svc: Services, learner_id: str) -> list[BadgeRecord]:
-    return svc.store.list_badges(learner_id)
-
-
 def landing(svc: Services, token: str, session_id: str | None) -> Page:
     claims = _claims(svc, token)
     learner = svc.store.get_learner(claims.learner_id)
@@ -76,7 +71,10 @@ def landing(svc: Services, token: str, session_id: str | None) -> Page:
         svc.store.put_session(sid, session, SESSION_TTL)
         created = True
     body = landing_page(
-        token, session["csrf"], _badges(svc, claims.learner_id), learner.migration_requested_at is not None
+        token,
+        session["csrf"],
+        svc.store.list_badges(claims.learner_id),
+        learner.migration_requested_at is not None,
     )
     return Page(200, body, session_id=sid if created else None)
 
@@ -156,12 +154,12 @@ def callback(svc: Services, session_id: str | None, params: dict[str, str], redi
 
 def status(svc: Services, token: str) -> Page:
     claims = _claims(svc, token)
-    return Page(200, status_page(token, _badges(svc, claims.learner_id)))
+    return Page(200, status_page(token, svc.store.list_badges(claims.learner_id)))
 
 
 def status_json(svc: Services, token: str) -> dict[str, Any]:
     claims = _claims(svc, token)
-    badges = _badges(svc, claims.learner_id)
+    badges = svc.store.list_badges(claims.learner_id)
     return {
         "badges": [
             {

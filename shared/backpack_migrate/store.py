@@ -42,7 +42,6 @@ class Store(Protocol):
     def get_token(self, learner_id: str) -> tuple[str, int] | None: ...
     def put_session(self, session_id: str, data: dict[str, str], ttl_seconds: int) -> None: ...
     def get_session(self, session_id: str) -> dict[str, str] | None: ...
-    def delete_session(self, session_id: str) -> None: ...
 
 
 def _is_condition_failure(error: ClientError) -> bool:
@@ -276,6 +275,3 @@ class DynamoStore:
             return None
         data: dict[str, str] = json.loads(item["data"])
         return data
-
-    def delete_session(self, session_id: str) -> None:
-        self._table.delete_item(Key={"PK": f"SESSION#{session_id}", "SK": "META"})

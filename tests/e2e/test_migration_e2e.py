@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import html
 import json
 import logging
@@ -42,7 +41,7 @@ from infra.local.badgr_sandbox import BadgrSandbox
 from infra.local.bakery import bake_png, make_png
 from infra.local.demo import CLIENT_ID, check, forms_of, links_by_email, play_learner, running
 from infra.local.issuer_site import IssuerSite
-from infra.local.sample_export import write_document
+from infra.local.sample_export import hash_recipient, write_document
 from infra.local.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
@@ -250,7 +249,7 @@ class Issuer:
                     "type": "email",
                     "hashed": True,
                     "salt": salt,
-                    "identity": "sha256$" + hashlib.sha256((email + salt).encode()).hexdigest(),
+                    "identity": hash_recipient(email, salt),
                 },
                 "badge": self.class_url,
                 "verification": {"type": "hosted"},

@@ -71,14 +71,19 @@ def test_the_same_notify_message_twice_sends_one_email(aws: Services) -> None:
     assert "https://badges.example.org/l/" in emails[0].body
 
 
+def _read_learner(aws: Services) -> str:
+    """Upload the one-learner export, run intake, chunk and verify; that learner's id."""
+    _run_intake(aws, _world(aws))
+    export_id = next(iter(aws.store.list_exports())).export_id
+    return next(iter(aws.store.iter_export_learners(export_id))).learner_id
+
+
 def _connected_learner(aws: Services) -> tuple[str, list[dict[str, Any]]]:
     """A learner whose export was read and checked, who connected Badgr: its import jobs."""
     from backpack_migrate.badgr import Tokens
     from backpack_migrate.migration import request_migration, store_tokens
 
-    _run_intake(aws, _world(aws))
-    export_id = next(iter(aws.store.list_exports())).export_id
-    learner_id = next(iter(aws.store.iter_export_learners(export_id))).learner_id
+    learner_id = _read_learner(aws)
     store_tokens(
         aws, learner_id, Tokens(access_token="a", refresh_token="r", expires_at=0, scope="rw:backpack")
     )
@@ -157,10 +162,7 @@ def _get(path: str, route: str, params: dict[str, str], cookies: list[str] | Non
 
 
 def test_forged_altered_and_expired_links_get_a_clear_page_not_a_trace(aws: Services) -> None:
-    _run_intake(aws, _world(aws))
-    learner_id = next(
-        iter(aws.store.iter_export_learners(next(iter(aws.store.list_exports())).export_id))
-    ).learner_id
+    learner_id = _read_learner(aws)
     good = _link(aws, learner_id)
     forged = sign_link(b"not the key" * 4, learner_id, "export", 3600)
     altered = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
@@ -175,10 +177,7 @@ def test_forged_altered_and_expired_links_get_a_clear_page_not_a_trace(aws: Serv
 
 
 def test_connect_needs_the_session_and_its_csrf_token_and_sends_to_badgr_with_pkce(aws: Services) -> None:
-    _run_intake(aws, _world(aws))
-    learner_id = next(
-        iter(aws.store.iter_export_learners(next(iter(aws.store.list_exports())).export_id))
-    ).learner_id
+    learner_id = _read_learner(aws)
     token = _link(aws, learner_id)
     from backpack_migrate.badgr import BadgrClient
 

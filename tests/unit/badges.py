@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -10,13 +9,14 @@ from typing import Any
 
 from backpack_migrate.openbadges import MapFetcher
 from infra.local.bakery import bake_png, make_png
+from infra.local.sample_export import hash_recipient
 
 ISSUER = "https://issuer.example.org"
 CONTEXT = "https://w3id.org/openbadges/v2"
 
 
 def hosted_assertion(slug: str, email: str, salt: str = "pepper", **extra: Any) -> dict[str, Any]:
-    identity = "sha256$" + hashlib.sha256((email + salt).encode()).hexdigest()
+    identity = hash_recipient(email, salt)
     return {
         "@context": CONTEXT,
         "type": "Assertion",
