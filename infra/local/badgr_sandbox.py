@@ -724,6 +724,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         self._body = self.rfile.read(length) if length > 0 else b""
         self._status = 500
+        self._method = method
+        self._recorded = False
         try:
             failure = self.sandbox._take_failure(self._path)
             if failure is not None:
@@ -738,7 +740,8 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             self._send(500, SERVER_ERROR_PAGE.encode(), "text/html")
         finally:
-            self.sandbox._record(method, self._path, self._status)
+            if not self._recorded:
+                self.sandbox._record(method, self._path, self._status)
 
     def _route(self, method: str) -> None:
         path = self._path
@@ -772,6 +775,11 @@ class _Handler(BaseHTTPRequestHandler):
         self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
     ) -> None:
         self._status = status
+        # Recorded before the reply leaves: a client that reads the log right after its
+        # answer arrives must find its request there.
+        if not self._recorded:
+            self._recorded = True
+            self.sandbox._record(self._method, self._path, status)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
