@@ -24,7 +24,17 @@ class FakeContext:
         return self.remaining_ms
 
 
-def s3_put_event(bucket: str, key: str, etag: str, size: int) -> dict[str, Any]:
+def s3_put_event(
+    bucket: str, key: str, etag: str, size: int, version_id: str | None = None
+) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "key": quote_plus(key, safe="/"),
+        "size": size,
+        "eTag": etag.strip('"'),
+        "sequencer": "0A1B2C3D4E5F678901",
+    }
+    if version_id:
+        obj["versionId"] = version_id
     return {
         "Records": [
             {
@@ -44,12 +54,7 @@ def s3_put_event(bucket: str, key: str, etag: str, size: int) -> dict[str, Any]:
                         "ownerIdentity": {"principalId": "EXAMPLE"},
                         "arn": f"arn:aws:s3:::{bucket}",
                     },
-                    "object": {
-                        "key": quote_plus(key, safe="/"),
-                        "size": size,
-                        "eTag": etag.strip('"'),
-                        "sequencer": "0A1B2C3D4E5F678901",
-                    },
+                    "object": obj,
                 },
             }
         ]

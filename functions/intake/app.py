@@ -30,6 +30,7 @@ def handler(event: S3Model, context: LambdaContext) -> dict[str, Any]:
             "key": unquote_plus(record.s3.object.key),
             "etag": record.s3.object.eTag or "",
             "size": record.s3.object.size or 0,
+            "version_id": record.s3.object.versionId,
         }
         result = svc.once("intake", lambda job: read_export(svc, **job).model_dump(mode="json"))(job=job)
         exports.append({"export_id": result["export_id"], "status": result["status"]})

@@ -482,6 +482,12 @@ class LocalStack:
                         "Enabled": bool(ttl["Enabled"]),
                     },
                 )
+            versioning = resource.get("Properties", {}).get("VersioningConfiguration")
+            if resource["Type"] == "AWS::S3::Bucket" and versioning and logical_id in self._physical:
+                self._client("s3").put_bucket_versioning(
+                    Bucket=self._physical[logical_id],
+                    VersioningConfiguration={"Status": versioning["Status"]},
+                )
         self._pseudo = {
             "AWS::Region": REGION,
             "AWS::AccountId": ACCOUNT_ID,

@@ -198,6 +198,7 @@ class ExportRecord(BaseModel):
     bucket: str
     key: str
     etag: str
+    version_id: str | None = None  # read by version, so a later upload under the key changes nothing
     size: int = 0
     status: ExportStatus
     learner_count: int = 0

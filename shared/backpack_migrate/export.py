@@ -154,12 +154,16 @@ class FileRangeReader:
 
 
 class S3RangeReader:
-    """Ranged GetObject reads pinned to one version of the object by its ETag.
+    """Ranged GetObject reads pinned to one version of the object.
 
-    If the object is replaced while it is read, S3 answers 412 and :class:`ExportError`
-    ``EXPORT_CHANGED`` is raised. Small reads are served from aligned blocks of ``block_size``
-    bytes, the last ``cache_blocks`` of which are kept, so walking the central directory, the
-    manifest and neighbouring images costs one request per block.
+    With a ``version_id`` (the bucket is versioned, and S3 events carry it) every read names
+    that version, so replacing the object under the same key changes nothing for this reader.
+    Without one the reads are pinned by ETag: if the object is replaced while it is read, S3
+    answers 412 and :class:`ExportError` ``EXPORT_CHANGED`` is raised.
+
+    Small reads are served from aligned blocks of ``block_size`` bytes, the last
+    ``cache_blocks`` of which are kept, so walking the central directory, the manifest and
+    neighbouring images costs one request per block.
     """
 
     def __init__(
@@ -169,6 +173,7 @@ class S3RangeReader:
         key: str,
         etag: str | None = None,
         *,
+        version_id: str | None = None,
         size: int | None = None,
         block_size: int = 256 * 1024,
         cache_blocks: int = 4,
@@ -179,9 +184,11 @@ class S3RangeReader:
         self.block_size = block_size
         self.cache_blocks = max(1, cache_blocks)
         self.requests = 0
+        # "null" is the id S3 gives objects written before versioning was turned on.
+        self._version = {"VersionId": version_id} if version_id and version_id != "null" else {}
         if size is None or etag is None:
             condition = {"IfMatch": etag} if etag else {}
-            head = self._call(self._s3.head_object, Bucket=bucket, Key=key, **condition)
+            head = self._call(self._s3.head_object, Bucket=bucket, Key=key, **self._version, **condition)
             size = int(head["ContentLength"])
             etag = etag or str(head["ETag"])
         self.size = size
@@ -199,7 +206,7 @@ class S3RangeReader:
             status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code in {"PreconditionFailed", "412"} or status == 412:
                 raise ExportError("EXPORT_CHANGED") from exc
-            if code in {"NoSuchKey", "404", "NotFound"} or status == 404:
+            if code in {"NoSuchKey", "NoSuchVersion", "404", "NotFound"} or status == 404:
                 raise ExportError("EXPORT_GONE") from exc
             if code == "AccessDenied" and "exports/" in self.key:
                 # The functions may read exports/* but not list the bucket, so S3 answers a
@@ -215,6 +222,7 @@ class S3RangeReader:
             Key=self.key,
             Range=f"bytes={start}-{start + length - 1}",
             IfMatch=self.etag,
+            **self._version,
         )
         body = response["Body"]
         try:

@@ -71,10 +71,14 @@ def export_id_for(bucket: str, key: str, etag: str) -> str:
 def open_export(svc: Services, export: ExportRecord) -> S3RangeReader:
     # S3 events carry the ETag bare; If-Match wants it quoted.
     etag = '"' + export.etag.strip('"') + '"'
-    return S3RangeReader(svc.s3, export.bucket, export.key, etag=etag, size=export.size or None)
+    return S3RangeReader(
+        svc.s3, export.bucket, export.key, etag=etag, version_id=export.version_id, size=export.size or None
+    )
 
 
-def read_export(svc: Services, bucket: str, key: str, etag: str, size: int) -> ExportRecord:
+def read_export(
+    svc: Services, bucket: str, key: str, etag: str, size: int, version_id: str | None = None
+) -> ExportRecord:
     """Record the export, read its manifest and queue its learners in chunks."""
     export_id = export_id_for(bucket, key, etag)
     export = svc.store.get_export(export_id)
@@ -87,6 +91,7 @@ def read_export(svc: Services, bucket: str, key: str, etag: str, size: int) -> E
             bucket=bucket,
             key=key,
             etag=etag,
+            version_id=version_id,
             size=size,
             status=ExportStatus.READING,
             data_key_ciphertext=svc.emails.new_data_key(export_id),

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 LINK_VERSION = "v1"
@@ -40,6 +41,14 @@ def _mac(secret: bytes, body: str) -> str:
     return _b64(hmac.new(secret, b"link:" + body.encode(), hashlib.sha256).digest())
 
 
+def _signed_by(secret: bytes | None, body: str, signature: str) -> bool:
+    return secret is not None and hmac.compare_digest(_mac(secret, body), signature)
+
+
+def no_previous_secret() -> bytes | None:
+    return None
+
+
 def sign_link(
     secret: bytes, learner_id: str, export_id: str, ttl_seconds: int, now: float | None = None
 ) -> str:
@@ -48,13 +57,24 @@ def sign_link(
     return f"{body}.{_mac(secret, body)}"
 
 
-def verify_link(secret: bytes, token: str, now: float | None = None) -> LinkClaims:
+def verify_link(
+    secret: bytes,
+    token: str,
+    now: float | None = None,
+    *,
+    previous_secret: Callable[[], bytes | None] = no_previous_secret,
+) -> LinkClaims:
+    """The claims of a link signed with ``secret``, or with the key it replaced.
+
+    ``previous_secret`` is asked only when ``secret`` does not match, so links emailed before a
+    key rotation keep working until they expire, at no cost to the others.
+    """
     body, dot, signature = token.partition(".")
     if not dot or not body or not signature or len(token) > 512:
         raise LinkError(
             "LINK_MALFORMED", "This link is incomplete. Please open the link from your email again."
         )
-    if not hmac.compare_digest(_mac(secret, body), signature):
+    if not _signed_by(secret, body, signature) and not _signed_by(previous_secret(), body, signature):
         raise LinkError("LINK_FORGED", "This link is not valid. Please open the link from your email again.")
     try:
         version, learner_id, export_id, expires = _unb64(body).decode().split("|")

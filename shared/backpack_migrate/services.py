@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from .config import Settings, get_settings
 from .crypto import EmailCipher, TokenVault, learner_id_for
+from .links import no_previous_secret
 from .notify import EmailSender, RateLimiter
 from .queues import JobQueue
 from .store import Store
@@ -45,6 +46,8 @@ class Services:
     once: Callable[[str, Any], Any] = _no_idempotency
     # Lets idempotency records expire with the invocation that wrote them.
     register_context: Callable[[Any], None] = _ignore_context
+    # The link-signing key before its last rotation (Secrets Manager's AWSPREVIOUS), if any.
+    previous_link_secret: Callable[[], bytes | None] = no_previous_secret
     _verifier: Any = field(default=None, init=False, repr=False)
     _badgr: Any = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -126,6 +129,9 @@ def build_services(settings: Settings) -> Services:
     # Owned by these services (not Powertools' process-wide default provider), so reset_services()
     # also forgets the secrets' client and cache when the environment points somewhere else.
     secrets = _Lazy(lambda: parameters.SecretsProvider(boto3_client=boto3.client("secretsmanager")))
+    # Powertools caches a secret by its name alone, whatever VersionStage asked for, so the
+    # previous version of a key is read through a provider (and cache) of its own.
+    previous_secrets = _Lazy(lambda: parameters.SecretsProvider(boto3_client=boto3.client("secretsmanager")))
     persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
     idempotency_config = IdempotencyConfig(expires_after_seconds=7 * 86400)
 
@@ -138,11 +144,20 @@ def build_services(settings: Settings) -> Services:
             key_prefix=name,
         )
 
-    def secret_bytes(arn: str) -> bytes:
-        value = secrets.get(arn, max_age=300)
+    def key_bytes(value: Any) -> bytes:
         if not isinstance(value, str | bytes):
             raise TypeError("a signing secret must be a string")
         return value.encode() if isinstance(value, str) else value
+
+    def secret_bytes(arn: str) -> bytes:
+        return key_bytes(secrets.get(arn, max_age=300))
+
+    def previous_link_secret() -> bytes | None:
+        try:
+            value = previous_secrets.get(settings.link_secret_arn, max_age=300, VersionStage="AWSPREVIOUS")
+        except parameters.GetParameterError:
+            return None  # the key was never rotated: there is no AWSPREVIOUS version
+        return key_bytes(value)
 
     def verifier_factory() -> Any:
         from .openbadges import SafeFetcher, Verifier
@@ -172,4 +187,5 @@ def build_services(settings: Settings) -> Services:
         badgr_factory=badgr_factory,
         once=once,
         register_context=idempotency_config.register_lambda_context,
+        previous_link_secret=previous_link_secret,
     )

@@ -65,7 +65,9 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
         dynamodb = boto3.client("dynamodb", region_name=region)
         _table(dynamodb, "migration", ["PK", "SK"], gsi=True)
         _table(dynamodb, "idempotency", ["id"], gsi=False)
-        boto3.client("s3", region_name=region).create_bucket(Bucket="exports-bucket")
+        s3 = boto3.client("s3", region_name=region)
+        s3.create_bucket(Bucket="exports-bucket")
+        s3.put_bucket_versioning(Bucket="exports-bucket", VersioningConfiguration={"Status": "Enabled"})
         sqs = boto3.client("sqs", region_name=region)
         urls = {
             name: sqs.create_queue(QueueName=name)["QueueUrl"]

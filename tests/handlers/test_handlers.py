@@ -12,7 +12,7 @@ import pytest
 from backpack_migrate.domain import BadgeState
 from backpack_migrate.links import sign_link
 from backpack_migrate.openbadges import Verifier
-from backpack_migrate.services import Services
+from backpack_migrate.services import Services, build_services, get_services, use_services
 from tests.events import FakeContext, http_event, s3_put_event, sqs_event
 from tests.fakes import ScriptedBadgr
 from tests.handlers.conftest import drain, load_handler, sent_emails
@@ -27,7 +27,7 @@ def _upload(aws: Services, data: bytes, key: str = "exports/backpack.zip") -> di
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.put_object(Bucket="exports-bucket", Key=key, Body=data)
     head = s3.head_object(Bucket="exports-bucket", Key=key)
-    return s3_put_event("exports-bucket", key, head["ETag"], len(data))
+    return s3_put_event("exports-bucket", key, head["ETag"], len(data), head.get("VersionId"))
 
 
 def _world(aws: Services) -> dict[str, Any]:
@@ -56,6 +56,31 @@ def test_the_same_s3_event_twice_reads_the_export_once(aws: Services) -> None:
     second = intake.handler(event, FakeContext())
     assert first == second
     assert len(drain(aws, aws.settings.chunk_queue_url)) == 1
+
+
+def test_an_export_replaced_under_its_key_is_still_read_from_the_version_its_event_named(
+    aws: Services,
+) -> None:
+    first = _world(aws)
+    intake, chunk = load_handler("intake"), load_handler("chunk")
+    intake.handler(first, FakeContext())
+    # A corrected export lands under the same key before the first one's chunks ran.
+    other = "erin@example.org"
+    second = _upload(aws, make_export({other: {"e.png": baked(hosted_assertion("h1", other))}}))
+    versions = [event["Records"][0]["s3"]["object"]["versionId"] for event in (first, second)]
+    assert versions[0] != versions[1]
+    assert chunk.handler(sqs_event(drain(aws, aws.settings.chunk_queue_url)), FakeContext()) == {
+        "batchItemFailures": []
+    }
+    (export,) = aws.store.list_exports()
+    learner = next(iter(aws.store.iter_export_learners(export.export_id)))
+    badges = aws.store.list_badges(learner.learner_id)
+    assert len(badges) == 2
+    assert [b.problem for b in badges] == [None, None]
+    assert {b.state for b in badges} == {BadgeState.EXTRACTED}
+    # The new version is an export of its own.
+    _run_intake(aws, second)
+    assert len(aws.store.list_exports()) == 2
 
 
 def test_the_same_notify_message_twice_sends_one_email(aws: Services) -> None:
@@ -174,6 +199,23 @@ def test_forged_altered_and_expired_links_get_a_clear_page_not_a_trace(aws: Serv
     answer = _get(f"/l/{good}", "/l/{token}", {"token": good})
     assert answer["statusCode"] == 200
     assert "Badge h1" in answer["body"] and "ready to move" in answer["body"]
+
+
+def test_links_emailed_before_the_link_key_was_rotated_still_open(aws: Services) -> None:
+    learner_id = _read_learner(aws)
+    before = _link(aws, learner_id)
+    secrets = boto3.client("secretsmanager", region_name="us-east-1")
+    secrets.put_secret_value(SecretId=aws.settings.link_secret_arn, SecretString="n" * 48)
+    use_services(build_services(aws.settings))  # a fresh container: nothing cached from before
+    after = _link(get_services(), learner_id)
+    assert after != before
+    for token in (before, after):
+        assert _get(f"/l/{token}", "/l/{token}", {"token": token})["statusCode"] == 200
+    # Past a second rotation the first key is gone, and so are links signed with it.
+    secrets.put_secret_value(SecretId=aws.settings.link_secret_arn, SecretString="m" * 48)
+    use_services(build_services(aws.settings))
+    assert _get(f"/l/{before}", "/l/{token}", {"token": before})["statusCode"] == 403
+    assert _get(f"/l/{after}", "/l/{token}", {"token": after})["statusCode"] == 200
 
 
 def test_connect_needs_the_session_and_its_csrf_token_and_sends_to_badgr_with_pkce(aws: Services) -> None:

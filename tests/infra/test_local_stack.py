@@ -163,6 +163,7 @@ def test_resources_come_from_the_template(stack: LocalStack) -> None:
     bucket = stack.resource("ExportsBucket")
     rule = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
     assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
 
     secrets = boto3.client("secretsmanager")
     value = secrets.get_secret_value(SecretId=stack.resource("BadgrClientSecretSecret"))["SecretString"]

@@ -194,6 +194,8 @@ def test_bucket_is_private_encrypted_and_notifies_intake(cfn: dict[str, Any]) ->
     (lifecycle,) = bucket["LifecycleConfiguration"]["Rules"]
     assert lifecycle["Prefix"] == "exports/"
     assert lifecycle["ExpirationInDays"] == {"Ref": "ExportRetentionDays"}
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert lifecycle["NoncurrentVersionExpiration"] == {"NoncurrentDays": {"Ref": "LinkTtlDays"}}
     (notification,) = bucket["NotificationConfiguration"]["LambdaConfigurations"]
     assert notification["Function"] == {"Fn::GetAtt": ["IntakeFunction", "Arn"]}
     rules = {r["Name"]: r["Value"] for r in notification["Filter"]["S3Key"]["Rules"]}
@@ -275,8 +277,10 @@ IDEMPOTENT: frozenset[Grant] = frozenset(
 CALLS: dict[str, frozenset[Grant]] = {
     "Intake": IDEMPOTENT  # svc.once("intake", read_export)
     | {
-        # S3RangeReader: ranged GetObject, and HeadObject when the event had no size.
+        # S3RangeReader: ranged GetObject, and HeadObject when the event had no size, both by
+        # the VersionId of the event when it has one.
         ("s3:GetObject", EXPORTS, None),
+        ("s3:GetObjectVersion", EXPORTS, None),
         # get_export; put_export_if_absent and save_export (conditional and plain puts).
         ("dynamodb:GetItem", "Table", None),
         ("dynamodb:PutItem", "Table", None),
@@ -294,6 +298,7 @@ CALLS: dict[str, frozenset[Grant]] = {
     "Chunk": frozenset(
         {
             ("s3:GetObject", EXPORTS, None),  # read_member of each badge
+            ("s3:GetObjectVersion", EXPORTS, None),
             # get_export; put_learner_if_absent and put_badges_if_absent; list_badges.
             ("dynamodb:GetItem", "Table", None),
             ("dynamodb:PutItem", "Table", None),
@@ -309,6 +314,7 @@ CALLS: dict[str, frozenset[Grant]] = {
     "Verify": frozenset(
         {
             ("s3:GetObject", EXPORTS, None),  # the badge images
+            ("s3:GetObjectVersion", EXPORTS, None),
             # get_learner, get_export; list_badges; transition.
             ("dynamodb:GetItem", "Table", None),
             ("dynamodb:Query", "Table", None),
@@ -328,6 +334,7 @@ CALLS: dict[str, frozenset[Grant]] = {
     "Migrate": IDEMPOTENT  # svc.once("badgr-import", call)
     | {
         ("s3:GetObject", EXPORTS, None),  # the image import form
+        ("s3:GetObjectVersion", EXPORTS, None),
         # get_badge, get_export, get_token, get_learner; list_badges; transition and
         # claim_summary (conditional updates); save_token after a refresh.
         ("dynamodb:GetItem", "Table", None),
@@ -344,6 +351,7 @@ CALLS: dict[str, frozenset[Grant]] = {
     "Web": frozenset(
         {
             ("s3:GetObject", EXPORTS, None),  # portal.badge_image
+            ("s3:GetObjectVersion", EXPORTS, None),
             # sessions, learners, badges, exports, tokens; list_badges; put_session, save_token;
             # mark_migration_requested, transition, claim_summary. Sessions expire by TTL only.
             ("dynamodb:GetItem", "Table", None),

@@ -338,6 +338,30 @@ def test_s3_reader_on_moto() -> None:
         assert info.value.code == "EXPORT_GONE"
 
 
+def test_s3_reader_by_version_survives_a_replacement_and_names_a_deleted_version_gone() -> None:
+    import boto3
+    from moto import mock_aws
+
+    data = good_export()
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="exports")
+        s3.put_bucket_versioning(Bucket="exports", VersioningConfiguration={"Status": "Enabled"})
+        first = s3.put_object(Bucket="exports", Key="x.zip", Body=data)
+        s3.put_object(Bucket="exports", Key="x.zip", Body=b"a corrected export")
+        reader = S3RangeReader(s3, "exports", "x.zip", first["ETag"], version_id=first["VersionId"])
+        assert reader.size == len(data)
+        assert plan_export(reader).stats.usable_files == 3
+        # Without the version, the ETag pin sees the replacement.
+        with pytest.raises(ExportError) as info:
+            S3RangeReader(s3, "exports", "x.zip", first["ETag"], size=len(data)).read(0, 10)
+        assert info.value.code == "EXPORT_CHANGED"
+        s3.delete_object(Bucket="exports", Key="x.zip", VersionId=first["VersionId"])
+        with pytest.raises(ExportError) as info:
+            S3RangeReader(s3, "exports", "x.zip", first["ETag"], version_id=first["VersionId"])
+        assert info.value.code == "EXPORT_GONE"
+
+
 # ------------------------------------------------------------------------------ bad exports
 
 

@@ -34,6 +34,28 @@ def test_a_link_signed_with_another_key_is_forged() -> None:
     assert raised.value.code == "LINK_FORGED"
 
 
+def test_a_link_signed_before_a_key_rotation_still_opens_and_only_then_is_the_old_key_read() -> None:
+    old_key = b"o" * 32
+    asked: list[str] = []
+
+    def previous() -> bytes:
+        asked.append("previous")
+        return old_key
+
+    current = sign_link(SECRET, "learner1", "export1", ttl_seconds=60)
+    assert verify_link(SECRET, current, previous_secret=previous).learner_id == "learner1"
+    assert asked == []
+    before_rotation = sign_link(old_key, "learner1", "export1", ttl_seconds=60)
+    assert verify_link(SECRET, before_rotation, previous_secret=previous).learner_id == "learner1"
+    assert asked == ["previous"]
+    with pytest.raises(LinkError) as raised:
+        verify_link(SECRET, before_rotation)  # no previous key: never rotated
+    assert raised.value.code == "LINK_FORGED"
+    with pytest.raises(LinkError) as raised:
+        verify_link(SECRET, sign_link(b"x" * 32, "learner1", "export1", 60), previous_secret=previous)
+    assert raised.value.code == "LINK_FORGED"
+
+
 def test_changing_the_learner_in_a_link_breaks_its_signature() -> None:
     token = sign_link(SECRET, "learner1", "export1", ttl_seconds=60)
     other = sign_link(SECRET, "learner2", "export1", ttl_seconds=60)
