@@ -7,6 +7,7 @@ from pathlib import Path
 
 import moto  # noqa: F401 - imported first so every boto3 client made later is intercepted
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "ob-corpus"
@@ -24,6 +25,11 @@ for _name, _value in {
     os.environ[_name] = _value
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("AWS_PROFILE", None)
+
+# Hypothesis tests here check that hostile input fails cleanly, not how fast: a loaded CI
+# machine must not turn a slow example into a failure.
+settings.register_profile("backpack-migrate", deadline=None)
+settings.load_profile("backpack-migrate")
 
 
 @pytest.fixture

@@ -30,7 +30,6 @@ import os
 import queue
 import re
 import secrets
-import socket
 import sys
 import threading
 import time
@@ -199,13 +198,6 @@ class HttpRoute:
 # --------------------------------------------------------------------------- the stack
 
 
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class LocalStack:
     """The service's AWS resources in moto (server mode) and its functions run by dispatchers.
 
@@ -313,10 +305,17 @@ class LocalStack:
             logging.getLogger(name).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", message="Tried to parse", category=UserWarning)
         self._saved_sys_path = list(sys.path)
-        port = _free_port()
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        # Port 0: the server binds a free port itself, so no other process can take it between
+        # choosing and binding (moto's start() would then wait forever).
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
+        port = self._server.get_host_and_port()[1]
         self.endpoint_url = f"http://127.0.0.1:{port}"
+        # The stacks of one process share moto's state (sent emails are kept per account, not
+        # per stack): start from nothing, whatever an earlier stack's stop() could not clear.
+        import requests
+
+        requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=30).raise_for_status()
         for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
             os.environ.pop(name, None)
         os.environ.update(
@@ -907,12 +906,17 @@ class LocalStack:
                     with self._s3_lock:
                         if (bucket, key, etag) in self._s3_seen:
                             continue
-                        self._s3_seen.add((bucket, key, etag))
                     version_id = None
-                    with contextlib.suppress(Exception):
-                        version_id = s3.head_object(Bucket=bucket, Key=key).get("VersionId")
+                    with contextlib.suppress(Exception):  # replaced since the listing: no version
+                        version_id = s3.head_object(Bucket=bucket, Key=key, IfMatch=etag).get("VersionId")
                     event = self._s3_event(bucket, key, int(obj["Size"]), etag, version_id)
-                    self._async_queue.put((function, event))
+                    with self._s3_lock:
+                        # Seen and queued in one step: wait_idle must never find an upload seen
+                        # but not yet queued, or it would call the stack idle too soon.
+                        if (bucket, key, etag) in self._s3_seen:
+                            continue
+                        self._s3_seen.add((bucket, key, etag))
+                        self._async_queue.put((function, event))
 
     def _s3_watcher(self) -> None:
         while not self._stop.is_set():

@@ -197,11 +197,14 @@ def test_s3_upload_reaches_intake_with_a_real_event(stack: LocalStack) -> None:
 
     bucket = stack.resource("ExportsBucket")
     s3 = boto3.client("s3")
+    stack.wait_idle(20)
+    before = len(fake("intake").EVENTS)  # the stack is shared by this module's tests
     s3.put_object(Bucket=bucket, Key="exports/spring term.zip", Body=b"PK-zip")
     s3.put_object(Bucket=bucket, Key="exports/notes.txt", Body=b"ignored")
     s3.put_object(Bucket=bucket, Key="elsewhere/x.zip", Body=b"ignored")
     stack.wait_idle(20)
-    events = [e for e in fake("intake").EVENTS if "spring" in e["Records"][0]["s3"]["object"]["key"]]
+    new_events = fake("intake").EVENTS[before:]
+    events = [e for e in new_events if "spring" in e["Records"][0]["s3"]["object"]["key"]]
     assert len(events) == 1
     record = events[0]["Records"][0]
     S3Model.model_validate(events[0])
@@ -210,14 +213,15 @@ def test_s3_upload_reaches_intake_with_a_real_event(stack: LocalStack) -> None:
     assert record["s3"]["bucket"]["name"] == bucket
     assert record["s3"]["object"]["key"] == "exports/spring+term.zip"
     assert record["s3"]["object"]["size"] == 6
+    assert record["s3"]["object"]["versionId"]  # the bucket is versioned, as the template says
     assert {"userIdentity", "requestParameters", "responseElements"} <= set(record)
-    keys = {e["Records"][0]["s3"]["object"]["key"] for e in fake("intake").EVENTS}
+    keys = {e["Records"][0]["s3"]["object"]["key"] for e in new_events}
     assert keys == {"exports/spring+term.zip"}
 
     # The same event again, on demand (duplicate delivery).
     stack.invoke_s3_event(bucket, "exports/spring term.zip")
     stack.invoke_s3_event(bucket, "exports/spring term.zip")
-    assert len(fake("intake").EVENTS) == 3
+    assert len(fake("intake").EVENTS) == before + 3
 
 
 def test_failed_intake_is_retried_twice_then_dead_lettered(stack: LocalStack) -> None:

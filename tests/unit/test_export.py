@@ -847,7 +847,6 @@ def test_join_memory_does_not_grow_with_members_and_learners(
 # More examples for a longer hunt: HYPOTHESIS_EXAMPLES=5000 pytest -k hostile
 FUZZ = settings(
     max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "150")),
-    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 

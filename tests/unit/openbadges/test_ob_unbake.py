@@ -205,7 +205,7 @@ def test_parse_date_rejects(value: object) -> None:
 # ------------------------------------------------------------------------------------------ fuzzing
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=2048))
 def test_fuzz_png_body(tail: bytes) -> None:
     try:
@@ -216,7 +216,7 @@ def test_fuzz_png_body(tail: bytes) -> None:
         assert isinstance(result, str)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(
     st.lists(
         st.tuples(
@@ -243,7 +243,7 @@ def test_fuzz_png_chunks(chunks: list[tuple[bytes, bytes, bool]]) -> None:
         assert isinstance(result, str) and result
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.text(max_size=500))
 def test_fuzz_svg_text(text: str) -> None:
     data = svg_with(verify=None, cdata=text.replace("]]>", ""))
@@ -255,14 +255,14 @@ def test_fuzz_svg_text(text: str) -> None:
         assert isinstance(result, str)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.binary(max_size=1024))
 def test_fuzz_svg_bytes(body: bytes) -> None:
     with contextlib.suppress(UnbakeError):
         unbake(b"<svg " + body)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.text(max_size=400))
 def test_fuzz_extract_payload(text: str) -> None:
     try:
@@ -273,7 +273,7 @@ def test_fuzz_extract_payload(text: str) -> None:
         assert extracted.payload_kind in {"url", "json", "jws"}
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(max_size=20),
