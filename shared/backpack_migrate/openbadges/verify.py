@@ -626,6 +626,7 @@ class Verifier:
             origin = _text(issuer.get("origin")) if isinstance(issuer, dict) else None
             self._check_badge_class(run, raw, base=origin)
             return raw
+        url: str | None = None
         if isinstance(raw, dict) and (raw.get("name") is not None or not _is_web_url(raw.get("id"))):
             badge_class: dict[str, Any] | None = raw
         elif isinstance(raw, dict | str):
@@ -636,10 +637,13 @@ class Verifier:
             return None
         if badge_class is None:
             return None
-        self._check_badge_class(run, badge_class, base=None)
+        self._check_badge_class(run, badge_class, base=None, location=url)
         return badge_class
 
-    def _check_badge_class(self, run: _Run, bc: dict[str, Any], base: str | None) -> None:
+    def _check_badge_class(
+        self, run: _Run, bc: dict[str, Any], base: str | None, location: str | None = None
+    ) -> None:
+        """``location``: where the badge class was fetched from, its id when it names none (1.0)."""
         chk = run.check
         for prop in ("name", "description", "image", "criteria", "issuer"):
             value = bc.get(prop)
@@ -659,7 +663,7 @@ class Verifier:
                 else criteria_text
             )
             image = urljoin(base, image) if image and image.startswith("/") else image
-        ident = _text(bc.get("id"))
+        ident = _text(bc.get("id")) or location
         run.badge.badge_class = BadgeClassInfo(
             id=ident,
             name=_text(bc.get("name")),

@@ -336,6 +336,9 @@ def test_v1_0_hosted_with_unix_timestamp() -> None:
     verdict = verify(url, mapping, ["A@B.example"])
     assert verdict.valid and verdict.version == "1.0", verdict.errors
     assert verdict.badge and verdict.badge.issued_on == datetime(2013, 1, 26, 16, 31, 50, tzinfo=UTC)
+    # 1.0 documents carry no id of their own: they are known by where they were fetched from.
+    assert verdict.badge.badge_class and verdict.badge.badge_class.id == "http://old.example/badge"
+    assert verdict.badge.issuer and verdict.badge.issuer.id == "http://old.example/issuer"
     no_uid = dict(assertion)
     del no_uid["uid"]
     assert "ASSERTION_INCOMPLETE" in codes(verify(url, {**mapping, url: json_doc(no_uid)}))
