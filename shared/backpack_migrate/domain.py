@@ -17,6 +17,13 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def request_stamp() -> str:
+    """When a learner asked to move, to the microsecond: it also names that request, so two
+    requests in the same second still get a summary and an answer from Badgr each."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+
+
 class BadgeState(StrEnum):
     EXTRACTED = "extracted"  # an assertion was found in the baked image
     UNREADABLE = "unreadable"  # final: nothing could be extracted, and why
@@ -83,8 +90,13 @@ TRANSITIONS: dict[BadgeState, frozenset[BadgeState]] = {
     BadgeState.IMPORTED: frozenset(),
     BadgeState.ALREADY_IN_BADGR: frozenset(),
     BadgeState.PENDING: frozenset(),
-    BadgeState.REJECTED: frozenset(),
+    # The learner fixed what Badgr refused (see FIXABLE_REFUSALS) and moves again.
+    BadgeState.REJECTED: frozenset({BadgeState.QUEUED}),
 }
+
+# Badgr refusals a learner can fix in their own Badgr account, by adding the address the badge
+# was issued to; after that, moving the badge again can succeed.
+FIXABLE_REFUSALS = frozenset({"VERIFY_RECIPIENT_IDENTIFIER"})
 
 
 class TransitionError(ValueError):
@@ -175,6 +187,15 @@ class BadgeRecord(BaseModel):
     badgr: BadgrAnswer | None = None
     attempts: int = 0
     updated_at: str | None = None
+
+    @property
+    def can_move_again(self) -> bool:
+        """Refused by Badgr for a reason the learner can fix: moving it again may succeed."""
+        return (
+            self.state == BadgeState.REJECTED
+            and self.problem is not None
+            and self.problem.code in FIXABLE_REFUSALS
+        )
 
 
 class LearnerRecord(BaseModel):

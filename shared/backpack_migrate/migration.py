@@ -20,6 +20,7 @@ from .domain import (
     Problem,
     VerdictSummary,
     now_iso,
+    request_stamp,
 )
 from .export import ExportError, read_member
 from .intake import open_export
@@ -136,15 +137,16 @@ def request_migration(svc: Services, learner_id: str) -> int:
     """
     if svc.store.get_learner(learner_id) is None:
         raise LookupError(f"unknown learner {learner_id}")
-    svc.store.mark_migration_requested(learner_id, now_iso())
+    requested_at = request_stamp()
+    svc.store.mark_migration_requested(learner_id, requested_at)
     batch: list[dict[str, Any]] = []
     queued = 0
     for badge in svc.store.list_badges(learner_id):
-        if badge.state not in REQUEUED_STATES:
+        if badge.state not in REQUEUED_STATES and not badge.can_move_again:
             continue
         moved = badge.model_copy(update={"state": BadgeState.QUEUED, "problem": None})
         if svc.store.transition(moved, [badge.state]):
-            batch.append({"learner_id": learner_id, "badge_id": badge.badge_id})
+            batch.append({"learner_id": learner_id, "badge_id": badge.badge_id, "request": requested_at})
         if len(batch) == 10:  # sent as we go, so a timeout loses at most one batch of jobs
             queued += svc.queue.send(svc.settings.migrate_queue_url, batch)
             batch = []
@@ -157,11 +159,15 @@ def request_migration(svc: Services, learner_id: str) -> int:
 
 
 # -- one import --------------------------------------------------------------------------------
-def import_badge(svc: Services, learner_id: str, badge_id: str, receive_count: int) -> BadgeState | None:
+def import_badge(
+    svc: Services, learner_id: str, badge_id: str, receive_count: int, request: str = ""
+) -> BadgeState | None:
     """Move one badge into Badgr and record its final state.
 
     Raises ``RetryLater`` when Badgr or the network failed for now. On the job's last delivery the
     badge is recorded as dead-lettered first, whatever failed, so the learner's page says so.
+    ``request`` names the learner's move the job belongs to: a replayed job reuses Badgr's
+    answer, a later move (after the learner fixed what Badgr refused) asks Badgr again.
     """
     badge = svc.store.get_badge(learner_id, badge_id)
     if badge is None:
@@ -174,7 +180,7 @@ def import_badge(svc: Services, learner_id: str, badge_id: str, receive_count: i
         return badge.state
     last = receive_count >= svc.settings.migrate_max_receive_count
     try:
-        return _import(svc, badge, receive_count)
+        return _import(svc, badge, receive_count, request)
     except RetryLater as retry:
         reason = retry.problem
         if last and reason.code != _ACCESS_LOST.code:
@@ -190,7 +196,7 @@ def import_badge(svc: Services, learner_id: str, badge_id: str, receive_count: i
         raise
 
 
-def _import(svc: Services, badge: BadgeRecord, receive_count: int) -> BadgeState:
+def _import(svc: Services, badge: BadgeRecord, receive_count: int, request: str) -> BadgeState:
     if badge.verified_at is None:
         # Queued before its verify job ran: check it now rather than send Badgr a doomed badge.
         learner = svc.store.get_learner(badge.learner_id)
@@ -205,7 +211,7 @@ def _import(svc: Services, badge: BadgeRecord, receive_count: int) -> BadgeState
         )
         return _finish(svc, badge, BadgeState.REJECTED, problem=blocking)
     form, payload = _import_form(svc, badge)
-    result = _import_with_token(svc, badge.learner_id, badge.badge_id, form, payload)
+    result = _import_with_token(svc, badge.learner_id, badge.badge_id, request, form, payload)
     state = {
         "imported": BadgeState.IMPORTED,
         "already_in_badgr": BadgeState.ALREADY_IN_BADGR,
@@ -271,7 +277,7 @@ def _import_form(svc: Services, badge: BadgeRecord) -> tuple[str, Any]:
 
 
 def _import_with_token(
-    svc: Services, learner_id: str, badge_id: str, form: str, payload: Any
+    svc: Services, learner_id: str, badge_id: str, request: str, form: str, payload: Any
 ) -> dict[str, Any]:
     def call(job: dict[str, Any]) -> dict[str, Any]:
         refreshed = False
@@ -294,7 +300,7 @@ def _import_with_token(
             }
 
     once: Callable[..., dict[str, Any]] = svc.once("badgr-import", call)
-    return once(job={"learner_id": learner_id, "badge_id": badge_id})
+    return once(job={"learner_id": learner_id, "badge_id": badge_id, "request": request})
 
 
 def _refresh(svc: Services, learner_id: str, refresh_token: str, version: int) -> None:

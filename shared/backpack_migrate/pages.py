@@ -99,18 +99,47 @@ def _badge_items(token: str, badges: Sequence[BadgeRecord]) -> str:
     return f"<ul class='badges'>{''.join(items)}</ul>"
 
 
-def landing_page(token: str, csrf: str, badges: Sequence[BadgeRecord], requested: bool) -> str:
-    movable = sum(
-        1
+def _movable(badges: Sequence[BadgeRecord]) -> tuple[int, int]:
+    """How many badges a move would send: (ready, uncertain)."""
+    movable = [
+        b
         for b in badges
-        if b.state in (BadgeState.EXTRACTED, BadgeState.VERIFIED, BadgeState.DEAD_LETTERED)
-        and not (b.verdict and b.verdict.certain_to_fail)
+        if b.can_move_again
+        or (
+            b.state in (BadgeState.EXTRACTED, BadgeState.VERIFIED, BadgeState.DEAD_LETTERED)
+            and not (b.verdict and b.verdict.certain_to_fail)
+        )
+    ]
+    # Refused once by Badgr, or with a "may not move" line beside it.
+    uncertain = sum(
+        1 for b in movable if b.can_move_again or (b.verdict and not b.verdict.valid and b.verdict.errors)
     )
-    if movable:
+    return len(movable) - uncertain, uncertain
+
+
+def movable_summary(badges: Sequence[BadgeRecord]) -> str | None:
+    """How many badges a move would send, told apart by how sure we are; None when there are none."""
+    ready, uncertain = _movable(badges)
+    note = f"see the note beside {'it' if uncertain == 1 else 'each'}"
+    if ready and uncertain:
+        return (
+            f"{ready} of your badges {'is' if ready == 1 else 'are'} ready to move, "
+            f"and {uncertain} more may move ({note})."
+        )
+    if ready:
+        return f"{ready} of your badges {'is' if ready == 1 else 'are'} ready to move."
+    if uncertain:
+        return f"{uncertain} of your badges may move ({note})."
+    return None
+
+
+def landing_page(token: str, csrf: str, badges: Sequence[BadgeRecord], requested: bool) -> str:
+    summary = movable_summary(badges)
+    if summary:
         action = (
             f"<form method='post' action='/l/{escape(token)}/connect'>"
             f"<input type='hidden' name='csrf' value='{escape(csrf)}'>"
-            f"<p>{movable} of your badges can move. Badgr will ask you to sign in and allow us to add them "
+            f"<p>{escape(summary)} Badgr will ask you to sign in and allow us to add them "
             "to your backpack.</p><button type='submit'>Move my badges to Badgr</button></form>"
         )
     else:
@@ -138,9 +167,18 @@ def status_page(token: str, badges: Sequence[BadgeRecord]) -> str:
         if finished
         else f"Moving your badges: {done} of {len(badges)} done."
     )
+    again = ""
+    left = sum(_movable(badges)) if finished else 0
+    if left:
+        one = left == 1
+        again = (
+            f"<p class='again'>{left} badge{'' if one else 's'} can still move: see the note beside "
+            f"{'it' if one else 'each'}, then <a href='/l/{escape(token)}'>go back to your badges</a> "
+            f"to move {'it' if one else 'them'} again.</p>"
+        )
     body = (
         f"<h1>Your move to Badgr</h1><p class='progress' data-finished='{str(finished).lower()}'>"
-        f"{escape(headline)}</p><ul>{lines}</ul>{_badge_items(token, badges)}"
+        f"{escape(headline)}</p><ul>{lines}</ul>{again}{_badge_items(token, badges)}"
     )
     return _layout("Your move to Badgr", body, refresh=None if finished else 3)
 

@@ -726,6 +726,41 @@ def test_badgr_failures_are_retried_with_backoff_then_dead_lettered(
         assert emails_with(stack, SUMMARY) == {dan: 1, eve: 1}
 
 
+def test_a_badge_refused_for_its_address_moves_once_the_learner_adds_that_address_in_badgr(
+    tmp_path: Path,
+) -> None:
+    with small_world(tmp_path) as world:
+        fay, old = "fay@example.org", "fay.old@example.org"
+        learner = world.learners[fay] = Learner(fay)
+        world.sandbox.add_account(learner.username, learner.password, [(fay, True)])
+        url, png = world.issuer.badge(old)  # issued to an address Badgr does not know for her
+        world.upload(write_zip(tmp_path / "fay.zip", {"old.png": png}, {fay: ["old.png"]}))
+        world.stack.wait_idle(timeout=60)
+        link = world.links()[fay]
+        landing = html.unescape(requests.get(link, timeout=30).text)
+        assert "1 of your badges may move (see the note beside it)." in landing
+
+        world.play(fay)
+        world.stack.wait_idle(timeout=60)
+        (badge,) = learner_badges(world.svc, fay)
+        assert badge.state == BadgeState.REJECTED and badge.can_move_again
+        status = html.unescape(requests.get(link + "/status", timeout=30).text)
+        assert "1 badge can still move: see the note beside it" in status
+        assert "add that address in Badgr and try again" in status
+        assert world.held(fay) == []
+
+        # She adds the address in Badgr, then moves again from her link: Badgr is asked again.
+        world.sandbox.set_email(learner.username, old, verified=True)
+        world.play(fay)
+        world.stack.wait_idle(timeout=60)
+        (badge,) = learner_badges(world.svc, fay)
+        assert badge.state == BadgeState.IMPORTED and badge.problem is None
+        assert world.held(fay) == [url]
+        assert import_requests(world.sandbox) == [400, 201]
+        assert emails_with(world.stack, SUMMARY) == {fay: 2}  # one summary for each move
+        assert "can still move" not in requests.get(link + "/status", timeout=30).text
+
+
 # ---------------------------------------------------------------------------------- 4: bad exports
 
 

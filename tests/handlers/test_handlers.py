@@ -137,6 +137,31 @@ def test_the_same_import_message_twice_imports_once(aws: Services, monkeypatch: 
     assert {b.state for b in aws.store.list_badges(learner_id)} == {BadgeState.IMPORTED}
 
 
+def test_a_badge_refused_for_its_address_moves_when_the_learner_moves_again(aws: Services) -> None:
+    from backpack_migrate.migration import request_migration
+
+    learner_id, jobs = _connected_learner(aws)
+    first_url = hosted_assertion("h1", EMAIL)["id"]
+    aws._badgr = ScriptedBadgr({first_url: ["rejected", "imported"]})
+    migrate = load_handler("migrate")
+    assert migrate.handler(sqs_event(jobs), FakeContext()) == {"batchItemFailures": []}
+    refused = [b for b in aws.store.list_badges(learner_id) if b.state == BadgeState.REJECTED]
+    assert len(refused) == 1 and refused[0].can_move_again
+    # A replay of the same job keeps Badgr's first answer...
+    assert migrate.handler(sqs_event(jobs, receive_count=2), FakeContext()) == {"batchItemFailures": []}
+    assert len(aws._badgr.imports) == 2
+    # ...and once the learner has added the address in Badgr, moving again asks Badgr again.
+    assert request_migration(aws, learner_id) == 1
+    again = drain(aws, aws.settings.migrate_queue_url)
+    assert migrate.handler(sqs_event(again), FakeContext()) == {"batchItemFailures": []}
+    assert [imp["url"] for imp in aws._badgr.imports] == [
+        first_url,
+        hosted_assertion("h2", EMAIL)["id"],
+        first_url,
+    ]
+    assert {b.state for b in aws.store.list_badges(learner_id)} == {BadgeState.IMPORTED}
+
+
 def test_a_failing_import_is_reported_as_a_batch_item_failure_and_held_back(aws: Services) -> None:
     learner_id, jobs = _connected_learner(aws)
     aws._badgr = ScriptedBadgr({hosted_assertion("h1", EMAIL)["id"]: ["retry"]})

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+
+from backpack_migrate.domain import BadgeRecord, BadgeState, Problem, VerdictSummary
+from backpack_migrate.pages import movable_summary, status_page, verdict_line
+
+pytestmark = pytest.mark.unit
+
+MISMATCH = Problem(code="RECIPIENT_MISMATCH", message="This badge was issued to another email address.")
+
+
+def badge(
+    state: BadgeState, verdict: VerdictSummary | None = None, problem: Problem | None = None
+) -> BadgeRecord:
+    return BadgeRecord(
+        learner_id="l",
+        badge_id="b",
+        export_id="e",
+        file_name="x.png",
+        state=state,
+        verdict=verdict,
+        problem=problem,
+    )
+
+
+READY = badge(BadgeState.VERIFIED, VerdictSummary(valid=True))
+MAYBE = badge(BadgeState.VERIFIED, VerdictSummary(valid=False, errors=[MISMATCH]))
+NEVER = badge(BadgeState.VERIFIED, VerdictSummary(valid=False, certain_to_fail=True, errors=[MISMATCH]))
+MOVED = badge(BadgeState.IMPORTED, VerdictSummary(valid=True))
+# Refused by Badgr: for an address the learner can add to their account, or for good.
+REFUSED = badge(
+    BadgeState.REJECTED,
+    VerdictSummary(valid=True),
+    Problem(code="VERIFY_RECIPIENT_IDENTIFIER", message="Add that address in Badgr and try again."),
+)
+REVOKED = badge(
+    BadgeState.REJECTED,
+    VerdictSummary(valid=True),
+    Problem(code="VERIFY_SIGNED_ASSERTION_NOT_REVOKED", message="The issuer has revoked this badge."),
+)
+
+
+@pytest.mark.parametrize(
+    ("badges", "summary"),
+    [
+        ([READY, READY, MOVED, NEVER], "2 of your badges are ready to move."),
+        ([READY, MAYBE], "1 of your badges is ready to move, and 1 more may move (see the note beside it)."),
+        ([MAYBE, MAYBE, NEVER], "2 of your badges may move (see the note beside each)."),
+        ([MOVED, NEVER], None),
+        ([MOVED, REFUSED, REVOKED], "1 of your badges may move (see the note beside it)."),
+    ],
+)
+def test_the_landing_summary_counts_only_what_the_lines_beside_the_badges_say(
+    badges: list[BadgeRecord], summary: str | None
+) -> None:
+    assert movable_summary(badges) == summary
+    lines = [verdict_line(b)[1] for b in badges]
+    ready = sum(line == "This badge is valid and ready to move." for line in lines)
+    maybe = sum(line.startswith("This badge may not move") for line in lines)
+    assert (ready, maybe) == (badges.count(READY), badges.count(MAYBE))
+
+
+def test_a_finished_move_with_badges_that_can_move_again_leads_back_to_them() -> None:
+    assert REFUSED.can_move_again and not REVOKED.can_move_again and not MAYBE.can_move_again
+    page = status_page("tok", [MOVED, REFUSED, REVOKED])
+    assert "1 badge can still move: see the note beside it" in page
+    assert "<a href='/l/tok'>go back to your badges</a>" in page
+    assert "can still move" not in status_page("tok", [MOVED, REVOKED])
+    # While the move runs, the page says how it goes, not what to do next.
+    assert "can still move" not in status_page("tok", [MOVED, REFUSED, badge(BadgeState.QUEUED)])
