@@ -4,7 +4,8 @@ It covers what the migration service calls: the web app's OAuth2 authorize page 
 API behind it), the token endpoint with its throttle, ``/v2/backpack/import``,
 ``/v2/backpack/assertions`` and ``/v2/users/self``. Outcomes of an import are decided from the
 same facts the real server uses: it unbakes images, fetches hosted assertions (and their badge
-class and issuer) over HTTP, and compares the recipient with every email of the account.
+class and issuer) over HTTP, compares the recipient with every email of the account, and checks a
+signed 2.0 badge's signature, signing key and revocation list as the validator does.
 
 Run it alone with ``python -m infra.local.badgr_sandbox`` (prints its URL and a demo account).
 Only ever listens on 127.0.0.1. It is a tool for tests and demos, not deployed code.
@@ -99,6 +100,43 @@ class _Code:
 class _Failure:
     status: int
     delay: float
+
+
+def _b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _is_compact_jws(text: str) -> bool:
+    parts = text.strip().split(".")
+    return len(parts) == 3 and all(re.fullmatch(r"[A-Za-z0-9_-]+", part) for part in parts)
+
+
+def _signature_holds(compact: str, public_pem: str) -> bool:
+    """RS256 over ``header.payload``, as the validator's ``jws.verify`` checks it."""
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    header, payload, signature = compact.strip().split(".")
+    try:
+        if json.loads(_b64url(header)).get("alg", "").upper() != "RS256":
+            return False
+        key = load_pem_public_key(public_pem.encode("utf-8"))
+        if not isinstance(key, rsa.RSAPublicKey):
+            return False
+        key.verify(
+            _b64url(signature), f"{header}.{payload}".encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
+        )
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def _ids(value: Any) -> list[str]:
+    """The ids a property names: a string, an object with an id, or a list of those."""
+    values = value if isinstance(value, list) else [value]
+    return [str(v.get("id")) if isinstance(v, dict) else str(v) for v in values if v]
 
 
 class _RejectionError(Exception):
@@ -453,10 +491,9 @@ class BadgrSandbox:
             if isinstance(value, dict):
                 return value
         parts = text.split(".")
-        if len(parts) == 3:  # a compact JWS: read the payload (the signature is not checked here)
+        if len(parts) == 3:  # a compact JWS: its payload (the signature is checked by _verify_signed)
             try:
-                payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
-                value = json.loads(payload)
+                value = json.loads(_b64url(parts[1]))
             except (binascii.Error, ValueError):
                 value = None
             if isinstance(value, dict):
@@ -466,6 +503,7 @@ class BadgrSandbox:
     def _verify(self, source: str, value: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """The assertion, badge class and issuer, fetched and checked like Badgr's validator."""
         fetched = source == "url"
+        compact: str | None = None  # the JWS a signed badge came as
         if source == "url":
             assertion = self._fetch_json(value)
         elif source == "image":
@@ -480,10 +518,12 @@ class BadgrSandbox:
                     _flat("DETECT_INPUT_TYPE", "Could not find baked badge data in the image")
                 ) from None
             fetched = text.strip().startswith(("http://", "https://"))
+            compact = text if _is_compact_jws(text) else None
             assertion = self._assertion_from_text(text)
         elif isinstance(value, dict):
             assertion = value
         elif isinstance(value, str):
+            compact = value if _is_compact_jws(value) else None
             assertion = self._assertion_from_text(value)
         else:
             raise _RejectionError(
@@ -518,7 +558,48 @@ class BadgrSandbox:
         issuer = self._resolve(badge.get("issuer")) or {}
         if not isinstance(issuer, dict):
             raise _RejectionError(_flat("VALIDATE_PROPERTY", "Property issuer is not a Profile"))
+        if compact and isinstance(verify, dict) and str(verify.get("type", "")).lower() == "signedbadge":
+            self._verify_signed(compact, assertion, issuer, verify)
         return assertion, badge, issuer
+
+    def _verify_signed(
+        self, compact: str, assertion: dict[str, Any], issuer: dict[str, Any], verify: dict[str, Any]
+    ) -> None:
+        """A signed 2.0 badge: the validator's VERIFY_JWS, VERIFY_KEY_OWNERSHIP and
+        VERIFY_SIGNED_ASSERTION_NOT_REVOKED. (It never checks 1.0 signatures.)"""
+        node = str(assertion.get("id") or "_:b0")
+        creator = verify.get("creator")
+        key = self._resolve(creator) if isinstance(creator, str) else creator
+        if not isinstance(key, dict) or not _signature_holds(compact, str(key.get("publicKeyPem", ""))):
+            raise _RejectionError(_flat("VERIFY_JWS", f"Signature for node {node} failed verification", node))
+        key_id = str(key.get("id") or creator)
+        if key_id not in _ids(issuer.get("publicKey")):
+            raise _RejectionError(
+                _flat(
+                    "VERIFY_KEY_OWNERSHIP",
+                    f"Assertion signed by a key {key_id} other than those authorized by issuer profile",
+                    node,
+                )
+            )
+        revocation_url = issuer.get("revocationList")
+        if not isinstance(revocation_url, str):
+            return
+        entries = self._fetch_json(revocation_url).get("revokedAssertions")
+        # JSON-LD compaction turns a one-entry list into a bare object, and the validator then
+        # finds nothing in it: a badge revoked in a one-entry list is accepted.
+        if not isinstance(entries, list) or len(entries) < 2:
+            return
+        revoked = [e for e in entries if (e.get("id") if isinstance(e, dict) else e) == node]
+        if revoked:
+            reasons = [e.get("revocationReason") for e in revoked if isinstance(e, dict)]
+            reason = next((f" with reason: {r}" for r in reversed(reasons) if r), "")
+            raise _RejectionError(
+                _flat(
+                    "VERIFY_SIGNED_ASSERTION_NOT_REVOKED",
+                    f"Assertion {node} has been revoked in RevocationList {revocation_url}{reason}",
+                    node,
+                )
+            )
 
     def _import(self, username: str, source: str, value: Any) -> tuple[int, dict[str, Any]]:
         try:

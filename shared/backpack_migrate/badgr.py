@@ -204,6 +204,7 @@ _REASONS: list[tuple[str, str]] = [
     ("VERIFY_SIGNED_ASSERTION_NOT_REVOKED", "The issuer has revoked this badge."),
     ("VERIFY_EXPIRATION", "This badge has expired."),
     ("VERIFY_JWS", "The signature on this badge could not be checked."),
+    ("VERIFY_KEY_OWNERSHIP", "This badge was signed with a key its issuer does not list as its own."),
     ("VALIDATE_PROPERTY", "This badge is missing information Badgr needs, so Badgr cannot accept it."),
 ]
 
