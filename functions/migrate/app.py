@@ -21,7 +21,6 @@ MAX_BACKOFF_SECONDS = 900
 class ImportJob(BaseModel):
     learner_id: str
     badge_id: str
-    request: str = ""  # the learner's move this job belongs to
 
 
 def backoff_seconds(receive_count: int, asked: float | None) -> int:
@@ -39,7 +38,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
         job = ImportJob.model_validate_json(record.body)
         receive_count = int(record.attributes.approximate_receive_count or 1)
         try:
-            import_badge(svc, job.learner_id, job.badge_id, receive_count, job.request)
+            import_badge(svc, job.learner_id, job.badge_id, receive_count)
         except RetryLater as retry:
             svc.queue.delay(
                 svc.settings.migrate_queue_url,

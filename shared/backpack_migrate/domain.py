@@ -186,6 +186,9 @@ class BadgeRecord(BaseModel):
     import_form: str | None = None  # url | image | assertion
     badgr: BadgrAnswer | None = None
     attempts: int = 0
+    # How many times the learner moved it again after Badgr refused it: each of those is a
+    # question Badgr must answer anew, where a replayed job reuses the answer it had.
+    moved_again: int = 0
     updated_at: str | None = None
 
     @property

@@ -144,9 +144,11 @@ def request_migration(svc: Services, learner_id: str) -> int:
     for badge in svc.store.list_badges(learner_id):
         if badge.state not in REQUEUED_STATES and not badge.can_move_again:
             continue
-        moved = badge.model_copy(update={"state": BadgeState.QUEUED, "problem": None})
-        if svc.store.transition(moved, [badge.state]):
-            batch.append({"learner_id": learner_id, "badge_id": badge.badge_id, "request": requested_at})
+        update: dict[str, Any] = {"state": BadgeState.QUEUED, "problem": None}
+        if badge.can_move_again:
+            update["moved_again"] = badge.moved_again + 1
+        if svc.store.transition(badge.model_copy(update=update), [badge.state]):
+            batch.append({"learner_id": learner_id, "badge_id": badge.badge_id})
         if len(batch) == 10:  # sent as we go, so a timeout loses at most one batch of jobs
             queued += svc.queue.send(svc.settings.migrate_queue_url, batch)
             batch = []
@@ -159,15 +161,11 @@ def request_migration(svc: Services, learner_id: str) -> int:
 
 
 # -- one import --------------------------------------------------------------------------------
-def import_badge(
-    svc: Services, learner_id: str, badge_id: str, receive_count: int, request: str = ""
-) -> BadgeState | None:
+def import_badge(svc: Services, learner_id: str, badge_id: str, receive_count: int) -> BadgeState | None:
     """Move one badge into Badgr and record its final state.
 
     Raises ``RetryLater`` when Badgr or the network failed for now. On the job's last delivery the
     badge is recorded as dead-lettered first, whatever failed, so the learner's page says so.
-    ``request`` names the learner's move the job belongs to: a replayed job reuses Badgr's
-    answer, a later move (after the learner fixed what Badgr refused) asks Badgr again.
     """
     badge = svc.store.get_badge(learner_id, badge_id)
     if badge is None:
@@ -180,7 +178,7 @@ def import_badge(
         return badge.state
     last = receive_count >= svc.settings.migrate_max_receive_count
     try:
-        return _import(svc, badge, receive_count, request)
+        return _import(svc, badge, receive_count)
     except RetryLater as retry:
         reason = retry.problem
         if last and reason.code != _ACCESS_LOST.code:
@@ -196,7 +194,7 @@ def import_badge(
         raise
 
 
-def _import(svc: Services, badge: BadgeRecord, receive_count: int, request: str) -> BadgeState:
+def _import(svc: Services, badge: BadgeRecord, receive_count: int) -> BadgeState:
     if badge.verified_at is None:
         # Queued before its verify job ran: check it now rather than send Badgr a doomed badge.
         learner = svc.store.get_learner(badge.learner_id)
@@ -211,7 +209,7 @@ def _import(svc: Services, badge: BadgeRecord, receive_count: int, request: str)
         )
         return _finish(svc, badge, BadgeState.REJECTED, problem=blocking)
     form, payload = _import_form(svc, badge)
-    result = _import_with_token(svc, badge.learner_id, badge.badge_id, request, form, payload)
+    result = _import_with_token(svc, badge, form, payload)
     state = {
         "imported": BadgeState.IMPORTED,
         "already_in_badgr": BadgeState.ALREADY_IN_BADGR,
@@ -276,9 +274,9 @@ def _import_form(svc: Services, badge: BadgeRecord) -> tuple[str, Any]:
     raise RetryLater(Problem(code="NOTHING_TO_SEND", message="Nothing of this badge could be sent to Badgr."))
 
 
-def _import_with_token(
-    svc: Services, learner_id: str, badge_id: str, request: str, form: str, payload: Any
-) -> dict[str, Any]:
+def _import_with_token(svc: Services, badge: BadgeRecord, form: str, payload: Any) -> dict[str, Any]:
+    learner_id = badge.learner_id
+
     def call(job: dict[str, Any]) -> dict[str, Any]:
         refreshed = False
         while True:
@@ -300,7 +298,9 @@ def _import_with_token(
             }
 
     once: Callable[..., dict[str, Any]] = svc.once("badgr-import", call)
-    return once(job={"learner_id": learner_id, "badge_id": badge_id, "request": request})
+    # Every delivery of a job asks Badgr once; only the learner moving a refused badge again
+    # (moved_again) is a new question.
+    return once(job={"learner_id": learner_id, "badge_id": badge.badge_id, "moved_again": badge.moved_again})
 
 
 def _refresh(svc: Services, learner_id: str, refresh_token: str, version: int) -> None:
