@@ -825,12 +825,11 @@ class Verifier:
                 if not chk.errors or all(not e.code.startswith("KEY_") for e in chk.errors):
                     chk.error("SIGNATURE_INVALID")
                 return
-            key_url, key_doc = matched
-            if issuer is not None:
-                issuer_id = _text(issuer.get("id")) or run.issuer_fetch_url
-                owner = _node_id(key_doc.get("owner")) if key_doc else None
-                if key_url not in issuer_keys and not (owner and issuer_id and owner == issuer_id):
-                    chk.error("KEY_NOT_ISSUERS")
+            key_url, _key_doc = matched
+            # Only the issuer's own profile can vouch for a key: the key document's "owner" is
+            # written by whoever hosts the key, so it proves nothing.
+            if issuer is not None and key_url not in issuer_keys:
+                chk.error("KEY_NOT_ISSUERS")
         if issuer is not None:
             self._check_revocation(run, doc, issuer)
 

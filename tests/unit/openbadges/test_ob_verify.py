@@ -445,9 +445,11 @@ def test_key_must_belong_to_issuer(rsa_key: rsa.RSAPrivateKey) -> None:
     key_doc = {"id": KEY_URL, "owner": "https://mallory.example/issuer", "publicKeyPem": public_pem(rsa_key)}
     mapping = signed_world(rsa_key, key=key_doc, issuer=issuer_v2(publicKey="https://issuer.example/keys/2"))
     assert codes(verify(token, mapping)) == ["KEY_NOT_ISSUERS"]
-    # Owned by the issuer (key owner), even if the issuer does not list it.
-    owned = signed_world(rsa_key, issuer=issuer_v2())
-    assert verify(token, owned).valid
+    # A key document that names the issuer as its owner proves nothing: anyone can write one.
+    # Only the issuer's profile listing the key does.
+    claimed = signed_world(rsa_key, issuer=issuer_v2())
+    assert codes(verify(token, claimed)) == ["KEY_NOT_ISSUERS"]
+    assert verify(token, signed_world(rsa_key, issuer=issuer_v2(publicKey=[KEY_URL]))).valid
 
 
 def test_creator_missing_uses_issuer_keys(rsa_key: rsa.RSAPrivateKey) -> None:
