@@ -31,7 +31,8 @@ class Settings(BaseModel):
     public_base_url: str = Field(default="http://127.0.0.1:3000", alias="PUBLIC_BASE_URL")
     ses_sender: str = Field(default="badges@example.org", alias="SES_SENDER")
     link_ttl_days: int = Field(default=30, alias="LINK_TTL_DAYS", ge=1, le=365)
-    emails_per_second: float = Field(default=10.0, alias="EMAILS_PER_SECOND", gt=0)
+    emails_per_second: float = Field(default=10.0, alias="EMAILS_PER_SECOND", gt=0)  # in all
+    notify_concurrency: int = Field(default=1, alias="NOTIFY_CONCURRENCY", ge=1)
     learners_per_chunk: int = Field(default=50, alias="LEARNERS_PER_CHUNK", ge=1, le=500)
     migrate_max_receive_count: int = Field(default=5, alias="MIGRATE_MAX_RECEIVE_COUNT", ge=1)
     allow_loopback_fetch: bool = Field(default=False, alias="ALLOW_LOOPBACK_FETCH")

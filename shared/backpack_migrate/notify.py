@@ -46,7 +46,7 @@ class SesSender:
 
 
 class RateLimiter:
-    """Spaces calls evenly so that the whole notifier stays under SES's sending rate."""
+    """Spaces one process's calls evenly; each notify instance gets its share of the rate."""
 
     def __init__(self, per_second: float, clock: Any = time.monotonic, sleep: Any = time.sleep) -> None:
         self._interval = 1.0 / per_second

@@ -182,7 +182,8 @@ def build_services(settings: Settings) -> Services:
         link_secret=lambda: secret_bytes(settings.link_secret_arn),
         learner_id_secret=lambda: secret_bytes(settings.learner_id_secret_arn),
         sender=SesSender(_Lazy(lambda: boto3.client("ses")), settings.ses_sender),
-        rate=RateLimiter(settings.emails_per_second),
+        # Each notify instance keeps to its share, so together they keep to the configured rate.
+        rate=RateLimiter(settings.emails_per_second / settings.notify_concurrency),
         verifier_factory=verifier_factory,
         badgr_factory=badgr_factory,
         once=once,

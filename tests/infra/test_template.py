@@ -150,6 +150,10 @@ def test_every_sqs_event_source_reports_batch_item_failures(cfn: dict[str, Any])
     assert 1 <= by_queue["ChunkQueue"]["BatchSize"] <= 5
     assert by_queue["MigrateQueue"]["BatchSize"] == 10
     assert by_queue["NotifyQueue"]["ScalingConfig"] == {"MaximumConcurrency": 2}
+    # The send rate is shared by the instances that may run at once.
+    notify_env = cfn["Resources"]["NotifyFunction"]["Properties"]["Environment"]["Variables"]
+    most_at_once = by_queue["NotifyQueue"]["ScalingConfig"]["MaximumConcurrency"]
+    assert notify_env["NOTIFY_CONCURRENCY"] == str(most_at_once)
 
 
 def test_every_queue_has_a_dead_letter_queue_encryption_and_a_long_enough_visibility(

@@ -107,13 +107,19 @@ def run_verify(argv: list[str], out: TextIO | None = None, err: TextIO | None = 
     except SystemExit as exc:
         return EXIT_UNUSABLE if exc.code not in (0, None) else EXIT_VALID
 
+    def unusable(code: str, message: str) -> int:
+        err.write(message + "\n")
+        if args.json:
+            verdict = {"valid": False, "version": None, "errors": [{"code": code, "message": message}]}
+            out.write(json.dumps({**verdict, "warnings": [], "badge": None}, indent=2) + "\n")
+        return EXIT_UNUSABLE
+
     fetcher: Fetcher
     if args.serve:
         try:
             fetcher = MapFetcher.from_serve_file(args.serve)
         except (OSError, ValueError) as exc:
-            err.write(f"cannot read the serve map {args.serve}: {exc}\n")
-            return EXIT_UNUSABLE
+            return unusable("SERVE_MAP_UNREADABLE", f"cannot read the serve map {args.serve}: {exc}")
     else:
         fetcher = SafeFetcher(allow_loopback=args.allow_loopback)
 
@@ -124,12 +130,10 @@ def run_verify(argv: list[str], out: TextIO | None = None, err: TextIO | None = 
         path = Path(args.input)
         try:
             if path.stat().st_size > MAX_IMAGE_BYTES:
-                err.write(f"{args.input} is too large to be a badge\n")
-                return EXIT_UNUSABLE
+                return unusable("INPUT_TOO_LARGE", f"{args.input} is too large to be a badge")
             source = path.read_bytes()
         except OSError as exc:
-            err.write(f"cannot read {args.input}: {exc.strerror or exc}\n")
-            return EXIT_UNUSABLE
+            return unusable("INPUT_UNREADABLE", f"cannot read {args.input}: {exc.strerror or exc}")
 
     verdict = Verifier(fetcher).verify(source, args.recipient)
     if args.json:

@@ -307,21 +307,29 @@ def _strip_fragment(url: str) -> str:
 
 
 class MapFetcher:
-    """An offline fetcher answering from a URL -> (status, body, content type) map; others get 404."""
+    """An offline fetcher answering from a URL -> (status, body, content type) map.
+
+    Other URLs get 404, or with ``unmapped_unreachable`` fail as if no server answered.
+    """
 
     def __init__(
         self,
         mapping: dict[str, tuple[int, bytes, str]],
         fallback: Callable[[str], tuple[int, bytes, str] | None] | None = None,
+        *,
+        unmapped_unreachable: bool = False,
     ) -> None:
         self._mapping = {_strip_fragment(k): v for k, v in mapping.items()}
         self._fallback = fallback
+        self._unmapped_unreachable = unmapped_unreachable
 
     def get(self, url: str) -> FetchedDocument:
         key = _strip_fragment(url)
         hit = self._mapping.get(key)
         if hit is None and self._fallback is not None:
             hit = self._fallback(key)
+        if hit is None and self._unmapped_unreachable:
+            raise FetchError("connect", "not in the serve map")
         if hit is None:
             return FetchedDocument(status=404, content_type="text/plain", body=b"Not Found", url=key)
         status, body, content_type = hit
@@ -329,7 +337,10 @@ class MapFetcher:
 
     @classmethod
     def from_serve_file(cls, path: str | Path) -> MapFetcher:
-        """Read a serve map: {url: "file" | {"file": "file", "status": 200}}, files relative to the map."""
+        """Read a serve map: {url: "file" | {"file": "file", "status": 200}}, files relative to the map.
+
+        A URL the map does not name is unreachable: the map stands for the whole network.
+        """
         map_path = Path(path)
         raw = json.loads(map_path.read_text(encoding="utf-8"))
         if not isinstance(raw, dict):
@@ -352,4 +363,4 @@ class MapFetcher:
             if not file_path.is_absolute():
                 file_path = base / file_path
             mapping[str(url)] = (status, file_path.read_bytes(), content_type_for(file_path))
-        return cls(mapping)
+        return cls(mapping, unmapped_unreachable=True)

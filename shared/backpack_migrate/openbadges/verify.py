@@ -91,6 +91,12 @@ def _one_line(text: Any, limit: int = 200) -> str | None:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+# Properties of an assertion in any version (0.5 to 2.0); JSON with none of them is no badge.
+_ASSERTION_MARKERS = frozenset(
+    {"recipient", "badge", "verify", "verification", "uid", "issuedOn", "issued_on"}
+)
+
+
 class _Check:
     """The errors and warnings of one verification."""
 
@@ -375,7 +381,11 @@ class Verifier:
         except PayloadError:
             run.check.error("MALFORMED_JSON")
             return None
-        if not isinstance(doc, dict):
+        speaks_of_a_badge = isinstance(doc, dict) and (
+            bool(_ASSERTION_MARKERS & doc.keys()) or doc.get("type") == "Assertion"
+        )
+        if not speaks_of_a_badge:
+            # Some JSON, but nothing in it speaks of a badge: unusable, not a badge that fails.
             run.check.error("NOT_A_BADGE")
             return None
         return doc

@@ -96,11 +96,19 @@ class CountingFetcher:
         self.inner = MapFetcher(mapping)
         self.calls: dict[str, int] = {}
         self.delay = delay
+        self.in_flight = 0
+        self.most_in_flight = 0  # how many fetches ran at the same time, at most
         self._lock = threading.Lock()
 
     def get(self, url: str) -> FetchedDocument:
         with self._lock:
             self.calls[url] = self.calls.get(url, 0) + 1
-        if self.delay:
-            threading.Event().wait(self.delay)
-        return self.inner.get(url)
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                threading.Event().wait(self.delay)
+            return self.inner.get(url)
+        finally:
+            with self._lock:
+                self.in_flight -= 1

@@ -219,4 +219,7 @@ def test_map_fetcher_and_serve_file(tmp_path: Path) -> None:
     assert fetcher.get("https://x.example/a#frag").status == 200
     assert fetcher.get("https://x.example/gone").status == 410
     assert fetcher.get("https://x.example/abs").status == 200
-    assert fetcher.get("https://x.example/other").status == 404
+    with pytest.raises(FetchError) as unmapped:  # the map is the whole network: nothing else answers
+        fetcher.get("https://x.example/other")
+    assert unmapped.value.kind == "connect"
+    assert MapFetcher({}).get("https://x.example/other").status == 404  # test worlds answer 404

@@ -549,6 +549,8 @@ def test_issuer_documents_are_cached_but_assertions_are_not() -> None:
         assert verifier.verify(ASSERTION_URL).valid
     assert fetcher.calls[ASSERTION_URL] == 5
     assert fetcher.calls[BADGE_URL] == 1 and fetcher.calls[ISSUER_URL] == 1
+    # Nothing else is fetched: no JSON-LD context, no image.
+    assert set(fetcher.calls) == {ASSERTION_URL, BADGE_URL, ISSUER_URL}
 
 
 def test_verify_many_is_parallel_and_shares_fetches() -> None:
@@ -560,14 +562,10 @@ def test_verify_many_is_parallel_and_shares_fetches() -> None:
         urls.append(url)
     fetcher = CountingFetcher(mapping, delay=0.02)
     verifier = Verifier(fetcher, now=lambda: NOW)
-    import time
-
-    started = time.monotonic()
     verdicts = verifier.verify_many(urls, [EMAIL], workers=16)
-    elapsed = time.monotonic() - started
     assert all(v.valid for v in verdicts) and len(verdicts) == 40
     assert fetcher.calls[BADGE_URL] == 1 and fetcher.calls[ISSUER_URL] == 1
-    assert elapsed < 40 * 0.02 * 3 / 2  # far below the serial time of 3 fetches per badge
+    assert fetcher.most_in_flight > 1  # fetches overlapped (how much faster: make bench)
 
 
 def test_timeouts_are_not_cached() -> None:
