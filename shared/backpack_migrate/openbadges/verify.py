@@ -887,11 +887,19 @@ def _salt(value: Any) -> str | None:
 
 
 def _variants(identifier: str) -> list[str]:
+    """The identifier as given, and the ways of writing an email an issuer most likely hashed:
+    lower case, upper case, and names capitalised (``Ada.Lovelace@example.org``)."""
     base = identifier.strip()
     out = [base, base.lower()]
     local, at, domain = base.partition("@")
     if at:
         out.append(f"{local}@{domain.lower()}")
+        lower = local.lower()
+        for capitalised in (
+            lower[:1].upper() + lower[1:],
+            ".".join(p[:1].upper() + p[1:] for p in lower.split(".")),
+        ):
+            out += [f"{capitalised}@{domain.lower()}", f"{capitalised}@{domain}"]
     out.append(base.upper())
     return list(dict.fromkeys(out))
 

@@ -145,6 +145,21 @@ def test_hashed_recipient_every_alg_and_case(alg: str, stored: str) -> None:
     assert verify(ASSERTION_URL, mapping, ["someone@else.example", EMAIL]).valid
 
 
+@pytest.mark.parametrize(
+    "stored", ["ada.lovelace@example.org", "Ada.lovelace@example.org", "Ada.Lovelace@example.org",
+               "ADA.LOVELACE@EXAMPLE.ORG"],
+)  # fmt: skip
+def test_hashed_recipient_as_issuers_wrote_a_lowercase_address(stored: str) -> None:
+    recipient = {
+        "type": "email",
+        "hashed": True,
+        "salt": "pepper",
+        "identity": hashed(stored, "sha256", "pepper"),
+    }
+    mapping = world(assertion=assertion_v2(recipient=recipient))
+    assert verify(ASSERTION_URL, mapping, ["ada.lovelace@example.org"]).valid
+
+
 def test_plain_recipient_case_insensitive() -> None:
     recipient = {"type": "email", "hashed": False, "identity": "TEST@example.com"}
     mapping = world(assertion=assertion_v2(recipient=recipient))
