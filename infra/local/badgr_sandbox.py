@@ -139,6 +139,60 @@ def _ids(value: Any) -> list[str]:
     return [str(v.get("id")) if isinstance(v, dict) else str(v) for v in values if v]
 
 
+def _iso_datetime(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None  # the validator skips what it cannot read as an ISO 8601 date-time
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _check_dates(assertion: dict[str, Any], node: str) -> None:
+    """The validator's ASSERTION_TIMESTAMP_CHECKS."""
+    issued_on, expires = _iso_datetime(assertion.get("issuedOn")), _iso_datetime(assertion.get("expires"))
+    now = datetime.now(UTC)
+    problem = None
+    if issued_on is None:
+        return
+    if issued_on > now:
+        problem = f"Assertion {node} has issue date {issued_on} in the future."
+    elif expires is not None and expires < issued_on:
+        problem = f"Assertion {node} expiration is prior to issue date."
+    elif expires is not None and expires < now:
+        problem = f"Assertion {node} expired on {assertion['expires']}"
+    if problem:
+        raise _RejectionError(_flat("ASSERTION_TIMESTAMP_CHECKS", problem, node))
+
+
+def _check_hosted_origin(node: str, issuer: dict[str, Any]) -> None:
+    """The validator's HOSTED_ID_IN_VERIFICATION_SCOPE for a 2.0 hosted badge."""
+    policy = issuer.get("verification")
+    policy = policy if isinstance(policy, dict) else {}
+    starts = policy.get("startsWith")
+    starts = [starts] if isinstance(starts, str) else starts or []
+    if starts and not any(node.startswith(str(prefix)) for prefix in starts):
+        raise _RejectionError(
+            _flat(
+                "HOSTED_ID_IN_VERIFICATION_SCOPE",
+                f"Assertion id {node} does not start with any permitted values in its issuer's "
+                "verification policy.",
+                node,
+            )
+        )
+    allowed = policy.get("allowedOrigins", urlsplit(str(issuer.get("id") or "")).netloc)
+    allowed = [allowed] if isinstance(allowed, str) else allowed or []
+    if allowed and urlsplit(node).netloc not in allowed:
+        raise _RejectionError(
+            _flat(
+                "HOSTED_ID_IN_VERIFICATION_SCOPE",
+                f"Assertion {node} not hosted in allowed origins {allowed}",
+                node,
+            )
+        )
+
+
 class _RejectionError(Exception):
     """An import refused by the validator: carries the flattened ``validationErrors`` list."""
 
@@ -558,8 +612,15 @@ class BadgrSandbox:
         issuer = self._resolve(badge.get("issuer")) or {}
         if not isinstance(issuer, dict):
             raise _RejectionError(_flat("VALIDATE_PROPERTY", "Property issuer is not a Profile"))
-        if compact and isinstance(verify, dict) and str(verify.get("type", "")).lower() == "signedbadge":
-            self._verify_signed(compact, assertion, issuer, verify)
+        node = str(assertion.get("id") or "_:b0")
+        _check_dates(assertion, node)
+        # 2.0 names it "verification" (1.x "verify"); "hosted" and "signed" are its short forms.
+        verification = assertion.get("verification")
+        kind = str(verification.get("type", "")).lower() if isinstance(verification, dict) else ""
+        if kind in ("hosted", "hostedbadge"):
+            _check_hosted_origin(node, issuer)
+        if compact and isinstance(verification, dict) and kind in ("signed", "signedbadge"):
+            self._verify_signed(compact, assertion, issuer, verification)
         return assertion, badge, issuer
 
     def _verify_signed(

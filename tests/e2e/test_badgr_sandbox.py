@@ -403,6 +403,30 @@ def test_signed_badges_are_checked_as_the_validator_checks_them(
     assert send(alone) == ("imported", [])
 
 
+def test_dates_and_hosted_origin_are_checked_as_the_validator_checks_them(
+    client: BadgrClient, token: str, site: IssuerSite
+) -> None:
+    def send(assertion: dict[str, Any]) -> tuple[str, list[str]]:
+        site.put(urlsplit(assertion["id"]).path, assertion)
+        result = client.import_badge(token, url=assertion["id"])
+        return result.outcome, result.codes
+
+    timestamps = ("rejected", ["ASSERTION_TIMESTAMP_CHECKS"])
+    assert send({**site.badge("expired", LEARNER), "expires": "2017-01-01T00:00:00Z"}) == timestamps
+    assert send({**site.badge("future", LEARNER), "issuedOn": "2999-01-01T00:00:00Z"}) == timestamps
+
+    # An issuer whose id names another host: its badges must be hosted where its policy allows.
+    moved = site.badge("moved", LEARNER)
+    badge_class = json.loads(site.documents[urlsplit(moved["badge"]).path][1])
+    issuer = json.loads(site.documents["/issuer"][1])
+    foreign = {**issuer, "id": "https://issuer.elsewhere.example/profile"}
+    moved["badge"] = {**badge_class, "issuer": foreign}
+    assert send(moved) == ("rejected", ["HOSTED_ID_IN_VERIFICATION_SCOPE"])
+    host = urlsplit(site.url).netloc
+    moved["badge"]["issuer"] = {**foreign, "verification": {"allowedOrigins": [host]}}
+    assert send(moved) == ("imported", [])
+
+
 def test_import_to_an_unverified_email_is_pending(
     sandbox: BadgrSandbox, client: BadgrClient, token: str, site: IssuerSite
 ) -> None:
