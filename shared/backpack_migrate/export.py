@@ -55,6 +55,8 @@ MESSAGES: dict[str, str] = {
     "INVALID_EMAIL": "This entry of the manifest is not a valid email address.",
     "DUPLICATE_EMAIL": "This email address appears more than once in the manifest; its badges were merged.",
     "FILE_MISSING": "The manifest lists this file, but it is not in the ZIP archive.",
+    "FILE_CUT_OFF": "This file was in the part of the export that was cut off.",
+    "ZIP_CUT_SHORT": "The end of the ZIP archive is missing or damaged: the files before it were read.",
     "EMPTY_FILE": "This file is empty.",
     "FILE_TOO_LARGE": "This file is too large to be a badge image.",
     "NOT_AN_IMAGE": "This file is not a PNG or SVG image, so it cannot hold a badge.",
@@ -428,6 +430,70 @@ def _iter_member_rows(reader: RangeReader, *, block_size: int = BLOCK_SIZE) -> I
         raise ExportError("TRUNCATED_ZIP")
 
 
+_DESCRIPTOR_SIG = b"PK\x07\x08"
+
+
+def _iter_local_rows(reader: RangeReader, *, max_size: int = DEFAULT_MAX_SIZE) -> Iterator[_MemberRow]:
+    """The members of an archive whose central directory (at its end) was cut off, read from
+    their local headers in order, up to the cut or a member whose end cannot be found."""
+    pos = 0
+    while True:
+        head = reader.read(pos, _LOCAL.size)
+        if len(head) < _LOCAL.size or head[:4] != _LOCAL_SIG:
+            return
+        (_sig, _need, flags, method, _t, _d, crc, csize, usize, nlen, elen) = _LOCAL.unpack(head)
+        names = reader.read(pos + _LOCAL.size, nlen + elen)
+        if len(names) < nlen + elen:
+            return
+        extra = names[nlen:]
+        zip64 = 0xFFFFFFFF in (usize, csize)
+        if zip64:
+            try:
+                usize, csize, _ = _zip64_extra(extra, usize, csize, 0)
+            except ExportError:
+                return
+        start = pos + _LOCAL.size + nlen + elen
+        if flags & 0x08:
+            # Sizes and CRC follow the data: only a deflated member shows where its data ends.
+            found = _deflated_extent(reader, start, max_size) if method == 8 else None
+            if found is None:
+                return
+            csize, usize, crc = found
+            tail = reader.read(start + csize, 4)
+            end = start + csize + (4 if tail == _DESCRIPTOR_SIG else 0) + (20 if zip64 else 12)
+        else:
+            end = start + csize
+        if end > reader.size:
+            return
+        name = _decode_name(names[:nlen], flags)
+        if not name.endswith("/"):
+            yield name, pos, csize, usize, crc, method
+        pos = end
+
+
+def _deflated_extent(reader: RangeReader, start: int, max_size: int) -> tuple[int, int, int] | None:
+    """(compressed size, size, CRC-32) of the deflate stream at ``start``, or None if it is cut."""
+    inflater = zlib.decompressobj(-15)
+    pos, size, crc = start, 0, 0
+    while not inflater.eof:
+        chunk = reader.read(pos, BLOCK_SIZE // 4)
+        if not chunk:
+            return None
+        pending = chunk
+        while pending and not inflater.eof:
+            try:  # output taken a block at a time: a deflate bomb never lands in memory whole
+                data = inflater.decompress(pending, BLOCK_SIZE)
+            except zlib.error:
+                return None
+            size += len(data)
+            if size > max_size:
+                return None  # a member that large is no badge, and stepping over it is not worth it
+            crc = zlib.crc32(data, crc)
+            pending = inflater.unconsumed_tail
+        pos += len(chunk) - len(inflater.unused_data)
+    return pos - start, size, crc
+
+
 def _refill(
     reader: RangeReader, buf: bytes, buf_start: int, pos: int, *, end: int, need: int, block_size: int
 ) -> tuple[bytes, int]:
@@ -606,6 +672,7 @@ class MemberIndex(Mapping[str, MemberLocation]):
         self._db: _TempDatabase | None = None
         self._pending: list[_MemberRow] = []
         self._count = 0  # members in the database
+        self.cut_short = False  # read from local headers: the archive's end was missing
         self._extend((m.name, m.header_offset, m.compressed_size, m.size, m.crc, m.method) for m in members)
 
     # ---- building
@@ -727,9 +794,21 @@ class MemberIndex(Mapping[str, MemberLocation]):
 
 
 def member_index(reader: RangeReader, *, memory_entries: int | None = None) -> MemberIndex:
-    """Every file member of the export by name (a read-only mapping; close it when done)."""
+    """Every file member of the export by name (a read-only mapping; close it when done).
+
+    An archive cut short has lost its central directory, which ZIP keeps at the end: its members
+    are then read from their local headers up to the cut, and the index says it is ``cut_short``.
+    """
     index = MemberIndex(memory_entries=memory_entries)
-    index._extend(_iter_member_rows(reader))
+    try:
+        index._extend(_iter_member_rows(reader))
+    except ExportError as error:
+        index.close()
+        if error.code != "TRUNCATED_ZIP" or reader.read(0, 4) != _LOCAL_SIG:
+            raise
+        index = MemberIndex(memory_entries=memory_entries)
+        index.cut_short = True
+        index._extend(_iter_local_rows(reader))
     return index
 
 
@@ -1069,7 +1148,7 @@ def find_manifest(reader: RangeReader) -> tuple[MemberLocation, MemberIndex]:
     manifest = index.get(MANIFEST_NAME)
     if manifest is None:
         index.close()
-        raise ExportError("NO_MANIFEST")
+        raise ExportError("TRUNCATED_ZIP" if index.cut_short else "NO_MANIFEST")
     return manifest, index
 
 
@@ -1108,6 +1187,7 @@ class PlanStats(BaseModel):
     file_problems: dict[str, int] = Field(default_factory=dict)
     learner_problems: dict[str, int] = Field(default_factory=dict)
     unlisted_members: int = 0  # files in the ZIP no learner lists
+    cut_short: bool = False  # the archive's end was missing: files past the cut are FILE_CUT_OFF
     unlisted_examples: list[str] = Field(default_factory=list)
 
 
@@ -1118,10 +1198,16 @@ class ExportPlan(BaseModel):
 
 
 def _file_entry(
-    reader: RangeReader, name: str, loc: MemberLocation | None, *, sniff: bool, max_size: int
+    reader: RangeReader,
+    name: str,
+    loc: MemberLocation | None,
+    *,
+    sniff: bool,
+    max_size: int,
+    cut_short: bool = False,
 ) -> FileEntry:
     if loc is None:
-        return FileEntry(name=name, problem=problem("FILE_MISSING"))
+        return FileEntry(name=name, problem=problem("FILE_CUT_OFF" if cut_short else "FILE_MISSING"))
     if loc.size == 0:
         return FileEntry(name=name, location=loc, problem=problem("EMPTY_FILE"))
     if loc.size > max_size:
@@ -1282,6 +1368,7 @@ def iter_learners(
     try:
         stats = stats if stats is not None else PlanStats()
         stats.members = len(index) - 1
+        stats.cut_short = index.cut_short
         listing = _Listing(index)
         seen = _SeenEmails(IN_MEMORY_ENTRIES)
         for email, names in iter_manifest(reader, manifest):
@@ -1300,7 +1387,9 @@ def iter_learners(
                     continue
                 local.add(name)
                 loc, row = listing.find(name)
-                file_entry = _file_entry(reader, name, loc, sniff=sniff, max_size=max_size)
+                file_entry = _file_entry(
+                    reader, name, loc, sniff=sniff, max_size=max_size, cut_short=index.cut_short
+                )
                 entry.files.append(file_entry)
                 stats.listed_files += 1
                 if loc is not None:

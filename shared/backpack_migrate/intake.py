@@ -135,6 +135,8 @@ def read_export(
 def _plan_problems(stats: PlanStats) -> list[Problem]:
     """What the operator should know about the export as a whole (per-badge detail is on each badge)."""
     found = []
+    if stats.cut_short:
+        found.append(Problem(code="ZIP_CUT_SHORT", message=MESSAGES["ZIP_CUT_SHORT"]))
     if stats.unlisted_members:
         examples = ", ".join(stats.unlisted_examples[:5])
         found.append(

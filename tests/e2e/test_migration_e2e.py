@@ -765,9 +765,12 @@ def test_a_badge_refused_for_its_address_moves_once_the_learner_adds_that_addres
 
 
 def _truncated_zip(tmp: Path) -> bytes:
-    whole = write_zip(tmp / "whole.zip", {"badges/a.png": make_png("#123456", 24)}, {"a@example.org": []})
-    data = whole.read_bytes()
-    return data[: len(data) * 2 // 3]
+    """An export cut short where its manifest was: written last, it went with the cut."""
+    with zipfile.ZipFile(tmp / "whole.zip", "w") as archive:
+        archive.writestr("badges/a.png", make_png("#123456", 24))
+        archive.writestr("manifest.txt", json.dumps({"a@example.org": ["badges/a.png"]}))
+    data = (tmp / "whole.zip").read_bytes()
+    return data[: data.index(b"manifest.txt") + 20]
 
 
 def test_unreadable_exports_fail_once_with_a_clear_error(tmp_path: Path) -> None:

@@ -183,13 +183,32 @@ def test_bad_exports_are_recorded_not_retried(aws: Services) -> None:
     intake = load_handler("intake")
     for key, data in {
         "exports/not-a-zip.zip": b"hello",
-        "exports/truncated.zip": make_export({EMAIL: {"a.png": b"\x89PNG\r\n\x1a\n"}})[:-30],
+        # Cut inside its first member, the manifest: nothing of it can be read.
+        "exports/truncated.zip": make_export({EMAIL: {"a.png": b"\x89PNG\r\n\x1a\n"}})[:40],
         "exports/no-manifest.zip": make_export({})[:0] + _zip_without_manifest(),
     }.items():
         result = intake.handler(_upload(aws, data, key), FakeContext())
         assert result["exports"][0]["status"] == "failed"
     codes = sorted(p.code for e in aws.store.list_exports() for p in e.problems)
     assert codes == ["NOT_A_ZIP", "NO_MANIFEST", "TRUNCATED_ZIP"]
+
+
+def test_an_export_cut_short_is_read_up_to_the_cut_and_the_rest_is_on_record(aws: Services) -> None:
+    first, second = hosted_assertion("h1", EMAIL), hosted_assertion("h2", EMAIL)
+    data = make_export({EMAIL: {"h1.png": baked(first), "h2.png": baked(second)}})
+    cut = data.index(b"PK\x03\x04", data.index(b"h2.png") - 30) + 20  # inside h2.png's header
+    served = issuer_documents(["h1", "h2"])
+    served[first["id"]] = (200, json.dumps(first).encode(), "application/json")
+    aws._verifier = Verifier(fetcher(served))
+    _run_intake(aws, _upload(aws, data[:cut], "exports/cut.zip"))
+    (export,) = aws.store.list_exports()
+    assert export.status.value == "chunked"
+    assert [p.code for p in export.problems] == ["ZIP_CUT_SHORT", "FILE_CUT_OFF"]
+    learner = next(iter(aws.store.iter_export_learners(export.export_id)))
+    badges = {b.file_name: b for b in aws.store.list_badges(learner.learner_id)}
+    assert badges["h1.png"].state == BadgeState.VERIFIED  # read from before the cut, and checked
+    assert badges["h2.png"].state == BadgeState.UNREADABLE
+    assert badges["h2.png"].problem is not None and badges["h2.png"].problem.code == "FILE_CUT_OFF"
 
 
 def _zip_without_manifest() -> bytes:

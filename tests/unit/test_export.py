@@ -375,39 +375,97 @@ def test_not_a_zip(data: bytes) -> None:
 
 
 def test_truncated_zip_at_every_point(paths: str, scratch: Path) -> None:
+    """Cut anywhere: either the manifest is lost with the cut, or what precedes the cut is read
+    and every listed file past it is on record as cut off; nothing in between."""
     data = good_export(DEFLATED)
-    for cut in range(4, len(data), 7):
-        assert code_of(plan_export, BytesRangeReader(data[:cut])) == "TRUNCATED_ZIP", cut
+    manifest_end = data.index(b"PK\x03\x04", 4)  # the manifest is the first member
+    for cut in range(4, len(data) - 1, 7):
+        reader = BytesRangeReader(data[:cut])
+        if cut < manifest_end:
+            assert code_of(plan_export, reader) == "TRUNCATED_ZIP", cut
+            continue
+        plan = plan_export(reader)
+        assert plan.stats.cut_short, cut
+        for learner in plan.learners:
+            for file in learner.files:
+                if file.location is None:
+                    assert file.problem is not None and file.problem.code == "FILE_CUT_OFF", (cut, file)
+                else:
+                    assert file.problem is None and read_member(reader, file.location) in {PNG, SVG}, cut
     for cut in range(1, 4):
         assert code_of(plan_export, BytesRangeReader(data[:cut])) in {"TRUNCATED_ZIP", "NOT_A_ZIP"}
     assert not any(scratch.iterdir())  # no scratch database left behind by any failure
+
+
+def test_a_cut_export_whose_members_carry_data_descriptors_is_read_up_to_the_cut() -> None:
+    class Unseekable(io.RawIOBase):  # zipfile then writes sizes and CRC after each member's data
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, chunk: Any) -> int:
+            self.data += bytes(chunk)
+            return len(chunk)
+
+    out = Unseekable()
+    manifest = {"ada@example.org": ["a.png", "b.svg", "c.png"]}
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.txt", json.dumps(manifest))
+        for name, body in (("a.png", PNG), ("b.svg", SVG), ("c.png", PNG)):
+            with zf.open(name, "w") as member:
+                member.write(body)
+    data = bytes(out.data)
+    assert data[6] & 0x08  # really written with data descriptors
+    cut = data.index(b"PK\x03\x04", data.index(b"b.svg")) + 10  # inside c.png's header
+    reader = BytesRangeReader(data[:cut])
+    plan = plan_export(reader)
+    (ada,) = plan.learners
+    read = {f.name: read_member(reader, f.location) for f in ada.files if f.location is not None}
+    assert read == {"a.png": PNG, "b.svg": SVG}
+    assert [f.problem.code for f in ada.files if f.problem is not None] == ["FILE_CUT_OFF"]
 
 
 def _eocd_pos(data: bytes) -> int:
     return data.rindex(b"PK\x05\x06")
 
 
+def _read_from_local_headers(data: bytes) -> None:
+    plan = plan_export(BytesRangeReader(data))
+    assert plan.stats.cut_short and plan.stats.usable_files == 3
+    with member_index(BytesRangeReader(data)) as index:
+        assert index.cut_short and sorted(index) == ["a.png", "b.svg", "c.png", "manifest.txt"]
+
+
 def test_central_directory_offset_beyond_size() -> None:
     data = bytearray(good_export())
     pos = _eocd_pos(bytes(data))
     struct.pack_into("<L", data, pos + 16, len(data) + 1000)
-    assert code_of(plan_export, BytesRangeReader(bytes(data))) == "TRUNCATED_ZIP"
+    _read_from_local_headers(bytes(data))
 
 
 def test_bad_central_signature() -> None:
     data = bytearray(good_export())
     first = data.index(b"PK\x01\x02")
     data[first + 3] = 0x09
-    assert code_of(plan_export, BytesRangeReader(bytes(data))) == "TRUNCATED_ZIP"
+    _read_from_local_headers(bytes(data))
 
 
 def test_wrong_entry_count(paths: str, scratch: Path) -> None:
     data = bytearray(good_export())
     pos = _eocd_pos(bytes(data))
     struct.pack_into("<HH", data, pos + 8, 9, 9)
-    assert code_of(plan_export, BytesRangeReader(bytes(data))) == "TRUNCATED_ZIP"
-    assert code_of(member_index, BytesRangeReader(bytes(data))) == "TRUNCATED_ZIP"
+    _read_from_local_headers(bytes(data))
     assert not any(scratch.iterdir())
+
+
+def test_a_damaged_directory_with_no_local_headers_to_fall_back_on_is_truncated() -> None:
+    data = bytearray(good_export())
+    data[0:4] = b"PK00"  # spanning marker: what follows is not a local header
+    pos = _eocd_pos(bytes(data))
+    struct.pack_into("<L", data, pos + 16, len(data) + 1000)
+    assert code_of(plan_export, BytesRangeReader(bytes(data))) == "TRUNCATED_ZIP"
 
 
 def test_no_manifest(paths: str, scratch: Path) -> None:
