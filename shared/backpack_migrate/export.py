@@ -433,9 +433,10 @@ def _iter_member_rows(reader: RangeReader, *, block_size: int = BLOCK_SIZE) -> I
 _DESCRIPTOR_SIG = b"PK\x07\x08"
 
 
-def _iter_local_rows(reader: RangeReader, *, max_size: int = DEFAULT_MAX_SIZE) -> Iterator[_MemberRow]:
+def _iter_local_rows(reader: RangeReader) -> Iterator[_MemberRow]:
     """The members of an archive whose central directory (at its end) was cut off, read from
-    their local headers in order, up to the cut or a member whose end cannot be found."""
+    their local headers in order, up to the cut or a member whose end cannot be found (a stored
+    or encrypted member whose sizes only follow its data)."""
     pos = 0
     while True:
         head = reader.read(pos, _LOCAL.size)
@@ -445,22 +446,20 @@ def _iter_local_rows(reader: RangeReader, *, max_size: int = DEFAULT_MAX_SIZE) -
         names = reader.read(pos + _LOCAL.size, nlen + elen)
         if len(names) < nlen + elen:
             return
-        extra = names[nlen:]
-        zip64 = 0xFFFFFFFF in (usize, csize)
-        if zip64:
+        if 0xFFFFFFFF in (usize, csize):
             try:
-                usize, csize, _ = _zip64_extra(extra, usize, csize, 0)
+                usize, csize, _ = _zip64_extra(names[nlen:], usize, csize, 0)
             except ExportError:
                 return
         start = pos + _LOCAL.size + nlen + elen
         if flags & 0x08:
-            # Sizes and CRC follow the data: only a deflated member shows where its data ends.
-            found = _deflated_extent(reader, start, max_size) if method == 8 else None
-            if found is None:
+            # Sizes and CRC follow the data: only a deflated member shows where its data ends,
+            # and the descriptor after it must agree with what inflating it gave.
+            found = _deflated_extent(reader, start) if method == 8 and not flags & 0x1 else None
+            end = _descriptor_end(reader, start, *found) if found else None
+            if found is None or end is None:
                 return
             csize, usize, crc = found
-            tail = reader.read(start + csize, 4)
-            end = start + csize + (4 if tail == _DESCRIPTOR_SIG else 0) + (20 if zip64 else 12)
         else:
             end = start + csize
         if end > reader.size:
@@ -471,8 +470,31 @@ def _iter_local_rows(reader: RangeReader, *, max_size: int = DEFAULT_MAX_SIZE) -
         pos = end
 
 
-def _deflated_extent(reader: RangeReader, start: int, max_size: int) -> tuple[int, int, int] | None:
-    """(compressed size, size, CRC-32) of the deflate stream at ``start``, or None if it is cut."""
+# A data descriptor: CRC-32 and both sizes (4 or 8 bytes each, 8 in zip64), maybe signed.
+_DESCRIPTORS = (struct.Struct("<4s3L"), struct.Struct("<3L"), struct.Struct("<4sL2Q"), struct.Struct("<L2Q"))
+
+
+def _descriptor_end(reader: RangeReader, start: int, csize: int, usize: int, crc: int) -> int | None:
+    """Where the data descriptor after a member's data ends: the layout whose values match."""
+    after = start + csize
+    raw = reader.read(after, 24)
+    for layout in _DESCRIPTORS:
+        if len(raw) < layout.size:
+            continue
+        values = layout.unpack_from(raw)
+        if len(values) == 4 and values[0] != _DESCRIPTOR_SIG:
+            continue
+        if tuple(values[-3:]) == (crc, csize, usize):
+            return after + layout.size
+    return None
+
+
+def _deflated_extent(reader: RangeReader, start: int) -> tuple[int, int, int] | None:
+    """(compressed size, size, CRC-32) of the deflate stream at ``start``, or None if it is cut.
+
+    Output is taken a block at a time and dropped, so a large member or a deflate bomb costs
+    time in proportion to its size but never memory.
+    """
     inflater = zlib.decompressobj(-15)
     pos, size, crc = start, 0, 0
     while not inflater.eof:
@@ -481,13 +503,11 @@ def _deflated_extent(reader: RangeReader, start: int, max_size: int) -> tuple[in
             return None
         pending = chunk
         while pending and not inflater.eof:
-            try:  # output taken a block at a time: a deflate bomb never lands in memory whole
+            try:
                 data = inflater.decompress(pending, BLOCK_SIZE)
             except zlib.error:
                 return None
             size += len(data)
-            if size > max_size:
-                return None  # a member that large is no badge, and stepping over it is not worth it
             crc = zlib.crc32(data, crc)
             pending = inflater.unconsumed_tail
         pos += len(chunk) - len(inflater.unused_data)

@@ -413,8 +413,14 @@ def test_a_cut_export_whose_members_carry_data_descriptors_is_read_up_to_the_cut
     manifest = {"ada@example.org": ["a.png", "b.svg", "c.png"]}
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("manifest.txt", json.dumps(manifest))
-        for name, body in (("a.png", PNG), ("b.svg", SVG), ("c.png", PNG)):
-            with zf.open(name, "w") as member:
+        members = (
+            ("a.png", PNG, True),  # a zip64 descriptor: 8-byte sizes
+            ("big.bin", bytes(21 * 1024 * 1024), False),  # larger than any badge: stepped over
+            ("b.svg", SVG, False),
+            ("c.png", PNG, False),
+        )
+        for name, body, zip64 in members:
+            with zf.open(name, "w", force_zip64=zip64) as member:
                 member.write(body)
     data = bytes(out.data)
     assert data[6] & 0x08  # really written with data descriptors
