@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 LINK_VERSION = "v1"
@@ -41,12 +41,12 @@ def _mac(secret: bytes, body: str) -> str:
     return _b64(hmac.new(secret, b"link:" + body.encode(), hashlib.sha256).digest())
 
 
-def _signed_by(secret: bytes | None, body: str, signature: str) -> bool:
-    return secret is not None and hmac.compare_digest(_mac(secret, body), signature)
+def _signed_by(secret: bytes, body: str, signature: str) -> bool:
+    return hmac.compare_digest(_mac(secret, body), signature)
 
 
-def no_previous_secret() -> bytes | None:
-    return None
+def no_other_secrets() -> Iterable[bytes]:
+    return ()
 
 
 def sign_link(
@@ -62,19 +62,22 @@ def verify_link(
     token: str,
     now: float | None = None,
     *,
-    previous_secret: Callable[[], bytes | None] = no_previous_secret,
+    other_secrets: Callable[[], Iterable[bytes]] = no_other_secrets,
 ) -> LinkClaims:
-    """The claims of a link signed with ``secret``, or with the key it replaced.
+    """The claims of a link signed with ``secret``, or with another key the link may hold.
 
-    ``previous_secret`` is asked only when ``secret`` does not match, so links emailed before a
-    key rotation keep working until they expire, at no cost to the others.
+    ``other_secrets`` (the key before the last rotation, say) is read only when ``secret`` does
+    not match, and only as far as needed, so links emailed before a key rotation keep working
+    until they expire at no cost to the others.
     """
     body, dot, signature = token.partition(".")
     if not dot or not body or not signature or len(token) > 512:
         raise LinkError(
             "LINK_MALFORMED", "This link is incomplete. Please open the link from your email again."
         )
-    if not _signed_by(secret, body, signature) and not _signed_by(previous_secret(), body, signature):
+    if not _signed_by(secret, body, signature) and not any(
+        _signed_by(other, body, signature) for other in other_secrets()
+    ):
         raise LinkError("LINK_FORGED", "This link is not valid. Please open the link from your email again.")
     try:
         version, learner_id, export_id, expires = _unb64(body).decode().split("|")

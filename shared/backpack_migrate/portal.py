@@ -42,7 +42,7 @@ class Page:
 
 def _claims(svc: Services, token: str) -> LinkClaims:
     try:
-        return verify_link(svc.link_secret(), token, previous_secret=svc.previous_link_secret)
+        return verify_link(svc.link_secret(), token, other_secrets=svc.other_link_secrets)
     except LinkError as error:
         status = 410 if error.code == "LINK_EXPIRED" else 403
         raise PortalError(status, "This link cannot be used", error.message) from error

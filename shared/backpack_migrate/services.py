@@ -6,13 +6,14 @@ Handlers take a ``Services`` (tests pass one made of fakes); nothing else reads 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .config import Settings, get_settings
 from .crypto import EmailCipher, TokenVault, learner_id_for
-from .links import no_previous_secret
+from .links import no_other_secrets
 from .notify import EmailSender, RateLimiter
 from .queues import JobQueue
 from .store import Store
@@ -46,8 +47,8 @@ class Services:
     once: Callable[[str, Any], Any] = _no_idempotency
     # Lets idempotency records expire with the invocation that wrote them.
     register_context: Callable[[Any], None] = _ignore_context
-    # The link-signing key before its last rotation (Secrets Manager's AWSPREVIOUS), if any.
-    previous_link_secret: Callable[[], bytes | None] = no_previous_secret
+    # Keys a link may be signed with besides the cached current one (see build_services).
+    other_link_secrets: Callable[[], Iterable[bytes]] = no_other_secrets
     _verifier: Any = field(default=None, init=False, repr=False)
     _badgr: Any = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -152,12 +153,28 @@ def build_services(settings: Settings) -> Services:
     def secret_bytes(arn: str) -> bytes:
         return key_bytes(secrets.get(arn, max_age=300))
 
-    def previous_link_secret() -> bytes | None:
-        try:
-            value = previous_secrets.get(settings.link_secret_arn, max_age=300, VersionStage="AWSPREVIOUS")
-        except parameters.GetParameterError:
-            return None  # the key was never rotated: there is no AWSPREVIOUS version
-        return key_bytes(value)
+    no_previous_until = [0.0]
+    current_refreshed_at = [float("-inf")]
+
+    def other_link_secrets() -> Iterator[bytes]:
+        """For a link the cached current key refuses: the key before the last rotation, then (at
+        most every 30 s) the current key read afresh, in case it was rotated since it was cached.
+        A key never rotated has no previous version; that is remembered like a found key, so
+        forged links cost no Secrets Manager calls."""
+        now = time.monotonic()
+        if now >= no_previous_until[0]:
+            try:
+                yield key_bytes(
+                    previous_secrets.get(settings.link_secret_arn, max_age=300, VersionStage="AWSPREVIOUS")
+                )
+            except parameters.GetParameterError as error:
+                cause = error.__cause__ or error.__context__
+                if getattr(cause, "response", {}).get("Error", {}).get("Code") != "ResourceNotFoundException":
+                    raise
+                no_previous_until[0] = now + 300
+        if now - current_refreshed_at[0] >= 30:
+            current_refreshed_at[0] = now
+            yield key_bytes(secrets.get(settings.link_secret_arn, max_age=300, force_fetch=True))
 
     def verifier_factory() -> Any:
         from .openbadges import SafeFetcher, Verifier
@@ -188,5 +205,5 @@ def build_services(settings: Settings) -> Services:
         badgr_factory=badgr_factory,
         once=once,
         register_context=idempotency_config.register_lambda_context,
-        previous_link_secret=previous_link_secret,
+        other_link_secrets=other_link_secrets,
     )

@@ -262,6 +262,45 @@ def test_links_emailed_before_the_link_key_was_rotated_still_open(aws: Services)
     assert _get(f"/l/{after}", "/l/{token}", {"token": after})["statusCode"] == 200
 
 
+def test_forged_links_cost_no_secrets_manager_calls_on_a_key_never_rotated(
+    aws: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    learner_id = _read_learner(aws)
+    stages: list[str] = []
+    real_client = boto3.client
+
+    def client(service: str, *args: Any, **kwargs: Any) -> Any:
+        made = real_client(service, *args, **kwargs)
+        if service == "secretsmanager":
+            real_get = made.get_secret_value
+
+            def counted(**request: Any) -> Any:
+                stages.append(request.get("VersionStage", "AWSCURRENT"))
+                return real_get(**request)
+
+            made.get_secret_value = counted
+        return made
+
+    monkeypatch.setattr(boto3, "client", client)
+    use_services(build_services(aws.settings))
+    for n in range(5):
+        forged = sign_link(f"forged key {n}".encode() * 3, learner_id, "export", 3600)
+        assert _get(f"/l/{forged}", "/l/{token}", {"token": forged})["statusCode"] == 403
+    # The current key, its previous version (there is none), the current key afresh: once each.
+    assert stages == ["AWSCURRENT", "AWSPREVIOUS", "AWSCURRENT"]
+
+
+def test_a_link_signed_with_a_key_rotated_after_this_instance_cached_it_opens(aws: Services) -> None:
+    learner_id = _read_learner(aws)
+    before = _link(aws, learner_id)
+    assert _get(f"/l/{before}", "/l/{token}", {"token": before})["statusCode"] == 200
+    secrets = boto3.client("secretsmanager", region_name="us-east-1")
+    secrets.put_secret_value(SecretId=aws.settings.link_secret_arn, SecretString="z" * 48)
+    # The notifier already signs with the new key; this web instance still holds the old one.
+    fresh = sign_link(b"z" * 48, learner_id, "export", 3600)
+    assert _get(f"/l/{fresh}", "/l/{token}", {"token": fresh})["statusCode"] == 200
+
+
 def test_connect_needs_the_session_and_its_csrf_token_and_sends_to_badgr_with_pkce(aws: Services) -> None:
     learner_id = _read_learner(aws)
     token = _link(aws, learner_id)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
@@ -38,22 +39,25 @@ def test_a_link_signed_before_a_key_rotation_still_opens_and_only_then_is_the_ol
     old_key = b"o" * 32
     asked: list[str] = []
 
-    def previous() -> bytes:
+    def others() -> Iterator[bytes]:
         asked.append("previous")
-        return old_key
+        yield old_key
+        asked.append("refreshed")
+        yield b"r" * 32
 
     current = sign_link(SECRET, "learner1", "export1", ttl_seconds=60)
-    assert verify_link(SECRET, current, previous_secret=previous).learner_id == "learner1"
+    assert verify_link(SECRET, current, other_secrets=others).learner_id == "learner1"
     assert asked == []
     before_rotation = sign_link(old_key, "learner1", "export1", ttl_seconds=60)
-    assert verify_link(SECRET, before_rotation, previous_secret=previous).learner_id == "learner1"
-    assert asked == ["previous"]
+    assert verify_link(SECRET, before_rotation, other_secrets=others).learner_id == "learner1"
+    assert asked == ["previous"]  # read only as far as needed
     with pytest.raises(LinkError) as raised:
-        verify_link(SECRET, before_rotation)  # no previous key: never rotated
+        verify_link(SECRET, before_rotation)  # no other key: never rotated
     assert raised.value.code == "LINK_FORGED"
+    asked.clear()
     with pytest.raises(LinkError) as raised:
-        verify_link(SECRET, sign_link(b"x" * 32, "learner1", "export1", 60), previous_secret=previous)
-    assert raised.value.code == "LINK_FORGED"
+        verify_link(SECRET, sign_link(b"x" * 32, "learner1", "export1", 60), other_secrets=others)
+    assert raised.value.code == "LINK_FORGED" and asked == ["previous", "refreshed"]
 
 
 def test_changing_the_learner_in_a_link_breaks_its_signature() -> None:
