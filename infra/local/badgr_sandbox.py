@@ -141,7 +141,7 @@ def _ids(value: Any) -> list[str]:
 
 def _iso_datetime(value: Any) -> datetime | None:
     if not isinstance(value, str):
-        return None  # the validator skips what it cannot read as an ISO 8601 date-time
+        return None  # not an ISO 8601 string: the validator's property checks, not modelled here
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -181,9 +181,12 @@ def _check_hosted_origin(node: str, issuer: dict[str, Any]) -> None:
                 node,
             )
         )
-    allowed = policy.get("allowedOrigins", urlsplit(str(issuer.get("id") or "")).netloc)
+    issuer_id = str(issuer.get("id") or "")
+    allowed = policy.get("allowedOrigins", urlsplit(issuer_id).netloc)
     allowed = [allowed] if isinstance(allowed, str) else allowed or []
-    if allowed and urlsplit(node).netloc not in allowed:
+    if not allowed or not issuer_id.startswith("http"):
+        return  # an issuer with no web address has no origin to hold its badges to
+    if urlsplit(node).netloc not in allowed:
         raise _RejectionError(
             _flat(
                 "HOSTED_ID_IN_VERIFICATION_SCOPE",

@@ -20,7 +20,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -222,14 +222,22 @@ _OUTCOME_REASONS: dict[str, str] = {
 }
 
 
+def _reason(codes: Iterable[str]) -> tuple[str, str] | None:
+    """The first of Badgr's codes we have plain words for, in order of what matters most."""
+    code_set = set(codes)
+    return next(((code, sentence) for code, sentence in _REASONS if code in code_set), None)
+
+
 def reason_for(outcome: str, codes: Iterable[str] = ()) -> str:
     """One plain-words sentence for a learner about an import outcome."""
-    if outcome == "rejected":
-        code_set = set(codes)
-        for code, sentence in _REASONS:
-            if code in code_set:
-                return sentence
-    return _OUTCOME_REASONS.get(outcome, _OUTCOME_REASONS["rejected"])
+    found = _reason(codes) if outcome == "rejected" else None
+    return found[1] if found else _OUTCOME_REASONS.get(outcome, _OUTCOME_REASONS["rejected"])
+
+
+def reason_code(codes: Sequence[str]) -> str | None:
+    """The code :func:`reason_for` explains a refusal by (else Badgr's first), to record beside it."""
+    found = _reason(codes)
+    return found[0] if found else (codes[0] if codes else None)
 
 
 def _retry_after(response: requests.Response, body: Any = None) -> float | None:

@@ -219,9 +219,10 @@ def _import(svc: Services, badge: BadgeRecord, receive_count: int) -> BadgeState
     answer = BadgrAnswer.model_validate(result["answer"])
     problem = None
     if state == BadgeState.REJECTED:
-        problem = Problem(
-            code=(answer.codes[0] if answer.codes else "BADGR_REJECTED"), message=result["reason"]
-        )
+        from .badgr import reason_code
+
+        # The code recorded is the one the sentence explains: "move again" is decided by it.
+        problem = Problem(code=reason_code(answer.codes) or "BADGR_REJECTED", message=result["reason"])
     return _finish(svc, badge, state, problem=problem, badgr=answer, attempts=receive_count, form=form)
 
 

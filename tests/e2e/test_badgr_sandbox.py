@@ -425,6 +425,10 @@ def test_dates_and_hosted_origin_are_checked_as_the_validator_checks_them(
     host = urlsplit(site.url).netloc
     moved["badge"]["issuer"] = {**foreign, "verification": {"allowedOrigins": [host]}}
     assert send(moved) == ("imported", [])
+    # An issuer with no web address has no origin to enforce.
+    anywhere = site.badge("anywhere", LEARNER)
+    anywhere["badge"] = {**badge_class, "issuer": {**issuer, "id": "urn:uuid:5a1e0c1a"}}
+    assert send(anywhere) == ("imported", [])
 
 
 def test_import_to_an_unverified_email_is_pending(

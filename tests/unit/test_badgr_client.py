@@ -402,3 +402,13 @@ def test_tokens_expiry() -> None:
     tokens = Tokens(access_token="a", refresh_token="r", expires_at=1000.0, scope="")
     assert tokens.expired(now=950.0)
     assert not tokens.expired(now=900.0)
+
+
+def test_the_code_recorded_for_a_refusal_is_the_one_its_sentence_explains() -> None:
+    from backpack_migrate.badgr import reason_code, reason_for
+
+    codes = ["VALIDATE_PROPERTY", "VERIFY_RECIPIENT_IDENTIFIER"]
+    assert reason_code(codes) == "VERIFY_RECIPIENT_IDENTIFIER"
+    assert "add that address in Badgr" in reason_for("rejected", codes)
+    assert reason_code(["SOMETHING_NEW", "OTHER"]) == "SOMETHING_NEW"
+    assert reason_code([]) is None
