@@ -198,6 +198,12 @@ class HttpRoute:
 # --------------------------------------------------------------------------- the stack
 
 
+def _upload_identity(etag: str, version_id: str | None) -> str:
+    """What tells one upload of a key from another: its version, or in an unversioned bucket
+    (version "null") its ETag."""
+    return version_id if version_id and version_id != "null" else etag
+
+
 class LocalStack:
     """The service's AWS resources in moto (server mode) and its functions run by dispatchers.
 
@@ -886,7 +892,7 @@ class LocalStack:
             raise ValueError(f"no function is notified for s3://{bucket}/{key}")
         head = self._client("s3").head_object(Bucket=bucket, Key=key)
         with self._s3_lock:
-            self._s3_seen.add((bucket, key, head["ETag"]))
+            self._s3_seen.add((bucket, key, _upload_identity(head["ETag"], head.get("VersionId"))))
         event = self._s3_event(bucket, key, int(head["ContentLength"]), head["ETag"], head.get("VersionId"))
         if wait:
             with self._running():
@@ -895,28 +901,27 @@ class LocalStack:
             self._async_queue.put((function, event))
 
     def _scan_buckets(self) -> None:
+        """Deliver an ObjectCreated event for every object version not seen yet, oldest first,
+        as S3 sends one per upload (an unversioned bucket lists each object as version "null")."""
         s3 = self._client("s3")
         for bucket, prefix, suffix, function in self._s3_watch:
-            paginator = s3.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-                for obj in page.get("Contents", []):
-                    key, etag = obj["Key"], obj["ETag"]
-                    if not key.endswith(suffix):
+            versions = [
+                version
+                for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
+                for version in page.get("Versions", [])
+                if version["Key"].endswith(suffix)
+            ]
+            for version in sorted(versions, key=lambda v: v["LastModified"]):
+                key, etag, version_id = version["Key"], version["ETag"], version.get("VersionId")
+                seen = (bucket, key, _upload_identity(etag, version_id))
+                event = self._s3_event(bucket, key, int(version["Size"]), etag, version_id)
+                with self._s3_lock:
+                    # Seen and queued in one step: wait_idle must never find an upload seen but
+                    # not yet queued, or it would call the stack idle too soon.
+                    if seen in self._s3_seen:
                         continue
-                    with self._s3_lock:
-                        if (bucket, key, etag) in self._s3_seen:
-                            continue
-                    version_id = None
-                    with contextlib.suppress(Exception):  # replaced since the listing: no version
-                        version_id = s3.head_object(Bucket=bucket, Key=key, IfMatch=etag).get("VersionId")
-                    event = self._s3_event(bucket, key, int(obj["Size"]), etag, version_id)
-                    with self._s3_lock:
-                        # Seen and queued in one step: wait_idle must never find an upload seen
-                        # but not yet queued, or it would call the stack idle too soon.
-                        if (bucket, key, etag) in self._s3_seen:
-                            continue
-                        self._s3_seen.add((bucket, key, etag))
-                        self._async_queue.put((function, event))
+                    self._s3_seen.add(seen)
+                    self._async_queue.put((function, event))
 
     def _s3_watcher(self) -> None:
         while not self._stop.is_set():

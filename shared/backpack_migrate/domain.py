@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,9 +20,8 @@ def now_iso() -> str:
 
 def request_stamp() -> str:
     """When a learner asked to move, to the microsecond: it also names that request, so two
-    requests in the same second still get a summary and an answer from Badgr each."""
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+    requests in the same second still get a summary each."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class BadgeState(StrEnum):

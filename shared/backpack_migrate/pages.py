@@ -110,9 +110,13 @@ def _movable(badges: Sequence[BadgeRecord]) -> tuple[int, int]:
             and not (b.verdict and b.verdict.certain_to_fail)
         )
     ]
-    # Refused once by Badgr, or with a "may not move" line beside it.
+    # Refused or given up on once already, or with a "may not move" line beside it.
     uncertain = sum(
-        1 for b in movable if b.can_move_again or (b.verdict and not b.verdict.valid and b.verdict.errors)
+        1
+        for b in movable
+        if b.can_move_again
+        or b.state == BadgeState.DEAD_LETTERED
+        or (b.verdict and not b.verdict.valid and b.verdict.errors)
     )
     return len(movable) - uncertain, uncertain
 

@@ -137,23 +137,38 @@ def test_the_same_import_message_twice_imports_once(aws: Services, monkeypatch: 
     assert {b.state for b in aws.store.list_badges(learner_id)} == {BadgeState.IMPORTED}
 
 
-def test_a_badge_refused_for_its_address_moves_when_the_learner_moves_again(aws: Services) -> None:
+def test_a_badge_refused_for_its_address_moves_when_the_learner_moves_again(
+    aws: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
     from backpack_migrate.migration import request_migration
 
     learner_id, jobs = _connected_learner(aws)
     first_url = hosted_assertion("h1", EMAIL)["id"]
-    aws._badgr = ScriptedBadgr({first_url: ["rejected", "imported"]})
+    aws._badgr = ScriptedBadgr({first_url: ["rejected", "imported", "rejected"]})
     migrate = load_handler("migrate")
     assert migrate.handler(sqs_event(jobs), FakeContext()) == {"batchItemFailures": []}
-    refused = [b for b in aws.store.list_badges(learner_id) if b.state == BadgeState.REJECTED]
-    assert len(refused) == 1 and refused[0].can_move_again
-    # A replay of the same job keeps Badgr's first answer...
-    assert migrate.handler(sqs_event(jobs, receive_count=2), FakeContext()) == {"batchItemFailures": []}
-    assert len(aws._badgr.imports) == 2
-    # ...and once the learner has added the address in Badgr, moving again asks Badgr again.
+    (refused,) = [b for b in aws.store.list_badges(learner_id) if b.state == BadgeState.REJECTED]
+    assert refused.can_move_again
+    # Once the learner has added the address in Badgr, moving again asks Badgr anew...
     assert request_migration(aws, learner_id) == 1
     again = drain(aws, aws.settings.migrate_queue_url)
-    assert migrate.handler(sqs_event(again), FakeContext()) == {"batchItemFailures": []}
+    real_transition = aws.store.transition
+    crashes: list[str] = []
+
+    def dies_once(badge: Any, expected: Any) -> bool:
+        if badge.state == BadgeState.IMPORTED and not crashes:
+            crashes.append(badge.badge_id)
+            raise RuntimeError("the worker died after Badgr took the badge")
+        return real_transition(badge, expected)
+
+    monkeypatch.setattr(aws.store, "transition", dies_once)
+    with pytest.raises(BatchProcessingError):  # the batch's only record failed
+        migrate.handler(sqs_event(again), FakeContext())
+    assert crashes
+    # ...and that new question is answered once: the replay reuses Badgr's "imported".
+    assert migrate.handler(sqs_event(again, receive_count=2), FakeContext()) == {"batchItemFailures": []}
     assert [imp["url"] for imp in aws._badgr.imports] == [
         first_url,
         hosted_assertion("h2", EMAIL)["id"],

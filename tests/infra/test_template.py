@@ -195,7 +195,8 @@ def test_bucket_is_private_encrypted_and_notifies_intake(cfn: dict[str, Any]) ->
     assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
     assert rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
     assert rule["BucketKeyEnabled"] is True
-    (lifecycle,) = bucket["LifecycleConfiguration"]["Rules"]
+    lifecycle, markers = bucket["LifecycleConfiguration"]["Rules"]
+    assert markers["ExpiredObjectDeleteMarker"] is True and markers["Prefix"] == "exports/"
     assert lifecycle["Prefix"] == "exports/"
     assert lifecycle["ExpirationInDays"] == {"Ref": "ExportRetentionDays"}
     assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}

@@ -28,6 +28,11 @@ READY = badge(BadgeState.VERIFIED, VerdictSummary(valid=True))
 MAYBE = badge(BadgeState.VERIFIED, VerdictSummary(valid=False, errors=[MISMATCH]))
 NEVER = badge(BadgeState.VERIFIED, VerdictSummary(valid=False, certain_to_fail=True, errors=[MISMATCH]))
 MOVED = badge(BadgeState.IMPORTED, VerdictSummary(valid=True))
+GAVE_UP = badge(
+    BadgeState.DEAD_LETTERED,
+    VerdictSummary(valid=True),
+    Problem(code="BADGR_UNAVAILABLE", message="Badgr did not take this badge after several tries."),
+)
 # Refused by Badgr: for an address the learner can add to their account, or for good.
 REFUSED = badge(
     BadgeState.REJECTED,
@@ -49,9 +54,13 @@ REVOKED = badge(
         ([MAYBE, MAYBE, NEVER], "2 of your badges may move (see the note beside each)."),
         ([MOVED, NEVER], None),
         ([MOVED, REFUSED, REVOKED], "1 of your badges may move (see the note beside it)."),
+        (
+            [READY, GAVE_UP],
+            "1 of your badges is ready to move, and 1 more may move (see the note beside it).",
+        ),
     ],
 )
-def test_the_landing_summary_counts_only_what_the_lines_beside_the_badges_say(
+def test_the_landing_summary_tells_badges_ready_to_move_from_those_that_may(
     badges: list[BadgeRecord], summary: str | None
 ) -> None:
     assert movable_summary(badges) == summary

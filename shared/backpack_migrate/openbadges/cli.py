@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .fetch import Fetcher, MapFetcher, SafeFetcher
-from .model import Verdict
+from .model import Issue, Verdict
 from .unbake import MAX_IMAGE_BYTES
 from .verify import Verifier
 
@@ -110,8 +110,8 @@ def run_verify(argv: list[str], out: TextIO | None = None, err: TextIO | None = 
     def unusable(code: str, message: str) -> int:
         err.write(message + "\n")
         if args.json:
-            verdict = {"valid": False, "version": None, "errors": [{"code": code, "message": message}]}
-            out.write(json.dumps({**verdict, "warnings": [], "badge": None}, indent=2) + "\n")
+            verdict = Verdict(valid=False, errors=[Issue(code=code, message=message)])
+            out.write(json.dumps(verdict_json(verdict), indent=2) + "\n")
         return EXIT_UNUSABLE
 
     fetcher: Fetcher

@@ -760,14 +760,14 @@ class Verifier:
 
     # ----------------------------------------------------------------------------------- signed
 
-    def _load_key(self, run: _Run, url: str) -> tuple[rsa.RSAPublicKey | None, dict[str, Any] | None]:
-        """(key, the key's JSON document when it came as one)."""
+    def _load_key(self, run: _Run, url: str) -> rsa.RSAPublicKey | None:
+        """The public key at ``url``: a CryptographicKey document (2.0) or a bare PEM (1.0)."""
         if not _is_web_url(url):
             run.check.error("KEY_UNREACHABLE")
-            return None, None
+            return None
         doc, value = self._fetch_doc(url, "KEY", run)
         if doc is None or not (200 <= doc.status < 300):
-            return None, None
+            return None
         key_doc = value if isinstance(value, dict) else None
         pem: str | bytes | None
         if key_doc is not None:
@@ -778,7 +778,7 @@ class Verifier:
             pem = None
         if pem is None:
             run.check.error("KEY_UNREADABLE")
-            return None, key_doc
+            return None
         with self._lock:
             cached = self._keys.get(url)
         if cached is None:
@@ -790,8 +790,8 @@ class Verifier:
                 self._keys[url] = cached
         if isinstance(cached, InvalidKeyError):
             run.check.error("KEY_INVALID")
-            return None, key_doc
-        return cached, key_doc
+            return None
+        return cached
 
     def _check_signed(
         self, run: _Run, doc: dict[str, Any], version: str, issuer: dict[str, Any] | None
@@ -805,7 +805,7 @@ class Verifier:
             if not key_url:
                 chk.error("KEY_UNKNOWN")
                 return
-            key, _key_doc = self._load_key(run, key_url)
+            key = self._load_key(run, key_url)
             if key is None:
                 return
             if not signature_valid(key, signing_input, signature):
@@ -823,22 +823,22 @@ class Verifier:
             if not candidates:
                 chk.error("KEY_UNKNOWN")
                 return
-            matched: tuple[str, dict[str, Any] | None] | None = None
-            for url in candidates:
-                key, key_doc = self._load_key(run, url)
-                if key is None:
-                    continue
-                if signature_valid(key, signing_input, signature):
-                    matched = (url, key_doc)
-                    break
-            if matched is None:
+            signer = next(
+                (
+                    url
+                    for url in candidates
+                    if (key := self._load_key(run, url)) is not None
+                    and signature_valid(key, signing_input, signature)
+                ),
+                None,
+            )
+            if signer is None:
                 if not chk.errors or all(not e.code.startswith("KEY_") for e in chk.errors):
                     chk.error("SIGNATURE_INVALID")
                 return
-            key_url, _key_doc = matched
             # Only the issuer's own profile can vouch for a key: the key document's "owner" is
             # written by whoever hosts the key, so it proves nothing.
-            if issuer is not None and key_url not in issuer_keys:
+            if issuer is not None and signer not in issuer_keys:
                 chk.error("KEY_NOT_ISSUERS")
         if issuer is not None:
             self._check_revocation(run, doc, issuer)
