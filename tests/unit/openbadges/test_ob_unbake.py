@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
+import tracemalloc
 import zlib
 
 import pytest
@@ -88,9 +89,16 @@ def test_unreadable_inputs(data: bytes, code: str) -> None:
 def test_png_zip_bomb_is_capped() -> None:
     bomb = zlib.compress(b"a" * 50_000_000, 9)
     body = b"openbadges\x00\x01\x00\x00\x00" + bomb
-    with pytest.raises(UnbakeError) as info:  # refused at the cap, not after inflating 50 MB
-        unbake(tiny_png(png_chunk(b"iTXt", body)))
+    image = tiny_png(png_chunk(b"iTXt", body))
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnbakeError) as info:
+            unbake(image)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     assert info.value.code == "BAKED_DATA_UNREADABLE"
+    assert peak < 20_000_000  # refused at the cap, not after inflating all 50 MB
 
 
 def test_too_large_image() -> None:
