@@ -116,19 +116,25 @@ def _connected_learner(aws: Services) -> tuple[str, list[dict[str, Any]]]:
     return learner_id, drain(aws, aws.settings.migrate_queue_url)
 
 
-def test_the_same_import_message_twice_imports_once(aws: Services, monkeypatch: pytest.MonkeyPatch) -> None:
-    learner_id, jobs = _connected_learner(aws)
-    # The worker dies after Badgr accepted the first badge but before the state was written.
+def _worker_dies_once_after_badgr(aws: Services, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The first time a badge is to be recorded as imported, the worker dies instead: Badgr has
+    the badge, our record does not. Returns the ids of the badges it happened to (one)."""
     real_transition = aws.store.transition
-    crashes = []
+    crashes: list[str] = []
 
-    def crash_once(badge: Any, expected: Any) -> bool:
+    def dies_once(badge: Any, expected: Any) -> bool:
         if badge.state == BadgeState.IMPORTED and not crashes:
             crashes.append(badge.badge_id)
-            raise RuntimeError("the worker died here")
+            raise RuntimeError("the worker died after Badgr took the badge")
         return real_transition(badge, expected)
 
-    monkeypatch.setattr(aws.store, "transition", crash_once)
+    monkeypatch.setattr(aws.store, "transition", dies_once)
+    return crashes
+
+
+def test_the_same_import_message_twice_imports_once(aws: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    learner_id, jobs = _connected_learner(aws)
+    _worker_dies_once_after_badgr(aws, monkeypatch)
     migrate = load_handler("migrate")
     first = migrate.handler(sqs_event(jobs), FakeContext())
     assert len(first["batchItemFailures"]) == 1
@@ -154,16 +160,7 @@ def test_a_badge_refused_for_its_address_moves_when_the_learner_moves_again(
     # Once the learner has added the address in Badgr, moving again asks Badgr anew...
     assert request_migration(aws, learner_id) == 1
     again = drain(aws, aws.settings.migrate_queue_url)
-    real_transition = aws.store.transition
-    crashes: list[str] = []
-
-    def dies_once(badge: Any, expected: Any) -> bool:
-        if badge.state == BadgeState.IMPORTED and not crashes:
-            crashes.append(badge.badge_id)
-            raise RuntimeError("the worker died after Badgr took the badge")
-        return real_transition(badge, expected)
-
-    monkeypatch.setattr(aws.store, "transition", dies_once)
+    crashes = _worker_dies_once_after_badgr(aws, monkeypatch)
     with pytest.raises(BatchProcessingError):  # the batch's only record failed
         migrate.handler(sqs_event(again), FakeContext())
     assert crashes
