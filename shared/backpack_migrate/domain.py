@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -199,6 +200,25 @@ class BadgeRecord(BaseModel):
             and self.problem is not None
             and self.problem.code in FIXABLE_REFUSALS
         )
+
+
+def movable_counts(badges: Iterable[BadgeRecord]) -> tuple[int, int]:
+    """How many badges a move would send to Badgr now: (ready, uncertain)."""
+    ready = uncertain = 0
+    for b in badges:
+        waiting = b.state in (BadgeState.EXTRACTED, BadgeState.VERIFIED, BadgeState.DEAD_LETTERED)
+        if not (b.can_move_again or (waiting and not (b.verdict and b.verdict.certain_to_fail))):
+            continue
+        # Refused or given up on once already, or with a "may not move" line beside it.
+        if (
+            b.can_move_again
+            or b.state == BadgeState.DEAD_LETTERED
+            or (b.verdict and not b.verdict.valid and b.verdict.errors)
+        ):
+            uncertain += 1
+        else:
+            ready += 1
+    return ready, uncertain
 
 
 class LearnerRecord(BaseModel):

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .domain import STATE_WORDS, BadgeRecord, BadgeState
+from .domain import STATE_WORDS, BadgeRecord, BadgeState, movable_counts
 
 
 @dataclass(frozen=True)
@@ -91,14 +91,24 @@ def invitation(to: str, link: str, badge_count: int, expires_on: str) -> Email:
 
 
 def summary(to: str, link: str, badges: Iterable[BadgeRecord]) -> Email:
+    badges = list(badges)
     counts = Counter(badge.state for badge in badges)
     moved = counts[BadgeState.IMPORTED] + counts[BadgeState.ALREADY_IN_BADGR]
     lines = [f"{STATE_WORDS[state]}: {count}" for state, count in sorted(counts.items())]
+    left = sum(movable_counts(badges))
+    one = left == 1
+    again = (
+        f"{left} badge{'' if one else 's'} can still move: see the note beside {'it' if one else 'each'}, "
+        f"then open your link again to move {'it' if one else 'them'}."
+        if left
+        else ""
+    )
     text = (
         "Hello,\n\n"
         f"Moving your badges to Badgr has finished: {moved} of {counts.total()} "
         "are in your Badgr backpack.\n\n"
         + "\n".join(lines)
+        + (f"\n\n{again}" if again else "")
         + f"\n\nEvery badge, with the reason for any that could not move: {link}\n"
     )
     items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
@@ -106,7 +116,8 @@ def summary(to: str, link: str, badges: Iterable[BadgeRecord]) -> Email:
         "<p>Hello,</p>"
         f"<p>Moving your badges to Badgr has finished: {moved} of {counts.total()} are in your "
         f"Badgr backpack.</p><ul>{items}</ul>"
-        f'<p><a href="{html.escape(link)}">'
+        + (f"<p>{html.escape(again)}</p>" if again else "")
+        + f'<p><a href="{html.escape(link)}">'
         "See every badge, with the reason for any that could not move</a></p>"
     )
     return Email(to=to, subject="Your badges have moved to Badgr", text=text, html=_page(body))

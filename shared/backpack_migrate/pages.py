@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from html import escape
 
-from .domain import FINAL_STATES, STATE_WORDS, BadgeRecord, BadgeState
+from .domain import FINAL_STATES, STATE_WORDS, BadgeRecord, BadgeState, movable_counts
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;color:#1d1d1f}
@@ -99,31 +99,9 @@ def _badge_items(token: str, badges: Sequence[BadgeRecord]) -> str:
     return f"<ul class='badges'>{''.join(items)}</ul>"
 
 
-def _movable(badges: Sequence[BadgeRecord]) -> tuple[int, int]:
-    """How many badges a move would send: (ready, uncertain)."""
-    movable = [
-        b
-        for b in badges
-        if b.can_move_again
-        or (
-            b.state in (BadgeState.EXTRACTED, BadgeState.VERIFIED, BadgeState.DEAD_LETTERED)
-            and not (b.verdict and b.verdict.certain_to_fail)
-        )
-    ]
-    # Refused or given up on once already, or with a "may not move" line beside it.
-    uncertain = sum(
-        1
-        for b in movable
-        if b.can_move_again
-        or b.state == BadgeState.DEAD_LETTERED
-        or (b.verdict and not b.verdict.valid and b.verdict.errors)
-    )
-    return len(movable) - uncertain, uncertain
-
-
 def movable_summary(badges: Sequence[BadgeRecord]) -> str | None:
     """How many badges a move would send, told apart by how sure we are; None when there are none."""
-    ready, uncertain = _movable(badges)
+    ready, uncertain = movable_counts(badges)
     note = f"see the note beside {'it' if uncertain == 1 else 'each'}"
     if ready and uncertain:
         return (
@@ -172,7 +150,7 @@ def status_page(token: str, badges: Sequence[BadgeRecord]) -> str:
         else f"Moving your badges: {done} of {len(badges)} done."
     )
     again = ""
-    left = sum(_movable(badges)) if finished else 0
+    left = sum(movable_counts(badges)) if finished else 0
     if left:
         one = left == 1
         again = (

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from backpack_migrate.domain import BadgeRecord, BadgeState, Problem, VerdictSummary
+from backpack_migrate.notify import summary
 from backpack_migrate.pages import movable_summary, status_page, verdict_line
 
 pytestmark = pytest.mark.unit
@@ -78,3 +79,10 @@ def test_a_finished_move_with_badges_that_can_move_again_leads_back_to_them() ->
     assert "can still move" not in status_page("tok", [MOVED, REVOKED])
     # While the move runs, the page says how it goes, not what to do next.
     assert "can still move" not in status_page("tok", [MOVED, REFUSED, badge(BadgeState.QUEUED)])
+
+
+def test_the_summary_email_says_which_badges_can_still_move() -> None:
+    email = summary("ada@example.org", "https://badges.example.org/l/tok", iter([MOVED, REFUSED, GAVE_UP]))
+    said = "2 badges can still move: see the note beside each, then open your link again to move them."
+    assert said in email.text and said in email.html
+    assert "can still move" not in summary("ada@example.org", "https://x.example/l/t", [MOVED, REVOKED]).text
