@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from infra.local.serving import base_url, serve_in_background, stop_serving
+from infra.local.serving import LoopbackServer
 
 ALL_SCOPES = ("r:profile", "rw:profile", "r:backpack", "rw:backpack", "rw:issuer")
 SESSION_COOKIE = "badgr_sandbox_session"
@@ -309,8 +309,11 @@ def _recipient_matches(assertion: dict[str, Any], email: str) -> bool:
 # ------------------------------------------------------------------ the sandbox
 
 
-class BadgrSandbox:
+class BadgrSandbox(LoopbackServer):
     """An in-memory Badgr server on 127.0.0.1 with one registered OAuth2 application."""
+
+    thread_name = "badgr-sandbox"
+    poll_interval = 0.05
 
     def __init__(
         self,
@@ -327,6 +330,7 @@ class BadgrSandbox:
         port: int = 0,
         app_name: str = "Backpack migration",
     ) -> None:
+        super().__init__()
         self.client_id = client_id
         self.client_secret = client_secret
         self.redirect_uris = list(redirect_uris)
@@ -348,41 +352,15 @@ class BadgrSandbox:
         self._backoff: dict[str, tuple[int, float]] = {}
         self._failures: dict[str, list[_Failure]] = {}
         self._log: list[LoggedRequest] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------- life cycle
 
-    def start(self) -> str:
-        if self._server is not None:
-            return self.url
+    def _make_server(self) -> ThreadingHTTPServer:
         handler = type("BoundBadgrHandler", (_Handler,), {"sandbox": self})
         server = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
         server.daemon_threads = True
         server.block_on_close = False
-        self._server = server
-        self._thread = serve_in_background(server, "badgr-sandbox", poll_interval=0.05)
-        return self.url
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        stop_serving(self._server, self._thread)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> BadgrSandbox:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the sandbox is not running")
-        return base_url(self._server)
+        return server
 
     @property
     def authorize_endpoint(self) -> str:
@@ -1341,7 +1319,7 @@ def main() -> None:  # pragma: no cover - manual use
     args = parser.parse_args()
     sandbox = BadgrSandbox(args.client_id, args.client_secret, args.redirect_uri, port=args.port)
     sandbox.add_account("learner@example.org", "password", [("learner@example.org", True)])
-    print(f"Badgr sandbox on {sandbox.start()} (account learner@example.org / password)")
+    print(f"Badgr sandbox on {sandbox.start().url} (account learner@example.org / password)")
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

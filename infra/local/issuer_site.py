@@ -13,11 +13,10 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from infra.local.serving import base_url, serve_in_background, stop_serving
+from infra.local.serving import LoopbackServer
 
 CONTENT_TYPES = {
     ".json": "application/json",
@@ -94,51 +93,28 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status or 200, target.read_bytes(), content_type, head=head)
 
 
-class IssuerSite:
+class IssuerSite(LoopbackServer):
     """``with IssuerSite(root) as site: ... site.url ...`` -- serves ``root`` on 127.0.0.1."""
 
+    thread_name = "issuer-site"
+
     def __init__(self, root_dir: Path, latency: float = 0.0, port: int = 0) -> None:
+        super().__init__()
         self.root_dir = Path(root_dir)
         self.latency = latency
         self.port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the issuer site is not started")
-        return base_url(self._server)
+        self._hits: dict[str, int] = {}
 
     @property
     def hits(self) -> dict[str, int]:
         """Requests served per path (for tests that check caching)."""
-        return dict(self._server.hits) if self._server else {}
+        return dict(self._hits) if self._server else {}
 
-    def start(self) -> IssuerSite:
-        if self._server is not None:
-            return self
+    def _make_server(self) -> _Server:
         self.root_dir.mkdir(parents=True, exist_ok=True)
         server = _Server(("127.0.0.1", self.port), _Handler)
         server.root = self.root_dir
         server.latency = self.latency
-        server.hits = {}
+        server.hits = self._hits = {}
         server.lock = threading.Lock()
-        self._server = server
-        self._thread = serve_in_background(server, "issuer-site")
-        return self
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        stop_serving(self._server, self._thread)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> IssuerSite:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        return server
