@@ -133,17 +133,36 @@ def build_services(settings: Settings) -> Services:
     # Powertools caches a secret by its name alone, whatever VersionStage asked for, so the
     # previous version of a key is read through a provider (and cache) of its own.
     previous_secrets = _Lazy(lambda: parameters.SecretsProvider(boto3_client=boto3.client("secretsmanager")))
-    persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
-    idempotency_config = IdempotencyConfig(expires_after_seconds=7 * 86400)
+    # Powertools' persistence layer keeps the running call's key prefix and the invocation's
+    # context on itself: one per thread, as one Lambda environment runs one invocation at a time.
+    # (A process that plays several environments at once, like the local stack, runs each
+    # invocation on a thread of its own, so no invocation ever uses another's prefix.)
+    idempotency_state = threading.local()
+
+    def idempotency() -> tuple[DynamoDBPersistenceLayer, IdempotencyConfig]:
+        state: tuple[DynamoDBPersistenceLayer, IdempotencyConfig] | None = getattr(
+            idempotency_state, "layer", None
+        )
+        if state is None:
+            state = (
+                DynamoDBPersistenceLayer(table_name=settings.idempotency_table),
+                IdempotencyConfig(expires_after_seconds=7 * 86400),
+            )
+            idempotency_state.layer = state
+        return state
 
     def once(name: str, fn: Any) -> Any:
+        persistence, config = idempotency()
         return idempotent_function(
             fn,
             data_keyword_argument="job",
             persistence_store=persistence,
-            config=idempotency_config,
+            config=config,
             key_prefix=name,
         )
+
+    def register_context(context: Any) -> None:
+        idempotency()[1].register_lambda_context(context)
 
     def key_bytes(value: Any) -> bytes:
         if not isinstance(value, str | bytes):
@@ -204,6 +223,6 @@ def build_services(settings: Settings) -> Services:
         verifier_factory=verifier_factory,
         badgr_factory=badgr_factory,
         once=once,
-        register_context=idempotency_config.register_lambda_context,
+        register_context=register_context,
         other_link_secrets=other_link_secrets,
     )

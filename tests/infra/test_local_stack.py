@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import sys
 import textwrap
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,11 +20,13 @@ from typing import Any
 import boto3
 import pytest
 
-from infra.local.stack import LocalStack
+from infra.local.stack import LocalStack, load_template
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
+# A second of SQS time lasts a millisecond: ChunkQueue's 5400 s visibility is 5.4 s here.
+TIME_SCALE = 0.001
 
 # Each stand-in records what it got in the module's EVENTS list.
 FAKES = {
@@ -95,11 +97,38 @@ FAKES = {
             return {"batchItemFailures": []}
     """,
     "migrate": """
+        import time
+
+        import boto3
+
+        EVENTS = []
+        DELIVERIES = []  # (monotonic time, body, receive count)
+
+        def handler(event, context):
+            EVENTS.append(event)
+            failures = []
+            for record in event["Records"]:
+                body, count = record["body"], int(record["attributes"]["ApproximateReceiveCount"])
+                DELIVERIES.append((time.monotonic(), body, count))
+                if count > 1:
+                    continue
+                if body.startswith("hold-"):  # back off as the migrate worker does
+                    boto3.client("sqs").change_message_visibility(
+                        QueueUrl=QUEUE_URL[0],
+                        ReceiptHandle=record["receiptHandle"],
+                        VisibilityTimeout=int(body.split("-")[1]),
+                    )
+                if body.startswith(("hold-", "drop")):
+                    failures.append({"itemIdentifier": record["messageId"]})
+            return {"batchItemFailures": failures}
+
+        QUEUE_URL = [""]
+    """,
+    "tick": """
         EVENTS = []
 
         def handler(event, context):
             EVENTS.append(event)
-            return {"batchItemFailures": []}
     """,
     "web": """
         import base64
@@ -131,7 +160,16 @@ FAKES = {
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     root = tmp_path_factory.mktemp("project")
-    shutil.copy(ROOT / "template.yaml", root / "template.yaml")
+    # The template plus a function on a schedule (JSON is YAML too).
+    template = load_template(ROOT / "template.yaml")
+    template["Resources"]["TickFunction"] = {
+        "Type": "AWS::Serverless::Function",
+        "Properties": {
+            "CodeUri": "functions/tick/",
+            "Events": {"Tick": {"Type": "Schedule", "Properties": {"Schedule": "rate(1 minute)"}}},
+        },
+    }
+    (root / "template.yaml").write_text(json.dumps(template), encoding="utf-8")
     for name, source in FAKES.items():
         (root / "functions" / name).mkdir(parents=True)
         (root / "functions" / name / "app.py").write_text(textwrap.dedent(source), encoding="utf-8")
@@ -141,6 +179,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         badgr_authorize_url="http://127.0.0.1:9/authorize",
         badgr_client_secret="client-secret-value",
         env_overrides={"LEARNERS_PER_CHUNK": "7"},
+        time_scale=TIME_SCALE,
     ) as running:
         yield running
 
@@ -387,3 +426,59 @@ def test_http_api_v2_events_and_responses(stack: LocalStack) -> None:
 
 def test_an_idle_stack_is_seen_idle(stack: LocalStack) -> None:
     stack.wait_idle(5)  # raises TimeoutError while anything is still queued or running
+
+
+def test_visibility_is_sqs_own_and_a_backoff_the_function_sets_is_honoured(stack: LocalStack) -> None:
+    """A failed message comes back when its visibility ends, not sooner; one the function held
+    back with ChangeMessageVisibility comes back after that time (both scaled)."""
+    url = stack.resource("MigrateQueue")
+    fake("migrate").QUEUE_URL[0] = url
+    visibility = int(
+        boto3.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"])[
+            "Attributes"
+        ]["VisibilityTimeout"]
+    )
+    held_for = 4 * visibility  # longer than the queue's own visibility: only the function's call explains it
+    sqs = boto3.client("sqs")
+    sqs.send_message(QueueUrl=url, MessageBody="drop")
+    sqs.send_message(QueueUrl=url, MessageBody=f"hold-{held_for}")
+    stack.wait_idle(60)
+    deliveries = fake("migrate").DELIVERIES
+
+    def gap(body: str) -> float:
+        times = [t for t, b, _ in deliveries if b == body]
+        assert len(times) == 2, deliveries
+        return times[1] - times[0]
+
+    assert gap("drop") >= visibility * TIME_SCALE * 0.95
+    assert gap(f"hold-{held_for}") >= held_for * TIME_SCALE * 0.95
+    assert [c for _, b, c in deliveries if b == "drop"] == [1, 2]
+
+
+def test_a_killed_invocation_leaves_its_batch_for_redelivery(stack: LocalStack) -> None:
+    url = stack.resource("MigrateQueue")
+    before = len(fake("migrate").DELIVERIES)
+    stack.invoker.kill_policy = lambda function: 1 if function.logical_id == "MigrateFunction" else None
+    try:
+        fake("migrate").QUEUE_URL[0] = url
+        boto3.client("sqs").send_message(QueueUrl=url, MessageBody="hold-1")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and stack.invoker.killed == 0:
+            time.sleep(0.05)
+    finally:
+        stack.invoker.kill_policy = None
+    stack.wait_idle(60)
+    counts = [c for _, b, c in fake("migrate").DELIVERIES[before:] if b == "hold-1"]
+    # Killed at its first AWS call (the visibility change): delivered again, and then done.
+    assert counts == [1, 2] and stack.invoker.killed >= 1
+
+
+def test_functions_on_a_schedule_run_at_their_scaled_rate(stack: LocalStack) -> None:
+    events = fake("tick").EVENTS
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(events) < 3:
+        time.sleep(0.05)
+    assert len(events) >= 3  # rate(1 minute) at a thousandth: every 60 ms
+    event = events[0]
+    assert event["detail-type"] == "Scheduled Event" and event["source"] == "aws.events"
+    assert event["resources"][0].startswith("arn:aws:events:")
