@@ -23,8 +23,10 @@ def learner_id_for(email: str, secret: bytes) -> str:
     return digest.hexdigest()[:32]
 
 
-def badge_id_for(learner_id: str, file_name: str) -> str:
-    return hashlib.sha256(f"{learner_id}/{file_name}".encode()).hexdigest()[:24]
+def badge_id_for(learner_id: str, export_id: str, file_name: str) -> str:
+    """A badge is a file of one export: the same learner and file name in another export (a
+    corrected re-upload, another Backpack export) is another badge, read from its own bytes."""
+    return hashlib.sha256(f"{learner_id}/{export_id}/{file_name}".encode()).hexdigest()[:24]
 
 
 def _b64(data: bytes) -> str:

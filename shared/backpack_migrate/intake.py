@@ -261,7 +261,7 @@ def _extract_learner(
         fresh = [
             _extract(reader, export_id, learner.learner_id, file)
             for file in group
-            if badge_id_for(learner.learner_id, file.name) not in known
+            if badge_id_for(learner.learner_id, export_id, file.name) not in known
         ]
         svc.store.put_badges_if_absent(fresh)
         for badge in fresh:
@@ -274,7 +274,7 @@ def _extract(reader: Any, export_id: str, learner_id: str, file: ChunkFile) -> B
 
     base = BadgeRecord(
         learner_id=learner_id,
-        badge_id=badge_id_for(learner_id, file.name),
+        badge_id=badge_id_for(learner_id, export_id, file.name),
         export_id=export_id,
         file_name=file.name,
         member=file.member,

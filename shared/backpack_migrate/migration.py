@@ -74,13 +74,25 @@ def learner_email(svc: Services, learner: LearnerRecord, export: ExportRecord | 
 
 # -- verdicts, worked out ahead --------------------------------------------------------------
 def _verdicts(svc: Services, learner: LearnerRecord, badges: Sequence[BadgeRecord]) -> list[BadgeRecord]:
-    """The badges with their full verdicts (against the learner's email), not yet stored."""
-    export = svc.store.get_export(learner.export_id)
-    if export is None:
-        raise LookupError(f"learner {learner.learner_id} belongs to an unknown export")
-    email = learner_email(svc, learner, export)
-    reader = open_export(svc, export)
-    images = [read_member(reader, badge.member) if badge.member else b"" for badge in badges]
+    """The badges with their full verdicts (against the learner's email), not yet stored.
+
+    Each badge is read from the export (and S3 version) it came from: a learner listed in two
+    exports has badges in both, at offsets that mean something only in their own.
+    """
+    email = learner_email(svc, learner)
+    readers: dict[str, Any] = {}
+
+    def image_of(badge: BadgeRecord) -> bytes:
+        if badge.member is None:
+            return b""
+        if badge.export_id not in readers:
+            export = svc.store.get_export(badge.export_id)
+            if export is None:
+                raise LookupError(f"badge {badge.badge_id} belongs to an unknown export")
+            readers[badge.export_id] = open_export(svc, export)
+        return read_member(readers[badge.export_id], badge.member)
+
+    images = [image_of(badge) for badge in badges]
     verdicts = svc.verifier.verify_many(images, [email])
     checked = now_iso()
     return [

@@ -319,7 +319,7 @@ class World:
 
     def badge_ids(self, email: str) -> list[str]:
         learner_id = self.svc.learner_id(email)
-        return [badge_id_for(learner_id, name) for name in self.files_of(email)]
+        return [badge_id_for(learner_id, b.export_id, b.file_name) for b in learner_badges(self.svc, email)]
 
     def files_of(self, email: str) -> list[str]:
         return [b.file_name for b in learner_badges(self.svc, email)]

@@ -80,7 +80,9 @@ def test_learner_ids_are_stable_across_case_and_spaces_and_hide_the_email() -> N
     assert first == learner_id_for("ana@example.org", SECRET)
     assert "ana" not in first
     assert first != learner_id_for("ana@example.org", b"another secret")
-    assert badge_id_for(first, "a.png") != badge_id_for(first, "b.png")
+    assert badge_id_for(first, "export1", "a.png") != badge_id_for(first, "export1", "b.png")
+    # The same file name in another export is another badge.
+    assert badge_id_for(first, "export1", "a.png") != badge_id_for(first, "export2", "a.png")
 
 
 def test_emails_are_sealed_per_learner_under_one_data_key_per_export() -> None:
