@@ -227,6 +227,7 @@ def fake_services(
     settings = settings or Settings.model_validate(
         {
             "CHUNK_QUEUE_URL": "chunk",
+            "INTAKE_QUEUE_URL": "intake",
             "VERIFY_QUEUE_URL": "verify",
             "NOTIFY_QUEUE_URL": "notify",
             "MIGRATE_QUEUE_URL": "migrate",

@@ -1,24 +1,42 @@
-"""S3 ObjectCreated on exports/: read the export and queue its learners in chunks."""
+"""S3 ObjectCreated on exports/: read the export and queue its learners in chunks.
+
+An intake short of time hands the rest of the manifest to an intake job on its own queue; the
+same function goes on with it (SQS records, one at a time).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import unquote_plus
 
-from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.parser.models import S3Model
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from backpack_migrate.intake import read_export
+from backpack_migrate.batch import run_sqs_batch
+from backpack_migrate.intake import IntakeJob, read_export, resume_intake
 from backpack_migrate.observability import logger, metrics, tracer
-from backpack_migrate.services import get_services
+from backpack_migrate.services import Services, get_services
 
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-@event_parser(model=S3Model)
-def handler(event: S3Model, context: LambdaContext) -> dict[str, Any]:
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any] | PartialItemFailureResponse:
+    records = event.get("Records") or [{}]
+    if records[0].get("eventSource") == "aws:sqs":
+        return run_sqs_batch(event, context, lambda svc, record: _resume(svc, record, context))
+    return _uploaded(parse(event=event, model=S3Model), context)
+
+
+def _resume(svc: Services, record: SQSRecord, context: LambdaContext) -> None:
+    job = IntakeJob.model_validate_json(record.body)
+    resume_intake(svc, job, context.get_remaining_time_in_millis)
+
+
+def _uploaded(event: S3Model, context: LambdaContext) -> dict[str, Any]:
     svc = get_services()
     svc.register_context(context)
     exports = []
@@ -32,6 +50,11 @@ def handler(event: S3Model, context: LambdaContext) -> dict[str, Any]:
             "size": record.s3.object.size or 0,
             "version_id": record.s3.object.versionId,
         }
-        result = svc.once("intake", lambda job: read_export(svc, **job).model_dump(mode="json"))(job=job)
+
+        def read(job: dict[str, Any]) -> dict[str, Any]:
+            export = read_export(svc, **job, remaining_ms=context.get_remaining_time_in_millis)
+            return export.model_dump(mode="json")
+
+        result = svc.once("intake", read)(job=job)
         exports.append({"export_id": result["export_id"], "status": result["status"]})
     return {"exports": exports}

@@ -15,6 +15,7 @@ class Settings(BaseModel):
     idempotency_table: str = Field(default="idempotency", alias="IDEMPOTENCY_TABLE")
     exports_bucket: str = Field(default="exports", alias="EXPORTS_BUCKET")
     chunk_queue_url: str = Field(default="", alias="CHUNK_QUEUE_URL")
+    intake_queue_url: str = Field(default="", alias="INTAKE_QUEUE_URL")
     verify_queue_url: str = Field(default="", alias="VERIFY_QUEUE_URL")
     notify_queue_url: str = Field(default="", alias="NOTIFY_QUEUE_URL")
     migrate_queue_url: str = Field(default="", alias="MIGRATE_QUEUE_URL")

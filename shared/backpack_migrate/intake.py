@@ -1,8 +1,10 @@
 """From an uploaded export to learners and badges on record.
 
 ``read_export`` streams the ZIP's central directory and manifest and hands learners out in chunk
-jobs; ``process_chunk`` extracts each learner's badges (resumable: badges already on record are
-skipped) and queues verification and the learner's email. Nothing here knows about Lambda.
+jobs; short of time, it hands the rest to an intake job (``resume_intake``) that goes on from
+the manifest entry where it stopped. ``process_chunk`` extracts each learner's badges
+(resumable: badges already on record are skipped) and queues verification and the learner's
+email. Nothing here knows about Lambda.
 """
 
 from __future__ import annotations
@@ -64,6 +66,19 @@ class ChunkJob(BaseModel):
     learners: list[ChunkLearner]
 
 
+class IntakeJob(BaseModel):
+    """The rest of an export's intake: the manifest entries before ``entries_done`` are in chunk
+    jobs already (numbered below ``chunks_done``)."""
+
+    export_id: str
+    entries_done: int = Field(ge=0)
+    chunks_done: int = Field(ge=0)
+
+
+def _no_deadline() -> int:
+    return 2**31
+
+
 def export_id_for(bucket: str, key: str, etag: str) -> str:
     return hashlib.sha256(f"{bucket}/{key}@{etag.strip(chr(34))}".encode()).hexdigest()[:24]
 
@@ -77,9 +92,19 @@ def open_export(svc: Services, export: ExportRecord) -> S3RangeReader:
 
 
 def read_export(
-    svc: Services, bucket: str, key: str, etag: str, size: int, version_id: str | None = None
+    svc: Services,
+    bucket: str,
+    key: str,
+    etag: str,
+    size: int,
+    version_id: str | None = None,
+    remaining_ms: Callable[[], int] = _no_deadline,
 ) -> ExportRecord:
-    """Record the export, read its manifest and queue its learners in chunks."""
+    """Record the export, read its manifest and queue its learners in chunks.
+
+    When less than ``RESERVE_MS`` is left, the learners not yet queued go on in an intake job
+    and the export stays ``reading`` until that job (or one after it) finishes.
+    """
     export_id = export_id_for(bucket, key, etag)
     export = svc.store.get_export(export_id)
     if export is not None and export.status != ExportStatus.READING:
@@ -100,9 +125,26 @@ def read_export(
         if not svc.store.put_export_if_absent(export):
             # Another delivery of the same event got here first; share its data key.
             export = svc.store.get_export(export_id) or export
-    logger.append_keys(export_id=export_id)
+    return _intake(svc, export, IntakeJob(export_id=export_id, entries_done=0, chunks_done=0), remaining_ms)
+
+
+def resume_intake(svc: Services, job: IntakeJob, remaining_ms: Callable[[], int]) -> ExportRecord:
+    """Go on with an export's intake from where an earlier invocation handed over."""
+    export = svc.store.get_export(job.export_id)
+    if export is None:
+        raise LookupError(f"intake job for unknown export {job.export_id}")
+    if export.status != ExportStatus.READING:
+        logger.info("export already read", extra={"export_id": job.export_id})
+        return export
+    return _intake(svc, export, job, remaining_ms)
+
+
+def _intake(
+    svc: Services, export: ExportRecord, start: IntakeJob, remaining_ms: Callable[[], int]
+) -> ExportRecord:
+    logger.append_keys(export_id=export.export_id)
     try:
-        stats, chunks = _queue_chunks(svc, export)
+        stats, chunks, rest = _queue_chunks(svc, export, start, remaining_ms)
     except ExportError as error:
         export = export.model_copy(
             update={
@@ -114,6 +156,10 @@ def read_export(
         logger.warning("export unreadable", extra={"code": error.code})
         metrics.add_metric(name="ExportsFailed", unit="Count", value=1)
         return export
+    if rest is not None:
+        svc.queue.send(svc.settings.intake_queue_url, [rest.model_dump()])
+        logger.info("intake continues in a new job", extra={"entries_done": rest.entries_done})
+        return export.model_copy(update={"chunk_count": chunks})
     learners, badges = stats.distinct_learners, stats.listed_files
     export = export.model_copy(
         update={
@@ -152,10 +198,16 @@ def _plan_problems(stats: PlanStats) -> list[Problem]:
     return found
 
 
-def _chunk_learners(svc: Services, export: ExportRecord, stats: PlanStats) -> Iterator[ChunkLearner]:
+def _chunk_learners(
+    svc: Services, export: ExportRecord, stats: PlanStats, skip: int
+) -> Iterator[tuple[int, ChunkLearner]]:
+    """(manifest entry number, learner) for each entry from ``skip`` on; the entries before it are
+    only read (the stream and ``stats`` cover the whole manifest), never sealed or queued again."""
     reader = open_export(svc, export)
     # Streamed: the manifest and the central directory are never held whole, whatever their size.
-    for entry in iter_learners(reader, stats=stats):
+    for index, entry in enumerate(iter_learners(reader, stats=stats)):
+        if index < skip:
+            continue
         learner_id = svc.learner_id(entry.email)
         ciphertext = svc.emails.encrypt(
             entry.email,
@@ -166,22 +218,30 @@ def _chunk_learners(svc: Services, export: ExportRecord, stats: PlanStats) -> It
         files = [ChunkFile(name=f.name, member=f.location, problem=f.problem) for f in entry.files]
         problems = list(entry.problems)
         if not files:
-            yield ChunkLearner(learner_id=learner_id, email_ciphertext=ciphertext, problems=problems)
+            yield index, ChunkLearner(learner_id=learner_id, email_ciphertext=ciphertext, problems=problems)
         for start in range(0, len(files), MAX_FILES_PER_CHUNK):
-            yield ChunkLearner(
-                learner_id=learner_id,
-                email_ciphertext=ciphertext,
-                problems=problems,
-                files=files[start : start + MAX_FILES_PER_CHUNK],
+            yield (
+                index,
+                ChunkLearner(
+                    learner_id=learner_id,
+                    email_ciphertext=ciphertext,
+                    problems=problems,
+                    files=files[start : start + MAX_FILES_PER_CHUNK],
+                ),
             )
 
 
-def _queue_chunks(svc: Services, export: ExportRecord) -> tuple[PlanStats, int]:
+def _queue_chunks(
+    svc: Services, export: ExportRecord, start: IntakeJob, remaining_ms: Callable[[], int]
+) -> tuple[PlanStats, int, IntakeJob | None]:
+    """Queue the chunks from ``start`` on; returns the stats, the chunks queued in all, and the
+    intake job that goes on when time ran short (None when the manifest is done)."""
     stats = PlanStats()
-    chunk_no = 0
+    chunk_no = start.chunks_done
     pending: list[ChunkLearner] = []
     pending_files = 0
     jobs: list[dict[str, Any]] = []
+    current = -1  # the manifest entry the pending learners have come from, so far
 
     def flush() -> None:
         nonlocal chunk_no, pending, pending_files
@@ -193,7 +253,18 @@ def _queue_chunks(svc: Services, export: ExportRecord) -> tuple[PlanStats, int]:
             svc.queue.send(svc.settings.chunk_queue_url, jobs)
             jobs.clear()
 
-    for learner in _chunk_learners(svc, export, stats):
+    for index, learner in _chunk_learners(svc, export, stats, start.entries_done):
+        if index != current and remaining_ms() < RESERVE_MS:
+            # Only between entries: every entry before this one is in a chunk once flushed.
+            flush()
+            if jobs:
+                svc.queue.send(svc.settings.chunk_queue_url, jobs)
+            return (
+                stats,
+                chunk_no,
+                IntakeJob(export_id=export.export_id, entries_done=index, chunks_done=chunk_no),
+            )
+        current = index
         if pending and (
             len(pending) >= svc.settings.learners_per_chunk
             or pending_files + len(learner.files) > MAX_FILES_PER_CHUNK
@@ -204,7 +275,7 @@ def _queue_chunks(svc: Services, export: ExportRecord) -> tuple[PlanStats, int]:
     flush()
     if jobs:
         svc.queue.send(svc.settings.chunk_queue_url, jobs)
-    return stats, chunk_no
+    return stats, chunk_no, None
 
 
 def process_chunk(svc: Services, job: ChunkJob, remaining_ms: Callable[[], int]) -> ChunkJob | None:

@@ -144,7 +144,7 @@ def test_every_sqs_event_source_reports_batch_item_failures(cfn: dict[str, Any])
     by_queue = {
         m["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]: m["Properties"] for m in mappings.values()
     }
-    assert set(by_queue) == {"ChunkQueue", "VerifyQueue", "NotifyQueue", "MigrateQueue"}
+    assert set(by_queue) == {"IntakeQueue", "ChunkQueue", "VerifyQueue", "NotifyQueue", "MigrateQueue"}
     for props in by_queue.values():
         assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert 1 <= by_queue["ChunkQueue"]["BatchSize"] <= 5
@@ -293,8 +293,10 @@ CALLS: dict[str, frozenset[Grant]] = {
         # made it or a retry resumes the export. Also opens the export, the tables, the secret.
         ("kms:GenerateDataKey", "DataKey", None),
         ("kms:Decrypt", "DataKey", None),
-        # SqsJobQueue.send (SendMessageBatch) of the chunk jobs.
+        # SqsJobQueue.send (SendMessageBatch) of the chunk jobs, and of the intake job that goes
+        # on with the manifest when time runs short.
         ("sqs:SendMessage", "ChunkQueue", None),
+        ("sqs:SendMessage", "IntakeQueue", None),
         # svc.learner_id: the HMAC key of learner ids (never the link-signing key).
         ("secretsmanager:GetSecretValue", "LearnerIdSecret", None),
         # Lambda's asynchronous dead-letter queue, sent to with the function's role.
@@ -374,7 +376,7 @@ CALLS: dict[str, frozenset[Grant]] = {
     ),
 }
 
-SQS_TRIGGERED = {"Chunk", "Verify", "Notify", "Migrate"}
+SQS_TRIGGERED = {"Intake", "Chunk", "Verify", "Notify", "Migrate"}  # intake also goes on with its own jobs
 FORBIDDEN_ACTIONS = {
     "dynamodb:Scan",
     "dynamodb:BatchWriteItem",
