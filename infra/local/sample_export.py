@@ -520,8 +520,12 @@ def _accounts() -> tuple[list[BadgrAccount], dict[str, str]]:
     return accounts, owner
 
 
-def build_demo(out_dir: Path, issuer_base_url: str) -> DemoWorld:
-    """Write the demo export, its issuer site and its expectations under ``out_dir``."""
+def build_demo(out_dir: Path, issuer_base_url: str, extra_learners: int = 0) -> DemoWorld:
+    """Write the demo export, its issuer site and its expectations under ``out_dir``.
+
+    ``extra_learners`` adds that many more learners, each with a Badgr account and good badges
+    only (for runs that want volume, such as the chaos run).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     site_dir = out_dir / "site"
@@ -556,6 +560,18 @@ def build_demo(out_dir: Path, issuer_base_url: str) -> DemoWorld:
     accounts, owner = _accounts()
     keys = [f"{p}@example.org" for p in PEOPLE]
     keys.insert(keys.index("linus@example.org"), "Linus@Example.org")  # listed twice, other case
+    for i in range(extra_learners):
+        email = f"learner{i:03d}@example.org"
+        accounts.append(
+            BadgrAccount(
+                username=email,
+                password=f"generated-{i:03d}-pass",
+                first_name=f"Learner {i}",
+                emails=[BadgrEmail(email=email, verified=True, primary=True)],
+            )
+        )
+        owner[email] = email
+        keys.append(email)
     specials: dict[str, list[str]] = {}
     for person, what in SPECIAL:
         specials.setdefault(f"{person}@example.org", []).append(what)

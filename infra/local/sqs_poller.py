@@ -6,8 +6,9 @@ As on AWS:
   a ``ChangeMessageVisibility`` the function makes on a message it holds sets when it returns;
 * each receive counts (``ApproximateReceiveCount``), and a message received more than the
   queue's ``maxReceiveCount`` times goes to the dead-letter queue instead of the function;
-* a message still held when its visibility ends is delivered again, even while the first
-  invocation runs on.
+* a message is never delivered again while its invocation still runs: the template keeps each
+  queue's visibility at six times its function's timeout, so on AWS it cannot happen; here the
+  timeouts are not scaled and the machine may be slow, so the poller waits for the invocation.
 
 Every duration is multiplied by ``time_scale``, so tests see minutes of AWS time in seconds.
 The messages are held in moto for hours; this module makes them visible when SQS would.
@@ -57,6 +58,7 @@ class _Held:
     source: SqsSource
     receipt_handle: str
     visible_at: float
+    running: bool = False  # its invocation has not ended yet
 
 
 class SqsPollers:
@@ -80,6 +82,7 @@ class SqsPollers:
         self._lock = threading.Lock()
         self.sources: list[SqsSource] = []
         self.receives = 0  # deliveries to functions, first ones and retries
+        self.redeliveries: dict[str, int] = {}  # per queue (logical id): deliveries after the first
         self.redriven = 0  # messages moved to a dead-letter queue
 
     def threads(self) -> list[tuple[Callable[[], None], str]]:
@@ -113,7 +116,9 @@ class SqsPollers:
         while not self._stop.is_set():
             now = time.monotonic()
             with self._lock:
-                due = [(h, held) for h, held in self._held.items() if held.visible_at <= now]
+                due = [
+                    (h, held) for h, held in self._held.items() if held.visible_at <= now and not held.running
+                ]
                 for handle, _ in due:
                     del self._held[handle]
             for handle, held in due:
@@ -195,11 +200,17 @@ class SqsPollers:
                     self._stop.wait(self._poll_interval)
 
     def _process_batch(self, source: SqsSource, messages: list[dict[str, Any]]) -> None:
+        again = sum(
+            1 for m in messages if int(m.get("Attributes", {}).get("ApproximateReceiveCount", "1")) > 1
+        )
         with self._lock:
             self.receives += len(messages)
+            key = source.queue_logical_id
+            self.redeliveries[key] = self.redeliveries.get(key, 0) + again
         event = sqs_event(source, messages)
         ids = {m["MessageId"] for m in messages}
         failed: set[str]
+        self._mark_running(messages, True)
         try:
             result = self._invoker.invoke(source.function, event)
         except InvocationKilled:
@@ -217,8 +228,18 @@ class SqsPollers:
                 }
                 # An unknown or empty identifier makes Lambda treat the whole batch as failed.
                 failed = ids if not reported <= ids else reported  # type: ignore[assignment]
-        # What failed stays held until its visibility ends, as in SQS.
-        self._settle(source, [m for m in messages if m["MessageId"] not in failed])
+        try:
+            # What failed stays held until its visibility ends, as in SQS.
+            self._settle(source, [m for m in messages if m["MessageId"] not in failed])
+        finally:
+            self._mark_running(messages, False)
+
+    def _mark_running(self, messages: list[dict[str, Any]], running: bool) -> None:
+        with self._lock:
+            for message in messages:
+                held = self._held.get(message["ReceiptHandle"])
+                if held is not None:
+                    held.running = running
 
 
 def sqs_event(source: SqsSource, messages: list[dict[str, Any]]) -> dict[str, Any]:

@@ -12,6 +12,9 @@ shapes, each invocation on a thread of its own as in a Lambda environment of its
 * API Gateway HTTP API payload format 2.0 events for the HttpApi routes (:mod:`.http_api`);
 * EventBridge schedules at their rate (:mod:`.schedules`).
 
+Ranged S3 reads are answered from moto's store in this process (:mod:`.s3_ranges`): moto copies
+the whole object for each, which made big exports crawl.
+
 SQS and schedule durations are multiplied by ``time_scale`` (a hundredth by default), so a
 720 s visibility timeout lasts 7.2 s here. Functions share this process, so their environment
 is merged into ``os.environ``.
@@ -45,6 +48,7 @@ from infra.local.cloudformation import (
 from infra.local.http_api import HttpApi, HttpRoute
 from infra.local.lambda_runtime import FunctionSpec, Invoker, LambdaContext, import_file
 from infra.local.s3_events import S3Events
+from infra.local.s3_ranges import serve_range
 from infra.local.schedules import Scheduler, find_schedules
 from infra.local.sqs_poller import SqsPollers, SqsSource
 
@@ -222,6 +226,7 @@ class LocalStack:
         self._load_functions()
         self._build_dispatch()
         aws_calls.add_hook(self.sqs.on_aws_call)
+        aws_calls.add_hook(serve_range, everywhere=True)
         self._spawn(self._http.serve_forever, "local-http-api")
         self._http_serving = True
         if self.dispatch:
@@ -232,6 +237,7 @@ class LocalStack:
     def stop(self) -> None:
         self._stop.set()
         aws_calls.remove_hook(self.sqs.on_aws_call)
+        aws_calls.remove_hook(serve_range)
         if self._http is not None and self._http_serving:
             with contextlib.suppress(Exception):
                 self._http.shutdown()
