@@ -36,6 +36,15 @@ FIGURES = (
     "intake_1k_traced_mb",
     "intake_1k_export_mb",
     "cold_import_ms",
+    "e2e_badges",
+    "e2e_recorded_s",
+    "e2e_verified_s",
+    "e2e_migrate_workers",
+    "e2e_badges_per_s",
+    "e2e_ideal_per_s",
+    "e2e_of_ideal",
+    "e2e_rss_start_mb",
+    "e2e_rss_peak_mb",
 )
 
 
@@ -53,13 +62,17 @@ def _guarded(title: str, build: Callable[[], list[Part]]) -> list[Part]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run every benchmark part.")
-    parser.add_argument("--only", choices=("verify", "cold", "intake"), action="append")
+    parser.add_argument("--only", choices=("verify", "cold", "intake", "e2e"), action="append")
     parser.add_argument("--badges", type=int, default=10_000, help="badges on the loopback site")
     parser.add_argument("--sample", type=int, default=250, help="badges the reference verifies on loopback")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--runs", type=int, default=5, help="cold-import runs per function")
+    parser.add_argument("--learners", type=int, default=1000, help="learners of the end-to-end run")
+    parser.add_argument(
+        "--migrate-workers", type=int, default=8, help="migrate workers of the end-to-end run"
+    )
     args = parser.parse_args(argv)
-    chosen = set(args.only or ("verify", "cold", "intake"))
+    chosen = set(args.only or ("verify", "cold", "intake", "e2e"))
 
     from infra.bench import cold_imports, intake_bench, verify_bench
 
@@ -73,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         parts += _guarded("cold imports", lambda: [cold_imports.bench_cold_imports(args.runs)])
     if "intake" in chosen:
         parts += _guarded("intake", lambda: [intake_bench.bench_intake()])
+    if "e2e" in chosen:
+        from infra.bench import e2e_bench
+
+        parts += _guarded(
+            "end to end", lambda: [e2e_bench.bench_end_to_end(args.learners, args.migrate_workers)]
+        )
 
     figures: dict[str, Any] = dict.fromkeys(FIGURES)
     for part in parts:

@@ -42,6 +42,7 @@ class ChaosConfig:
     kill_rate: float = 0.15  # share of migrate invocations killed mid-batch
     aws_rate: float = 0.03  # share of the functions' DynamoDB/SQS calls throttled
     extra_learners: int = 100  # generated learners with five good badges each, beside the demo's
+    demo_learners: bool = True  # the demo's own learners, with their deliberate problems
     seed: int = 2019
     time_scale: float = 0.01
     migrate_workers: int = 8
@@ -70,14 +71,16 @@ class Tally:
     examples: list[str] = field(default_factory=list)
 
 
-def run_chaos(root: Path, config: ChaosConfig) -> Tally:
+def run_chaos(root: Path, config: ChaosConfig, work: Path | None = None) -> Tally:
     started = time.monotonic()
-    work = root / ".local-stack" / "chaos"
+    work = work or root / ".local-stack" / "chaos"
     site_dir = work / "site"
     site_dir.mkdir(parents=True, exist_ok=True)
     client_secret = secrets.token_urlsafe(24)
     with IssuerSite(site_dir) as site:
-        world = build_demo(work, site.url, extra_learners=config.extra_learners)
+        world = build_demo(
+            work, site.url, extra_learners=config.extra_learners, demo_learners=config.demo_learners
+        )
         with BadgrSandbox(CLIENT_ID, client_secret, redirect_uris=[]) as sandbox:
             for account in world.accounts:
                 sandbox.add_account(
@@ -300,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aws", type=float, default=defaults.aws_rate, help="share of AWS calls throttled")
     parser.add_argument("--learners", type=int, default=defaults.extra_learners, help="generated learners")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--no-demo", action="store_true", help="generated learners only")
     parser.add_argument("--workers", type=int, default=defaults.migrate_workers, help="migrate workers")
     args = parser.parse_args(argv)
     _quiet()
@@ -309,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         kill_rate=args.kills,
         aws_rate=args.aws,
         extra_learners=args.learners,
+        demo_learners=not args.no_demo,
         seed=args.seed,
         migrate_workers=args.workers,
     )

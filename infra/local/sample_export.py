@@ -520,11 +520,14 @@ def _accounts() -> tuple[list[BadgrAccount], dict[str, str]]:
     return accounts, owner
 
 
-def build_demo(out_dir: Path, issuer_base_url: str, extra_learners: int = 0) -> DemoWorld:
+def build_demo(
+    out_dir: Path, issuer_base_url: str, extra_learners: int = 0, *, demo_learners: bool = True
+) -> DemoWorld:
     """Write the demo export, its issuer site and its expectations under ``out_dir``.
 
     ``extra_learners`` adds that many more learners, each with a Badgr account and good badges
-    only (for runs that want volume, such as the chaos run).
+    only (for runs that want volume, such as the chaos run); ``demo_learners=False`` leaves the
+    demo's own learners (and their deliberate problems) out.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -575,6 +578,9 @@ def build_demo(out_dir: Path, issuer_base_url: str, extra_learners: int = 0) -> 
     specials: dict[str, list[str]] = {}
     for person, what in SPECIAL:
         specials.setdefault(f"{person}@example.org", []).append(what)
+    if not demo_learners:
+        keys = [key for key in keys if key.startswith("learner")]
+        specials.clear()
 
     learners: list[DemoLearner] = []
     expected: list[ExpectedBadge] = []

@@ -316,7 +316,7 @@ def _extract_learner(
     svc: Services, reader: Any, export_id: str, learner: ChunkLearner, remaining_ms: Callable[[], int]
 ) -> int:
     """Record a learner and as many of its badges as time allows; returns how many files are done."""
-    svc.store.put_learner_if_absent(
+    new = svc.store.put_learner_if_absent(
         LearnerRecord(
             learner_id=learner.learner_id,
             export_id=export_id,
@@ -324,7 +324,8 @@ def _extract_learner(
             problems=learner.problems,
         )
     )
-    known = {badge.badge_id for badge in svc.store.list_badges(learner.learner_id)}
+    # A learner just recorded has no badges yet (they are written after it): nothing to read.
+    known = set() if new else {badge.badge_id for badge in svc.store.list_badges(learner.learner_id)}
     for start in range(0, len(learner.files), FILES_PER_WRITE):
         if start and remaining_ms() < RESERVE_MS:
             return start
