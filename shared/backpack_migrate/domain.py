@@ -226,6 +226,7 @@ class LearnerRecord(BaseModel):
     export_id: str
     email_ciphertext: str  # base64 of the export's data-key AES-GCM ciphertext; never plaintext
     problems: list[Problem] = Field(default_factory=list)  # manifest-level problems for this learner
+    manifest_entry: int | None = None  # 1-based place of its (first) entry in the manifest
     # Kept as attributes of their own in the store, each changed by one conditional update.
     migration_requested_at: str | None = None
     summary_for: str | None = None  # the request whose summary email is claimed

@@ -56,6 +56,7 @@ class ChunkLearner(BaseModel):
     email_ciphertext: str
     problems: list[Problem] = Field(default_factory=list)
     files: list[ChunkFile] = Field(default_factory=list)
+    manifest_entry: int | None = None
 
 
 class ChunkJob(BaseModel):
@@ -165,14 +166,18 @@ def _chunk_learners(svc: Services, export: ExportRecord, stats: PlanStats) -> It
         )
         files = [ChunkFile(name=f.name, member=f.location, problem=f.problem) for f in entry.files]
         problems = list(entry.problems)
+        place = entry.position or None
         if not files:
-            yield ChunkLearner(learner_id=learner_id, email_ciphertext=ciphertext, problems=problems)
+            yield ChunkLearner(
+                learner_id=learner_id, email_ciphertext=ciphertext, problems=problems, manifest_entry=place
+            )
         for start in range(0, len(files), MAX_FILES_PER_CHUNK):
             yield ChunkLearner(
                 learner_id=learner_id,
                 email_ciphertext=ciphertext,
                 problems=problems,
                 files=files[start : start + MAX_FILES_PER_CHUNK],
+                manifest_entry=place,
             )
 
 
@@ -251,6 +256,7 @@ def _extract_learner(
             export_id=export_id,
             email_ciphertext=learner.email_ciphertext,
             problems=learner.problems,
+            manifest_entry=learner.manifest_entry,
         )
     )
     known = {badge.badge_id for badge in svc.store.list_badges(learner.learner_id)}

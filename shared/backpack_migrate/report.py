@@ -21,10 +21,15 @@ def export_report(store: Store, export: ExportRecord) -> dict[str, Any]:
         if badge.problem is not None:
             problems[badge.problem.code] += 1
     learner_problems: Counter[str] = Counter()
+    # Where each learner problem is in the manifest: the operator finds the entries without the
+    # report naming any address.
+    entries: dict[str, set[int]] = {}
     for learner in store.iter_export_learners(export.export_id):
         learners.add(learner.learner_id)
         for problem in learner.problems:
             learner_problems[problem.code] += 1
+            if learner.manifest_entry is not None:
+                entries.setdefault(problem.code, set()).add(learner.manifest_entry)
     final = sum(count for state, count in states.items() if state in {s.value for s in FINAL_STATES})
     return {
         "export_id": export.export_id,
@@ -38,6 +43,7 @@ def export_report(store: Store, export: ExportRecord) -> dict[str, Any]:
         "badges_by_state": dict(sorted(states.items())),
         "badge_problems": dict(problems.most_common()),
         "learner_problems": dict(learner_problems.most_common()),
+        "learner_problem_entries": {code: sorted(places) for code, places in sorted(entries.items())},
         "export_problems": [problem.model_dump() for problem in export.problems],
     }
 
@@ -57,6 +63,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             "  learner problems: " + ", ".join(f"{k} x{v}" for k, v in report["learner_problems"].items())
         )
+        for code, places in report.get("learner_problem_entries", {}).items():
+            lines.append(f"    {code} at manifest entries {', '.join(str(p) for p in places)}")
     if report["badge_problems"]:
         lines.append(
             "  badge problems:   " + ", ".join(f"{k} x{v}" for k, v in report["badge_problems"].items())

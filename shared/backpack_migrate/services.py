@@ -21,6 +21,20 @@ from .store import Store
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def badgr_answer_class(status: int) -> str:
+    """How the dashboard and the error-rate alarm group Badgr's answers."""
+    if status == 429:
+        return "429"
+    return f"{status // 100}xx" if 200 <= status < 600 else "other"
+
+
+def count_badgr_answer(response: Any, *args: Any, **kwargs: Any) -> None:
+    """A requests response hook: one metric per Badgr answer, by class (no URL, no body)."""
+    from .observability import metrics
+
+    metrics.add_metric(name=f"BadgrAnswer{badgr_answer_class(response.status_code)}", unit="Count", value=1)
+
+
 def _no_idempotency(name: str, fn: F) -> F:
     return fn
 
@@ -185,7 +199,9 @@ def build_services(settings: Settings) -> Services:
         from .badgr import BadgrClient
 
         secret = secrets.get(settings.badgr_client_secret_arn, max_age=300)
-        return BadgrClient(settings.badgr_api_url, settings.badgr_client_id, str(secret))
+        client = BadgrClient(settings.badgr_api_url, settings.badgr_client_id, str(secret))
+        client.session.hooks["response"].append(count_badgr_answer)
+        return client
 
     table = _Lazy(lambda: boto3.resource("dynamodb").Table(settings.table_name))
 

@@ -533,6 +533,7 @@ def test_parameters_conditions_and_outputs(sam: dict[str, Any]) -> None:
         "EmailsPerSecond",
         "LinkTtlDays",
         "ExportRetentionDays",
+        "AlarmEmail",
     } <= set(sam["Parameters"])
     assert sam["Parameters"]["PublicBaseUrl"]["Default"] == ""
     assert "HasPublicBaseUrl" in sam["Conditions"]
@@ -545,6 +546,7 @@ def test_parameters_conditions_and_outputs(sam: dict[str, Any]) -> None:
         "VerifyQueueUrl",
         "NotifyQueueUrl",
         "MigrateQueueUrl",
+        "DashboardUrl",
     } <= set(sam["Outputs"])
 
 
@@ -564,3 +566,58 @@ def test_http_api_routes(cfn: dict[str, Any]) -> None:
         "GET /l/{token}/badges/{badge_id}/image",
         "GET /oauth/callback",
     }
+
+
+def _alarm_targets(cfn: dict[str, Any]) -> dict[str, set[str]]:
+    """What the alarms watch: queue and function logical ids by metric name."""
+    watched: dict[str, set[str]] = {}
+
+    def note(metric: str, dimensions: list[dict[str, Any]]) -> None:
+        for dimension in dimensions:
+            value = dimension["Value"]
+            if isinstance(value, dict):
+                value = value.get("Ref") or value["Fn::GetAtt"][0]
+            watched.setdefault(metric, set()).add(str(value))
+
+    for alarm in resources(cfn, "AWS::CloudWatch::Alarm").values():
+        props = alarm["Properties"]
+        if "MetricName" in props:
+            note(props["MetricName"], props.get("Dimensions", []))
+        for query in props.get("Metrics", []):
+            if "MetricStat" in query:
+                metric = query["MetricStat"]["Metric"]
+                note(metric["MetricName"], metric.get("Dimensions", []))
+    return watched
+
+
+def test_every_dead_letter_queue_function_and_queue_age_has_an_alarm(cfn: dict[str, Any]) -> None:
+    queues = resources(cfn, "AWS::SQS::Queue")
+    dead_letter = {k for k, q in queues.items() if "RedrivePolicy" not in q["Properties"]}
+    working = set(queues) - dead_letter
+    watched = _alarm_targets(cfn)
+    assert dead_letter <= watched["ApproximateNumberOfMessagesVisible"]
+    assert working <= watched["ApproximateAgeOfOldestMessage"]
+    assert set(resources(cfn, "AWS::Lambda::Function")) <= watched["Errors"]
+    # The Badgr alarm reads the metrics the Badgr client's response hook records.
+    assert {"BadgrAnswer5xx", "BadgrAnswer429", "BadgrAnswer2xx", "BadgrAnswer4xx"} <= set(watched)
+
+
+def test_alarms_notify_an_optional_encrypted_topic(sam: dict[str, Any], cfn: dict[str, Any]) -> None:
+    assert sam["Parameters"]["AlarmEmail"]["Default"] == ""
+    topic = cfn["Resources"]["AlarmTopic"]
+    assert topic["Condition"] == "HasAlarmEmail" and topic["Properties"]["KmsMasterKeyId"]
+    for alarm in resources(cfn, "AWS::CloudWatch::Alarm").values():
+        assert alarm["Properties"]["AlarmActions"] == {
+            "Fn::If": ["HasAlarmEmail", [{"Ref": "AlarmTopic"}], {"Ref": "AWS::NoValue"}]
+        }
+
+
+def test_dashboard_shows_exports_learners_states_badgr_queues_and_functions(cfn: dict[str, Any]) -> None:
+    (dashboard,) = resources(cfn, "AWS::CloudWatch::Dashboard").values()
+    body = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
+    widgets = json.loads(body)["widgets"]
+    titles = {w["properties"]["title"] for w in widgets}
+    assert {"Exports", "Learners", "Badges by state (changes)", "Badgr answers by class"} <= titles
+    for logical_id in [*resources(cfn, "AWS::SQS::Queue"), *resources(cfn, "AWS::Lambda::Function")]:
+        reference = f"${{{logical_id}.QueueName}}" if logical_id.endswith("Queue") else f"${{{logical_id}}}"
+        assert reference in body, f"the dashboard does not show {logical_id}"
