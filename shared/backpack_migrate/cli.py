@@ -1,4 +1,4 @@
-"""``backpack-migrate``: the operator's command line (upload, report, verify, demo, local)."""
+"""``backpack-migrate``: the operator's command line (upload, report, watch, redrive, verify, demo, local)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 LOCAL_ENV_FILE = Path(".local-stack") / "env.json"
 
@@ -33,10 +34,22 @@ def _stack_outputs(stack: str) -> dict[str, str]:
     return {o["OutputKey"]: o["OutputValue"] for o in answer["Stacks"][0].get("Outputs", [])}
 
 
+def _console() -> Any:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        # Piped into a file or another program: wide enough that no table cell is cut.
+        console.width = max(console.width, 160)
+    return console
+
+
 def cmd_upload(args: argparse.Namespace) -> int:
     import boto3
 
     from .config import get_settings
+    from .console import upload_with_progress
+    from .intake import export_id_for
 
     path = Path(args.export)
     if not path.is_file():
@@ -48,31 +61,105 @@ def cmd_upload(args: argparse.Namespace) -> int:
     if not key.endswith(".zip"):
         print("error: exports are ZIP files; the key must end in .zip", file=sys.stderr)
         return 2
-    boto3.client("s3").upload_file(str(path), bucket, key)
+    s3 = boto3.client("s3")
+    # The bar goes to stderr so that stdout keeps only the lines a script reads.
+    from rich.console import Console
+
+    upload_with_progress(s3, path, bucket, key, Console(stderr=True))
+    head = s3.head_object(Bucket=bucket, Key=key)
+    export_id = export_id_for(bucket, key, head["ETag"])
     print(f"uploaded {path} to s3://{bucket}/{key}; processing starts on its own")
+    print(f"export id: {export_id}")
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def _reports(store: Any, wanted: str | None) -> list[dict[str, Any]] | None:
+    from .report import export_report
+
+    exports = store.list_exports()
+    if wanted:
+        exports = [e for e in exports if wanted in (e.export_id, e.key, e.key.removeprefix("exports/"))]
+        if not exports:
+            return None
+    return [export_report(store, export) for export in exports]
+
+
+def _store(args: argparse.Namespace) -> Any:
     import boto3
 
     from .config import get_settings
-    from .report import export_report, format_report
     from .store import DynamoStore
 
-    settings = get_settings()
-    store = DynamoStore(boto3.resource("dynamodb").Table(args.table or settings.table_name))
-    exports = store.list_exports()
-    if args.export:
-        exports = [e for e in exports if args.export in (e.export_id, e.key, e.key.removeprefix("exports/"))]
-        if not exports:
-            print(f"error: no export {args.export!r} on record", file=sys.stderr)
-            return 2
-    reports = [export_report(store, export) for export in exports]
+    table = args.table or (_stack_outputs(args.stack)["TableName"] if args.stack else None)
+    return DynamoStore(boto3.resource("dynamodb").Table(table or get_settings().table_name))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    store = _store(args)
+    reports = _reports(store, args.export)
+    if reports is None:
+        print(f"error: no export {args.export!r} on record", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(reports, indent=2))
+        return 0
+    from .console import print_reports
+    from .report import format_reconcile_run
+
+    print_reports(reports, _console())
+    last_run = store.last_reconcile_run()
+    if last_run is not None:
+        print("\n" + format_reconcile_run(last_run))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .console import watch
+
+    store = _store(args)
+    if _reports(store, args.export) is None:
+        print(f"error: no export {args.export!r} on record", file=sys.stderr)
+        return 2
+    done = watch(
+        lambda: _reports(store, args.export) or [],
+        _console(),
+        interval=args.interval,
+        timeout=args.timeout,
+    )
+    if not done:
+        print("still working when the time ran out", file=sys.stderr)
+        return 1
+    print("settled: every badge is final or waits for its learner")
+    return 0
+
+
+def cmd_redrive(args: argparse.Namespace) -> int:
+    import boto3
+
+    from .config import get_settings
+    from .redrive import QUEUES, RedriveError, redrive
+
+    name = args.queue
+    if name.startswith(("http://", "https://")):
+        queue_url = name
+    elif name in QUEUES and args.stack:
+        queue_url = _stack_outputs(args.stack)[f"{QUEUES[name]}Url"]
+    elif name in QUEUES:
+        queue_url = getattr(get_settings(), f"{name}_queue_url")
     else:
-        print("\n\n".join(format_report(r) for r in reports) or "no exports on record")
+        print(
+            f"error: unknown queue {name!r}; name one of {', '.join(QUEUES)} or a queue URL", file=sys.stderr
+        )
+        return 2
+    if not queue_url:
+        print(f"error: no URL known for the {name} queue; pass --stack", file=sys.stderr)
+        return 2
+    try:
+        result = redrive(boto3.client("sqs"), queue_url, limit=args.limit)
+    except RedriveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"moved {result.moved} jobs back to the {name} queue; {result.left} left in its dead-letter queue")
     return 0
 
 
@@ -103,7 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser("report", help="learners, badges by outcome and errors of each export")
     report.add_argument("export", nargs="?", help="export id or object key (default: every export)")
     report.add_argument("--table")
-    report.add_argument("--json", action="store_true")
+    report.add_argument("--stack", help="a deployed stack whose table to read")
+    report.add_argument("--json", action="store_true", help="the report as JSON (a stable format)")
+    watch = commands.add_parser("watch", help="live progress of each export until nothing is in flight")
+    watch.add_argument("export", nargs="?", help="export id or object key (default: every export)")
+    watch.add_argument("--table")
+    watch.add_argument("--stack", help="a deployed stack whose table to read")
+    watch.add_argument("--interval", type=float, default=2.0, help="seconds between looks (default 2)")
+    watch.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")
+    redrive = commands.add_parser("redrive", help="move dead-lettered jobs back to their queue")
+    redrive.add_argument("queue", help="chunk, verify, notify or migrate (or a queue URL)")
+    redrive.add_argument("--stack", help="a deployed stack whose queues to use")
+    redrive.add_argument("--limit", type=int, help="move at most this many jobs")
     commands.add_parser("verify", help="verify one badge: backpack-migrate verify --help")
     commands.add_parser("demo", help="run the whole migration locally and check the outcome")
     commands.add_parser("local", help="start the local stack and leave it running")
@@ -111,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("demo", "local"):
         return cmd_local_tools(args)
     _load_local_env()
-    return {"upload": cmd_upload, "report": cmd_report}[args.command](args)
+    commands_run = {"upload": cmd_upload, "report": cmd_report, "watch": cmd_watch, "redrive": cmd_redrive}
+    return commands_run[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1194,6 +1194,7 @@ class LearnerEntry(BaseModel):
     files: list[FileEntry] = Field(default_factory=list)
     problems: list[Problem] = Field(default_factory=list)
     duplicate: bool = False  # an earlier entry had the same normalized email (streaming mode)
+    position: int = 0  # 1-based place in the manifest, so an operator can find the entry
 
 
 class PlanStats(BaseModel):
@@ -1391,9 +1392,9 @@ def iter_learners(
         stats.cut_short = index.cut_short
         listing = _Listing(index)
         seen = _SeenEmails(IN_MEMORY_ENTRIES)
-        for email, names in iter_manifest(reader, manifest):
+        for position, (email, names) in enumerate(iter_manifest(reader, manifest), start=1):
             normalized = normalize_email(email)
-            entry = LearnerEntry(email=email, normalized_email=normalized)
+            entry = LearnerEntry(email=email, normalized_email=normalized, position=position)
             if not is_valid_email(email):
                 entry.problems.append(problem("INVALID_EMAIL"))
             if seen.add(normalized):

@@ -58,6 +58,7 @@ class ChunkLearner(BaseModel):
     email_ciphertext: str
     problems: list[Problem] = Field(default_factory=list)
     files: list[ChunkFile] = Field(default_factory=list)
+    manifest_entry: int | None = None
 
 
 class ChunkJob(BaseModel):
@@ -217,8 +218,17 @@ def _chunk_learners(
         )
         files = [ChunkFile(name=f.name, member=f.location, problem=f.problem) for f in entry.files]
         problems = list(entry.problems)
+        place = entry.position or None
         if not files:
-            yield index, ChunkLearner(learner_id=learner_id, email_ciphertext=ciphertext, problems=problems)
+            yield (
+                index,
+                ChunkLearner(
+                    learner_id=learner_id,
+                    email_ciphertext=ciphertext,
+                    problems=problems,
+                    manifest_entry=place,
+                ),
+            )
         for start in range(0, len(files), MAX_FILES_PER_CHUNK):
             yield (
                 index,
@@ -227,6 +237,7 @@ def _chunk_learners(
                     email_ciphertext=ciphertext,
                     problems=problems,
                     files=files[start : start + MAX_FILES_PER_CHUNK],
+                    manifest_entry=place,
                 ),
             )
 
@@ -322,6 +333,7 @@ def _extract_learner(
             export_id=export_id,
             email_ciphertext=learner.email_ciphertext,
             problems=learner.problems,
+            manifest_entry=learner.manifest_entry,
         )
     )
     # A learner just recorded has no badges yet (they are written after it): nothing to read.
@@ -374,6 +386,7 @@ def _extract(reader: Any, export_id: str, learner_id: str, file: ChunkFile) -> B
         issuer_name=extracted.issuer_name,
         issued_on=extracted.issued_on.isoformat() if extracted.issued_on else None,
         hosted_url=extracted.hosted_url,
+        assertion_id=str((extracted.assertion or {}).get("id") or extracted.hosted_url or "") or None,
         payload_kind=extracted.payload_kind,
     )
     return base.model_copy(

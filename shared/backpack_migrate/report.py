@@ -21,10 +21,15 @@ def export_report(store: Store, export: ExportRecord) -> dict[str, Any]:
         if badge.problem is not None:
             problems[badge.problem.code] += 1
     learner_problems: Counter[str] = Counter()
+    # Where each learner problem is in the manifest: the operator finds the entries without the
+    # report naming any address.
+    entries: dict[str, set[int]] = {}
     for learner in store.iter_export_learners(export.export_id):
         learners.add(learner.learner_id)
         for problem in learner.problems:
             learner_problems[problem.code] += 1
+            if learner.manifest_entry is not None:
+                entries.setdefault(problem.code, set()).add(learner.manifest_entry)
     final = sum(count for state, count in states.items() if state in {s.value for s in FINAL_STATES})
     return {
         "export_id": export.export_id,
@@ -38,6 +43,7 @@ def export_report(store: Store, export: ExportRecord) -> dict[str, Any]:
         "badges_by_state": dict(sorted(states.items())),
         "badge_problems": dict(problems.most_common()),
         "learner_problems": dict(learner_problems.most_common()),
+        "learner_problem_entries": {code: sorted(places) for code, places in sorted(entries.items())},
         "export_problems": [problem.model_dump() for problem in export.problems],
     }
 
@@ -57,8 +63,28 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             "  learner problems: " + ", ".join(f"{k} x{v}" for k, v in report["learner_problems"].items())
         )
+        for code, places in report.get("learner_problem_entries", {}).items():
+            lines.append(f"    {code} at manifest entries {', '.join(str(p) for p in places)}")
     if report["badge_problems"]:
         lines.append(
             "  badge problems:   " + ", ".join(f"{k} x{v}" for k, v in report["badge_problems"].items())
         )
+    return "\n".join(lines)
+
+
+def format_reconcile_run(run: dict[str, Any]) -> str:
+    """The reconciler's last run, in the operator's words."""
+    settled = ", ".join(f"{state} {count}" for state, count in sorted(run.get("settled", {}).items()))
+    lines = [
+        f"Reconciler, last run {run.get('started_at')} to {run.get('finished_at') or 'unfinished'}"
+        + (" (cut short; the next run goes on)" if run.get("cut_short") else ""),
+        f"  looked at {run.get('looked_at', 0)} items left half-way, "
+        f"read {run.get('dead_letters_read', 0)} dead-lettered jobs",
+        f"  sent again: {run.get('badges_requeued', 0)} imports, {run.get('verify_jobs_resent', 0)} "
+        f"verifications, {run.get('invitations_resent', 0)} invitations; "
+        f"{run.get('requests_repaired', 0)} moves finished, {run.get('summaries_sent', 0)} summaries",
+        f"  settled against Badgr: {settled or 'none'}",
+    ]
+    if run.get("left_for_operator"):
+        lines.append(f"  left for an operator: {run['left_for_operator']} (see the dead-letter queues)")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .breaker import BadgrGate, OpenGate
 from .config import Settings, get_settings
 from .crypto import EmailCipher, TokenVault, learner_id_for
 from .links import no_other_secrets
@@ -19,6 +20,20 @@ from .queues import JobQueue
 from .store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def badgr_answer_class(status: int) -> str:
+    """How the dashboard and the error-rate alarm group Badgr's answers."""
+    if status == 429:
+        return "429"
+    return f"{status // 100}xx" if 200 <= status < 600 else "other"
+
+
+def count_badgr_answer(response: Any, *args: Any, **kwargs: Any) -> None:
+    """A requests response hook: one metric per Badgr answer, by class (no URL, no body)."""
+    from .observability import metrics
+
+    metrics.add_metric(name=f"BadgrAnswer{badgr_answer_class(response.status_code)}", unit="Count", value=1)
 
 
 def _no_idempotency(name: str, fn: F) -> F:
@@ -45,6 +60,8 @@ class Services:
     badgr_factory: Callable[[], Any]
     # Wraps a side effect so a replayed event does not repeat it (Powertools idempotency in Lambda).
     once: Callable[[str, Any], Any] = _no_idempotency
+    # The shared import rate and circuit breaker in front of Badgr (breaker.DynamoGate in Lambda).
+    gate: BadgrGate = field(default_factory=OpenGate)
     # Lets idempotency records expire with the invocation that wrote them.
     register_context: Callable[[Any], None] = _ignore_context
     # Keys a link may be signed with besides the cached current one (see build_services).
@@ -122,6 +139,7 @@ def build_services(settings: Settings) -> Services:
         idempotent_function,
     )
 
+    from .breaker import DynamoGate
     from .notify import SesSender
     from .queues import SqsJobQueue
     from .store import DynamoStore
@@ -204,7 +222,9 @@ def build_services(settings: Settings) -> Services:
         from .badgr import BadgrClient
 
         secret = secrets.get(settings.badgr_client_secret_arn, max_age=300)
-        return BadgrClient(settings.badgr_api_url, settings.badgr_client_id, str(secret))
+        client = BadgrClient(settings.badgr_api_url, settings.badgr_client_id, str(secret))
+        client.session.hooks["response"].append(count_badgr_answer)
+        return client
 
     table = _Lazy(lambda: boto3.resource("dynamodb").Table(settings.table_name))
 
@@ -223,6 +243,7 @@ def build_services(settings: Settings) -> Services:
         verifier_factory=verifier_factory,
         badgr_factory=badgr_factory,
         once=once,
+        gate=DynamoGate(table, settings.badgr_imports_per_second),
         register_context=register_context,
         other_link_secrets=other_link_secrets,
     )

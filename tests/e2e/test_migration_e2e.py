@@ -889,9 +889,9 @@ def test_operator_uploads_and_reports_with_the_cli(tmp_path: Path) -> None:
     with small_world(tmp_path) as world:
         stack = world.stack
         export = world.export("spring-2019.zip", {"hal@example.org": 2, "ivy@example.org": 1})
-        answer = cli(stack, tmp_path, "upload", str(export))
-        assert answer.returncode == 0, answer.stderr
-        assert f"s3://{world.bucket}/exports/spring-2019.zip" in answer.stdout
+        uploaded = cli(stack, tmp_path, "upload", str(export))
+        assert uploaded.returncode == 0, uploaded.stderr
+        assert f"s3://{world.bucket}/exports/spring-2019.zip" in uploaded.stdout
         refused = cli(stack, tmp_path, "upload", str(export), "--key", "spring.txt")
         assert refused.returncode == 2 and "must end in .zip" in refused.stderr
         stack.wait_idle(timeout=60)
@@ -905,11 +905,35 @@ def test_operator_uploads_and_reports_with_the_cli(tmp_path: Path) -> None:
         assert report["badges_listed"] == report["badges_on_record"] == 3
         assert report["badges_by_state"] == {"verified": 3}
         assert report["export_problems"] == [] and report["badge_problems"] == {}
+        assert f"export id: {report['export_id']}" in uploaded.stdout
         text = cli(stack, tmp_path, "report", "spring-2019.zip")
         assert text.returncode == 0
         assert "Export exports/spring-2019.zip" in text.stdout and "verified" in text.stdout
+        assert "Ready to move" in text.stdout  # the words the learner reads, beside each state
         missing = cli(stack, tmp_path, "report", "autumn.zip")
         assert missing.returncode == 2 and "no export" in missing.stderr
+        watched = cli(stack, tmp_path, "watch", "spring-2019.zip", "--interval", "0.2", "--timeout", "30")
+        assert watched.returncode == 0, watched.stderr
+        assert "spring-2019.zip" in watched.stdout and "settled" in watched.stdout
+
+        # A verify job that gave up waits in its dead-letter queue; redrive puts it back to work.
+        learner_id = world.svc.learner_id("hal@example.org")
+        sqs = boto3.client("sqs")
+        sqs.send_message(
+            QueueUrl=stack.resource("VerifyDeadLetterQueue"),
+            MessageBody=json.dumps({"learner_id": learner_id}),
+        )
+        verify_calls = count_calls(stack, "VerifyFunction")
+        redriven = cli(stack, tmp_path, "redrive", "verify")
+        assert redriven.returncode == 0, redriven.stderr
+        assert "moved 1 jobs back to the verify queue; 0 left" in redriven.stdout
+        stack.wait_idle(timeout=60)
+        assert queue_depth(stack, "VerifyDeadLetterQueue") == 0
+        assert [r["body"] for call in verify_calls for r in call["Records"]] == [
+            json.dumps({"learner_id": learner_id})
+        ]
+        unknown = cli(stack, tmp_path, "redrive", "sideways")
+        assert unknown.returncode == 2 and "unknown queue" in unknown.stderr
         # The operator's output names no learner.
-        assert "@" not in answer.stdout + text.stdout
+        assert "@" not in answer.stdout + text.stdout + watched.stdout + redriven.stdout
         assert emails_with(stack, INVITATION) == {"hal@example.org": 1, "ivy@example.org": 1}
