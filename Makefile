@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo local test lint typecheck unit bench browser clean
+.PHONY: venv demo local test lint typecheck unit bench chaos browser clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed"; exit 1; }
@@ -39,6 +39,10 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m infra.bench.run
+
+# The demo export plus 100 generated learners under faults; CHAOS_ARGS="--badgr 0.1 --kills 0.05 --aws 0.01"
+chaos: $(STAMP)
+	$(BIN)/python -m infra.chaos.run $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache build

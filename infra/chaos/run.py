@@ -220,12 +220,14 @@ def _tally(
                 _example(tally, f"{file_name} of {email}: {badge.state.value if badge else 'no record'}")
                 continue
             tally.final += 1
+            in_badgr = want.assertion_id is not None and want.assertion_id in held[username]
             if badge.state == BadgeState.DEAD_LETTERED:
+                # True when Badgr does not hold it (else a contradiction, below): Badgr failed
+                # every try, and the learner is told so. Counted on its own line.
                 tally.dead_lettered += 1
-            if badge.state != want.state:
+            elif badge.state != want.state:
                 tally.mislabelled += 1
                 _example(tally, f"{file_name} of {email}: {badge.state.value}, expected {want.state.value}")
-            in_badgr = want.assertion_id is not None and want.assertion_id in held[username]
             if (badge.state in HELD_STATES) != in_badgr:
                 tally.contradictions += 1
                 _example(

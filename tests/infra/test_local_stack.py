@@ -489,3 +489,26 @@ def test_functions_on_a_schedule_run_at_their_scaled_rate(stack: LocalStack) -> 
     event = events[0]
     assert event["detail-type"] == "Scheduled Event" and event["source"] == "aws.events"
     assert event["resources"][0].startswith("arn:aws:events:")
+
+
+def test_ranged_reads_answer_as_s3_does_by_version_and_etag(stack: LocalStack) -> None:
+    from botocore.exceptions import ClientError
+
+    s3 = boto3.client("s3")
+    bucket = stack.resource("ExportsBucket")
+    first = s3.put_object(Bucket=bucket, Key="exports/ranges.bin", Body=bytes(range(256)) * 4)
+    second = s3.put_object(Bucket=bucket, Key="exports/ranges.bin", Body=b"x" * 1024)
+    answer = s3.get_object(
+        Bucket=bucket, Key="exports/ranges.bin", Range="bytes=10-19", VersionId=first["VersionId"]
+    )
+    assert answer["Body"].read() == bytes(range(10, 20))
+    assert answer["ContentRange"] == "bytes 10-19/1024" and answer["ContentLength"] == 10
+    latest = s3.get_object(
+        Bucket=bucket, Key="exports/ranges.bin", Range="bytes=1000-2000", IfMatch=second["ETag"]
+    )
+    assert latest["Body"].read() == b"x" * 24
+    with pytest.raises(ClientError) as refused:
+        s3.get_object(Bucket=bucket, Key="exports/ranges.bin", Range="bytes=0-9", IfMatch=first["ETag"])
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    with pytest.raises(ClientError):
+        s3.get_object(Bucket=bucket, Key="exports/none.bin", Range="bytes=0-9")
