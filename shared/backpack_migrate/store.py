@@ -22,6 +22,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from boto3.dynamodb.conditions import Attr, Key
@@ -81,8 +82,8 @@ class Store(Protocol):
     def last_reconcile_run(self) -> dict[str, Any] | None: ...
 
 
-# DynamoDB takes up to 100 items in a transaction; a chunk writes this many badges at a time.
-TRANSACTION_ITEMS = 25
+# A chunk's badges are written this many at once (each PutItem keeps its condition).
+PARALLEL_PUTS = 8
 
 
 def _is_condition_failure(error: ClientError) -> bool:
@@ -247,44 +248,14 @@ class DynamoStore:
     def put_badges_if_absent(self, badges: Iterable[BadgeRecord]) -> int:
         """Conditional puts, so a chunk resumed after a crash never overwrites a later state.
 
-        Written a group at a time in one transaction (BatchWriteItem takes no conditions); a
-        group that meets a badge already on record is written badge by badge instead.
+        A group of badges is written by parallel PutItem calls: BatchWriteItem takes no
+        conditions (and would let the function delete items), and a transaction costs twice.
         """
         items = [self._badge_item(badge) for badge in badges]
-        written = 0
-        for start in range(0, len(items), TRANSACTION_ITEMS):
-            group = items[start : start + TRANSACTION_ITEMS]
-            # A transaction may not name one item twice: such a group goes badge by badge.
-            distinct = len({(item["PK"], item["SK"]) for item in group}) == len(group)
-            if len(group) == 1 or not distinct or not self._put_all_if_absent(group):
-                written += sum(self._put_if_absent(item) for item in group)
-            else:
-                written += len(group)
-        return written
-
-    def _put_all_if_absent(self, items: list[dict[str, Any]]) -> bool:
-        """All the items or none; False when one of them is on record already."""
-        try:
-            self._table.meta.client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self._table.name,
-                            "Item": item,
-                            "ConditionExpression": "attribute_not_exists(PK)",
-                        }
-                    }
-                    for item in items
-                ]
-            )
-        except ClientError as error:
-            reasons = error.response.get("CancellationReasons") or []
-            if error.response.get("Error", {}).get("Code") == "TransactionCanceledException" and any(
-                reason.get("Code") == "ConditionalCheckFailed" for reason in reasons
-            ):
-                return False
-            raise
-        return True
+        if len(items) <= 1:
+            return sum(self._put_if_absent(item) for item in items)
+        with ThreadPoolExecutor(min(PARALLEL_PUTS, len(items))) as pool:
+            return sum(pool.map(self._put_if_absent, items))
 
     def get_badge(self, learner_id: str, badge_id: str) -> BadgeRecord | None:
         item = self._get(f"LEARNER#{learner_id}", f"BADGE#{badge_id}")
