@@ -47,6 +47,7 @@ from infra.local.cloudformation import (
 )
 from infra.local.http_api import HttpApi, HttpRoute
 from infra.local.lambda_runtime import FunctionSpec, Invoker, LambdaContext, import_file
+from infra.local.moto_locks import serialise_dynamodb
 from infra.local.s3_events import S3Events
 from infra.local.s3_ranges import serve_range
 from infra.local.schedules import Scheduler, find_schedules
@@ -178,6 +179,7 @@ class LocalStack:
         self._saved_sys_path = list(sys.path)
         # Port 0: the server binds a free port itself, so no other process can take it between
         # choosing and binding (moto's start() would then wait forever).
+        serialise_dynamodb()
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         port = self._server.get_host_and_port()[1]
