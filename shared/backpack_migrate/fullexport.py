@@ -121,7 +121,7 @@ class ExportedGrant(_Record):
     user_id: int
     origin: str
     permissions: list[str] = Field(default_factory=list)
-    access_time: int = Field(description="as stored (milliseconds since the epoch)")
+    access_time: int = Field(description="as stored: seconds since the epoch (the column is a 32-bit int)")
     access_token_sha256: str
     refresh_token_sha256: str
 
