@@ -36,6 +36,13 @@ FIGURES = (
     "intake_1k_traced_mb",
     "intake_1k_export_mb",
     "cold_import_ms",
+    "export_db_10k_rows_per_s",
+    "export_db_10k_peak_mb",
+    "export_db_10k_dump_rows_per_s",
+    "export_db_100k_rows_per_s",
+    "export_db_100k_peak_mb",
+    "export_db_100k_dump_rows_per_s",
+    "export_db_memory_growth_mb",
 )
 
 
@@ -53,13 +60,13 @@ def _guarded(title: str, build: Callable[[], list[Part]]) -> list[Part]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run every benchmark part.")
-    parser.add_argument("--only", choices=("verify", "cold", "intake"), action="append")
+    parser.add_argument("--only", choices=("verify", "cold", "intake", "export-db"), action="append")
     parser.add_argument("--badges", type=int, default=10_000, help="badges on the loopback site")
     parser.add_argument("--sample", type=int, default=250, help="badges the reference verifies on loopback")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--runs", type=int, default=5, help="cold-import runs per function")
     args = parser.parse_args(argv)
-    chosen = set(args.only or ("verify", "cold", "intake"))
+    chosen = set(args.only or ("verify", "cold", "intake", "export-db"))
 
     from infra.bench import cold_imports, intake_bench, verify_bench
 
@@ -73,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         parts += _guarded("cold imports", lambda: [cold_imports.bench_cold_imports(args.runs)])
     if "intake" in chosen:
         parts += _guarded("intake", lambda: [intake_bench.bench_intake()])
+    if "export-db" in chosen:
+        from infra.bench import export_db_bench
+
+        parts += _guarded("export-db", lambda: [export_db_bench.bench_export_db()])
 
     figures: dict[str, Any] = dict.fromkeys(FIGURES)
     for part in parts:

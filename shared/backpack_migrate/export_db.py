@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import tempfile
-import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from . import fullexport as fx
 from .backpack_db import BackpackDatabase, DatabaseError, DatabaseTarget
 from .domain import Problem, normalize_email, now_iso
 from .export import sniff_media_type
+from .zipwriter import StreamingZipWriter
 
 EmailField = Literal["email", "additional_email_1", "additional_email_2"]
 EMAIL_FIELDS: tuple[tuple[EmailField, str], ...] = (
@@ -305,24 +305,26 @@ def _digest(token: Any) -> str:
 
 
 class _Writer:
-    """The export ZIP, written member after member (zipfile allows one open member at a time)."""
+    """The export ZIP, member after member, with memory that does not grow with the members."""
 
     def __init__(self, path: Path) -> None:
-        self.archive = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
+        self.archive = StreamingZipWriter(path)
 
     def open(self, name: str) -> IO[bytes]:
-        return self.archive.open(name, "w", force_zip64=True)
+        return cast(IO[bytes], self.archive.open(name))
 
     def image(self, name: str, data: bytes, media_type: str) -> None:
         # PNGs are compressed already; SVG text is worth deflating.
-        method = zipfile.ZIP_STORED if media_type == "image/png" else zipfile.ZIP_DEFLATED
-        self.archive.writestr(name, data, compress_type=method)
+        self.archive.write(name, data, compress=media_type != "image/png")
 
     def json(self, name: str, record: BaseModel) -> None:
-        self.archive.writestr(name, record.model_dump_json(indent=2))
+        self.archive.write(name, record.model_dump_json(indent=2).encode())
 
     def close(self) -> None:
         self.archive.close()
+
+    def abort(self) -> None:
+        self.archive.abort()
 
 
 class DatabaseExport:
@@ -348,7 +350,7 @@ class DatabaseExport:
             writer.json(fx.FORMAT_MEMBER, fx.ExportFormat(created_at=now_iso(), counts=dict(self.counts)))
             writer.close()
         except BaseException:
-            writer.close()
+            writer.abort()
             partial.unlink(missing_ok=True)
             raise
         os.replace(partial, out)
