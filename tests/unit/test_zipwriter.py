@@ -51,6 +51,5 @@ def test_past_65535_members_with_memory_that_does_not_grow(tmp_path: Path) -> No
 
 
 def test_one_member_open_at_a_time(tmp_path: Path) -> None:
-    with StreamingZipWriter(tmp_path / "b.zip") as out, out.open("a") as _first:
-        with pytest.raises(RuntimeError):
-            out.open("b")
+    with StreamingZipWriter(tmp_path / "b.zip") as out, out.open("a"), pytest.raises(RuntimeError):
+        out.open("b")
