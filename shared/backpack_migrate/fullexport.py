@@ -121,7 +121,10 @@ class ExportedGrant(_Record):
     user_id: int
     origin: str
     permissions: list[str] = Field(default_factory=list)
-    access_time: int = Field(description="as stored: seconds since the epoch (the column is a 32-bit int)")
+    access_time: int = Field(
+        description="as stored: seconds since the epoch when the access token was issued "
+        "(it lived 3600 s from then)"
+    )
     access_token_sha256: str
     refresh_token_sha256: str
 
