@@ -1,55 +1,44 @@
 """``export-db``: the Backpack's database written out as one full-fidelity export ZIP.
 
-Each table is streamed once, each row turned into its record of :mod:`.fullexport` and
-written at once, so memory stays flat whatever the database's size. Every row ends in exactly
-one place: in the export (perhaps with problems of its own), or counted on the export's report
-with the reason it was left out. Addresses shared by several users are settled before the
-users are read: one user keeps each address, the others are reported.
+Each table is streamed once, each row turned into its record of :mod:`.fullexport` (by
+:mod:`.backpack_rows`) and written at once, so memory stays flat whatever the database's size.
+Every row ends in exactly one place: in the export (perhaps with problems of its own), or
+counted on the export's report with the reason it was left out. Addresses shared by several
+users are settled before the users are read: one user keeps each address, the others are
+reported.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
 import os
-import re
 import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Literal, cast
+from typing import IO, Any, cast
 
 from pydantic import BaseModel
 
 from . import fullexport as fx
 from .backpack_db import BackpackDatabase, DatabaseError, DatabaseTarget
-from .domain import Problem, normalize_email, now_iso
-from .export import sniff_media_type
+from .backpack_rows import (
+    Decision,
+    decode_image,
+    group_badge_ids,
+    iso_time,
+    parse_body,
+    parse_stories,
+    settle_shared_addresses,
+    text,
+    token_digest,
+    user_record,
+)
+from .domain import Problem, now_iso
 from .zipwriter import StreamingZipWriter
 
-EmailField = Literal["email", "additional_email_1", "additional_email_2"]
-EMAIL_FIELDS: tuple[tuple[EmailField, str], ...] = (
-    ("email", "email_is_verified"),
-    ("additional_email_1", "additional_email_1_is_verified"),
-    ("additional_email_2", "additional_email_2_is_verified"),
-)
-FIELD_WORDS = {
-    "email": "primary address",
-    "additional_email_1": "first additional address",
-    "additional_email_2": "second additional address",
-}
-KEEPER_RULE = (
-    "the user for whom it is the primary and verified address, then a verified one, "
-    "then the primary, then the lowest user id"
-)
 GROUP_BATCH = 500
-_DATA_URL = re.compile(rb"^data:[^,]{0,100};base64,", re.IGNORECASE)
-_WHITESPACE = re.compile(rb"\s+")
 
 Progress = Callable[[str, int], None]  # (table, rows just done)
 
@@ -63,14 +52,6 @@ class ExportSummary(BaseModel):
     left_out: dict[str, int]
     email_conflicts: int
     problems: dict[str, int]
-
-
-@dataclass
-class _Decision:
-    """A shared address this user does not keep."""
-
-    kept_by: int
-    kept_as: EmailField
 
 
 @dataclass
@@ -91,213 +72,6 @@ class _Tally:
 
     def note(self, problems: list[Problem]) -> None:
         self.problems.update(p.code for p in problems)
-
-
-# --------------------------------------------------------------------------------------------
-# Shared addresses
-
-
-def settle_shared_addresses(
-    rows: list[tuple[str, int, str, bool]],
-) -> tuple[dict[tuple[int, str], _Decision], list[fx.EmailConflict]]:
-    """Which user keeps each address several users have, and which users lose it."""
-    by_address: dict[str, list[tuple[int, str, bool]]] = {}
-    for address, user_id, column, verified in rows:
-        by_address.setdefault(normalize_email(address), []).append((user_id, column, verified))
-    decisions: dict[tuple[int, str], _Decision] = {}
-    conflicts: list[fx.EmailConflict] = []
-    for holders in by_address.values():
-        if len({user_id for user_id, _, _ in holders}) < 2:
-            continue  # only case or accent alike under the database's collation
-
-        def rank(holder: tuple[int, str, bool]) -> tuple[bool, bool, bool, int, str]:
-            user_id, column, verified = holder
-            primary = column == "email"
-            return (not (primary and verified), not verified, not primary, user_id, column)
-
-        ordered = sorted(holders, key=rank)
-        keeper_id, keeper_field, keeper_verified = ordered[0]
-        reported = [h for h in ordered[1:] if h[0] != keeper_id]
-        for user_id, column, _ in reported:
-            decisions[(user_id, column)] = _Decision(
-                kept_by=keeper_id, kept_as=cast(EmailField, keeper_field)
-            )
-        conflicts.append(
-            fx.EmailConflict(
-                kept_by=fx.EmailHolder(
-                    user_id=keeper_id, field=cast(EmailField, keeper_field), verified=keeper_verified
-                ),
-                reported=[
-                    fx.EmailHolder(user_id=u, field=cast(EmailField, c), verified=v) for u, c, v in reported
-                ],
-                rule=KEEPER_RULE,
-            )
-        )
-    return decisions, conflicts
-
-
-# --------------------------------------------------------------------------------------------
-# Rows to records
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    return str(value)
-
-
-def user_record(row: dict[str, Any], decisions: dict[tuple[int, str], _Decision]) -> fx.ExportedUser:
-    user_id = int(row["id"])
-    emails: list[fx.ExportedEmail] = []
-    problems: list[Problem] = []
-    seen: dict[str, int] = {}
-    for column, flag in EMAIL_FIELDS:
-        address = (_text(row[column]) or "").strip()
-        if not address:
-            continue
-        verified = bool(row[flag])
-        decision = decisions.get((user_id, column))
-        if decision is not None:
-            problems.append(
-                Problem(
-                    code="EMAIL_KEPT_BY_OTHER_USER",
-                    message=f"Its {FIELD_WORDS[column]} is also the {FIELD_WORDS[decision.kept_as]} of "
-                    f"Backpack user {decision.kept_by}, who keeps it; it was left off this user.",
-                )
-            )
-            continue
-        key = normalize_email(address)
-        if key in seen:
-            earlier = emails[seen[key]]
-            # The Backpack trusted the address if any of its copies was verified.
-            earlier.verified = earlier.verified or verified
-            problems.append(
-                Problem(
-                    code="EMAIL_REPEATED",
-                    message=f"Its {FIELD_WORDS[column]} repeats an earlier address of the same user; "
-                    "it was kept once.",
-                )
-            )
-            continue
-        seen[key] = len(emails)
-        emails.append(fx.ExportedEmail(address=address, verified=verified, primary=column == "email"))
-    if not emails:
-        problems.append(
-            Problem(code="USER_WITHOUT_ADDRESS", message="This user has no address left to write to.")
-        )
-    return fx.ExportedUser(
-        id=user_id,
-        first_name=_text(row["first_name"]),
-        last_name=_text(row["last_name"]),
-        emails=emails,
-        created_at=None if row["created_at"] is None else int(row["created_at"]),
-        updated_at=None if row["updated_at"] is None else int(row["updated_at"]),
-        problems=problems,
-    )
-
-
-def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
-    return str(value)
-
-
-def parse_body(raw: Any) -> tuple[dict[str, Any] | None, Problem | None]:
-    """The stored assertion as a JSON object, or why it is not one."""
-    data = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
-    try:
-        body = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None, Problem(
-            code="BODY_NOT_JSON", message="The stored assertion is not JSON; it was left out of this badge."
-        )
-    if not isinstance(body, dict):
-        return None, Problem(
-            code="BODY_NOT_JSON",
-            message=f"The stored assertion is JSON but not an object (a {type(body).__name__}); "
-            "it was left out of this badge.",
-        )
-    return body, None
-
-
-def decode_image(raw: Any) -> tuple[bytes, str] | Problem:
-    """A badge's baked image from its base64 text, with its media type, or why not."""
-    if raw is None or not bytes(raw).strip():
-        return Problem(code="IMAGE_MISSING", message="The Backpack holds no image for this badge.")
-    text = _WHITESPACE.sub(b"", bytes(raw))
-    text = _DATA_URL.sub(b"", text, count=1)
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return Problem(
-            code="IMAGE_UNDECODABLE", message="The Backpack's image for this badge is not valid base64 text."
-        )
-    media_type = sniff_media_type(data)
-    if media_type is None:
-        return Problem(
-            code="IMAGE_NOT_AN_IMAGE",
-            message="The Backpack's image for this badge is neither a PNG nor an SVG.",
-        )
-    return data, media_type
-
-
-def _group_badge_ids(raw: Any) -> tuple[list[int], list[Problem]]:
-    try:
-        value = json.loads(bytes(raw).decode("utf-8") if isinstance(raw, bytes | bytearray) else str(raw))
-    except (UnicodeDecodeError, ValueError):
-        return [], [
-            Problem(
-                code="GROUP_BADGES_NOT_JSON", message="The group's badge list is not JSON; it is empty here."
-            )
-        ]
-    if not isinstance(value, list):
-        return [], [
-            Problem(
-                code="GROUP_BADGES_NOT_JSON",
-                message="The group's badge list is not a JSON list; it is empty here.",
-            )
-        ]
-    ids: list[int] = []
-    dropped = 0
-    for item in value:
-        if isinstance(item, int) and not isinstance(item, bool):
-            ids.append(item)
-        elif isinstance(item, str) and item.strip().isdigit():
-            ids.append(int(item))
-        else:
-            dropped += 1
-    problems = []
-    if dropped:
-        problems.append(
-            Problem(
-                code="GROUP_BADGE_ID_INVALID",
-                message=f"{dropped} entries of the group's badge list are not badge ids; they were left out.",
-            )
-        )
-    return ids, problems
-
-
-def _stories(raw: Any) -> tuple[dict[str, str], Problem | None]:
-    if raw is None or not bytes(raw).strip():
-        return {}, None
-    try:
-        value = json.loads(bytes(raw).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        value = None
-    if not isinstance(value, dict):
-        return {}, Problem(
-            code="STORIES_NOT_JSON",
-            message="The portfolio's stories are not a JSON object; they were left out.",
-        )
-    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}, None
-
-
-def _digest(token: Any) -> str:
-    return hashlib.sha256((_text(token) or "").encode("utf-8")).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,7 +140,7 @@ class DatabaseExport:
             problems=report.problems,
         )
 
-    def _users(self, writer: _Writer, decisions: dict[tuple[int, str], _Decision]) -> None:
+    def _users(self, writer: _Writer, decisions: dict[tuple[int, str], Decision]) -> None:
         table = self.tally.table("user")
         with writer.open(fx.USERS_MEMBER) as member:
             for row in self.db.users():
@@ -442,7 +216,7 @@ class DatabaseExport:
 
     def _badge_record(self, row: dict[str, Any]) -> tuple[fx.ExportedBadge, bytes | None]:
         badge_id = int(row["id"])
-        body_hash = _text(row["body_hash"]) or ""
+        body_hash = text(row["body_hash"]) or ""
         body, body_problem = parse_body(row["body"])
         problems = [body_problem] if body_problem else []
         decoded = decode_image(row["image_data"])
@@ -457,15 +231,15 @@ class DatabaseExport:
         record = fx.ExportedBadge(
             id=badge_id,
             user_id=int(row["user_id"]),
-            awarded_to=_text(row["awarded_to_email_address"]),
-            endpoint=_text(row["endpoint"]),
-            signature=_text(row["signature"]),
+            awarded_to=text(row["awarded_to_email_address"]),
+            endpoint=text(row["endpoint"]),
+            signature=text(row["signature"]),
             body=body,
             body_hash=body_hash,
             image=member,
             media_type=cast(Any, media_type),
-            validated_on=_iso(row["validated_on"]),
-            public_path=_text(row["public_path"]),
+            validated_on=iso_time(row["validated_on"]),
+            public_path=text(row["public_path"]),
             public=bool(row["public"]),
             problems=problems,
         )
@@ -485,7 +259,7 @@ class DatabaseExport:
                     for _ in range(portfolio_rows):
                         self.tally.left_out("portfolio", "GROUP_LEFT_OUT")
                     continue
-                ids, problems = _group_badge_ids(row["badges"])
+                ids, problems = group_badge_ids(row["badges"])
                 batch.append((row, ids, problems))
                 if len(batch) >= GROUP_BATCH:
                     self._write_groups(member, batch)
@@ -521,15 +295,15 @@ class DatabaseExport:
             portfolio = None
             portfolio_rows = int(row["portfolio_rows"])
             if row["portfolio_id"] is not None:
-                stories, problem = _stories(row["stories"])
+                stories, problem = parse_stories(row["stories"])
                 if problem:
                     problems.append(problem)
                 portfolio = fx.ExportedPortfolio(
                     id=int(row["portfolio_id"]),
-                    url=_text(row["portfolio_url"]),
-                    title=_text(row["title"]),
-                    subtitle=_text(row["subtitle"]),
-                    preamble=_text(row["preamble"]),
+                    url=text(row["portfolio_url"]),
+                    title=text(row["title"]),
+                    subtitle=text(row["subtitle"]),
+                    preamble=text(row["preamble"]),
                     stories=stories,
                 )
                 portfolios.exported += 1
@@ -545,8 +319,8 @@ class DatabaseExport:
             record = fx.ExportedGroup(
                 id=int(row["id"]),
                 user_id=user_id,
-                name=_text(row["name"]),
-                url=_text(row["url"]),
+                name=text(row["name"]),
+                url=text(row["url"]),
                 public=bool(row["public"]),
                 badges=kept,
                 portfolio=portfolio,
@@ -564,15 +338,15 @@ class DatabaseExport:
                 self.progress("bpc_session", 1)
                 if self._owner_left_out("bpc_session", row, "Backpack Connect grant"):
                     continue
-                permissions = [p.strip() for p in (_text(row["permissions"]) or "").split(",") if p.strip()]
+                permissions = [p.strip() for p in (text(row["permissions"]) or "").split(",") if p.strip()]
                 record = fx.ExportedGrant(
                     id=int(row["id"]),
                     user_id=int(row["user_id"]),
-                    origin=_text(row["origin"]) or "",
+                    origin=text(row["origin"]) or "",
                     permissions=permissions,
                     access_time=int(row["access_time"]),
-                    access_token_sha256=_digest(row["access_token"]),
-                    refresh_token_sha256=_digest(row["refresh_token"]),
+                    access_token_sha256=token_digest(row["access_token"]),
+                    refresh_token_sha256=token_digest(row["refresh_token"]),
                 )
                 member.write(fx.to_line(record))
                 table.exported += 1
@@ -613,4 +387,4 @@ def iter_summary_lines(summary: ExportSummary) -> Iterator[str]:
     yield f"  details in {fx.REPORT_MEMBER} inside the export"
 
 
-__all__ = ["DatabaseError", "ExportSummary", "export_database", "settle_shared_addresses"]
+__all__ = ["DatabaseError", "ExportSummary", "export_database"]

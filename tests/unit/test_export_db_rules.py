@@ -10,9 +10,9 @@ import pytest
 
 from backpack_migrate import fullexport
 from backpack_migrate.backpack_db import DatabaseError, DatabaseTarget
+from backpack_migrate.backpack_rows import decode_image, parse_body, settle_shared_addresses, user_record
 from backpack_migrate.cli import main
 from backpack_migrate.domain import Problem
-from backpack_migrate.export_db import decode_image, parse_body, settle_shared_addresses, user_record
 from infra.local.bakery import make_png, make_svg
 
 pytestmark = pytest.mark.unit
