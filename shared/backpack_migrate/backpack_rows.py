@@ -162,7 +162,7 @@ def parse_body(raw: Any) -> tuple[dict[str, Any] | None, Problem | None]:
     data = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
     try:
         body = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None, Problem(
             code="BODY_NOT_JSON", message="The stored assertion is not JSON; it was left out of this badge."
         )
@@ -199,7 +199,7 @@ def decode_image(raw: Any) -> tuple[bytes, str] | Problem:
 def group_badge_ids(raw: Any) -> tuple[list[int], list[Problem]]:
     try:
         value = json.loads(bytes(raw).decode("utf-8") if isinstance(raw, bytes | bytearray) else str(raw))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return [], [
             Problem(
                 code="GROUP_BADGES_NOT_JSON", message="The group's badge list is not JSON; it is empty here."
@@ -237,7 +237,7 @@ def parse_stories(raw: Any) -> tuple[dict[str, str], Problem | None]:
         return {}, None
     try:
         value = json.loads(bytes(raw).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         value = None
     if not isinstance(value, dict):
         return {}, Problem(

@@ -7,10 +7,19 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from backpack_migrate import fullexport
 from backpack_migrate.backpack_db import DatabaseError, DatabaseTarget
-from backpack_migrate.backpack_rows import decode_image, parse_body, settle_shared_addresses, user_record
+from backpack_migrate.backpack_rows import (
+    decode_image,
+    group_badge_ids,
+    parse_body,
+    parse_stories,
+    settle_shared_addresses,
+    user_record,
+)
 from backpack_migrate.cli import main
 from backpack_migrate.domain import Problem
 from infra.local.bakery import make_png, make_svg
@@ -146,3 +155,23 @@ def test_the_published_schema_is_the_models_schema(tmp_path: Path) -> None:
         "docs/full-fidelity-export.schema.json is out of date: "
         "run .venv/bin/backpack-migrate export-schema --out docs/full-fidelity-export.schema.json"
     )
+
+
+@given(st.binary(max_size=400) | st.text(max_size=200).map(str.encode))
+def test_hostile_blobs_become_problems_never_errors(raw: bytes) -> None:
+    body, problem = parse_body(raw)
+    assert (body is None) == (problem is not None)
+    image = decode_image(raw)
+    assert isinstance(image, Problem) or image[1] in ("image/png", "image/svg+xml")
+    ids, problems = group_badge_ids(raw)
+    assert all(isinstance(i, int) for i in ids) and all(isinstance(p, Problem) for p in problems)
+    stories, story_problem = parse_stories(raw)
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in stories.items())
+    assert story_problem is None or not stories
+
+
+def test_json_nested_too_deep_is_a_problem_too() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert parse_body(deep)[1] is not None
+    assert group_badge_ids(deep)[1][0].code == "GROUP_BADGES_NOT_JSON"
+    assert parse_stories(b'{"a":' * 100_000)[1] is not None
