@@ -1,5 +1,4 @@
-"""``backpack-migrate``: the operator's command line (upload, report, watch, redrive, verify, export-db, demo,
-local)."""
+"""``backpack-migrate``: the operator's commands (upload, report, watch, redrive, verify, export-db, ...)."""
 
 from __future__ import annotations
 
