@@ -71,9 +71,13 @@ class SampleDatabase(BaseModel):
 def connect(server: MariaDBServer, database: str) -> Any:
     import pymysql
 
-    return pymysql.connect(
+    connection = pymysql.connect(
         unix_socket=str(server.socket), user="root", database=database, charset="utf8mb4", autocommit=True
     )
+    with connection.cursor() as cursor:
+        # Timestamps are written in UTC, as export-db reads them, whatever the machine's zone.
+        cursor.execute("SET time_zone = '+00:00'")
+    return connection
 
 
 def backpack_token(rng: random.Random) -> str:
