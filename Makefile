@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo local test lint typecheck unit bench chaos browser clean
+.PHONY: venv demo local test lint typecheck unit bench chaos browser database clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed"; exit 1; }
@@ -17,6 +17,9 @@ venv: $(STAMP)
 
 browser: $(STAMP)
 	@bash infra/local/install-browser.sh
+
+database:
+	@bash infra/local/install-mariadb.sh
 
 demo: $(STAMP)
 	$(BIN)/backpack-migrate demo
@@ -31,13 +34,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) browser lint typecheck
+test: $(STAMP) browser database lint typecheck
 	$(BIN)/pytest
 
 unit: $(STAMP)
 	$(BIN)/pytest -m unit
 
-bench: $(STAMP)
+bench: $(STAMP) database
 	$(BIN)/python -m infra.bench.run
 
 # The demo export plus 100 generated learners under faults; CHAOS_ARGS="--badgr 0.1 --kills 0.05 --aws 0.01"

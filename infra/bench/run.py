@@ -45,6 +45,13 @@ FIGURES = (
     "e2e_of_ideal",
     "e2e_rss_start_mb",
     "e2e_rss_peak_mb",
+    "export_db_10k_rows_per_s",
+    "export_db_10k_peak_mb",
+    "export_db_10k_dump_rows_per_s",
+    "export_db_100k_rows_per_s",
+    "export_db_100k_peak_mb",
+    "export_db_100k_dump_rows_per_s",
+    "export_db_memory_growth_mb",
 )
 
 
@@ -62,7 +69,7 @@ def _guarded(title: str, build: Callable[[], list[Part]]) -> list[Part]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run every benchmark part.")
-    parser.add_argument("--only", choices=("verify", "cold", "intake", "e2e"), action="append")
+    parser.add_argument("--only", choices=("verify", "cold", "intake", "export-db", "e2e"), action="append")
     parser.add_argument("--badges", type=int, default=10_000, help="badges on the loopback site")
     parser.add_argument("--sample", type=int, default=250, help="badges the reference verifies on loopback")
     parser.add_argument("--workers", type=int, default=16)
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "--migrate-workers", type=int, default=8, help="migrate workers of the end-to-end run"
     )
     args = parser.parse_args(argv)
-    chosen = set(args.only or ("verify", "cold", "intake", "e2e"))
+    chosen = set(args.only or ("verify", "cold", "intake", "export-db", "e2e"))
 
     from infra.bench import cold_imports, intake_bench, verify_bench
 
@@ -86,12 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         parts += _guarded("cold imports", lambda: [cold_imports.bench_cold_imports(args.runs)])
     if "intake" in chosen:
         parts += _guarded("intake", lambda: [intake_bench.bench_intake()])
-    if "e2e" in chosen:
-        from infra.bench import e2e_bench
-
-        parts += _guarded(
-            "end to end", lambda: [e2e_bench.bench_end_to_end(args.learners, args.migrate_workers)]
-        )
+    chosen = set(args.only or ("verify", "cold", "intake", "export-db", "e2e"))
 
     figures: dict[str, Any] = dict.fromkeys(FIGURES)
     for part in parts:

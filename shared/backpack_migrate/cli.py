@@ -1,4 +1,4 @@
-"""``backpack-migrate``: the operator's command line (upload, report, watch, redrive, verify, demo, local)."""
+"""``backpack-migrate``: the operator's commands (upload, report, watch, redrive, verify, export-db, ...)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from .export_db_command import EXPORT_COMMANDS, add_export_commands, run_export_command
 
 LOCAL_ENV_FILE = Path(".local-stack") / "env.json"
 
@@ -205,10 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("verify", help="verify one badge: backpack-migrate verify --help")
     commands.add_parser("demo", help="run the whole migration locally and check the outcome")
     commands.add_parser("local", help="start the local stack and leave it running")
+    add_export_commands(commands)
     args = parser.parse_args(argv)
     if args.command in ("demo", "local"):
         return cmd_local_tools(args)
     _load_local_env()
+    if args.command in EXPORT_COMMANDS:
+        return run_export_command(args, upload=cmd_upload)
     commands_run = {"upload": cmd_upload, "report": cmd_report, "watch": cmd_watch, "redrive": cmd_redrive}
     return commands_run[args.command](args)
 
