@@ -93,7 +93,16 @@ def main(argv: list[str] | None = None) -> int:
         parts += _guarded("cold imports", lambda: [cold_imports.bench_cold_imports(args.runs)])
     if "intake" in chosen:
         parts += _guarded("intake", lambda: [intake_bench.bench_intake()])
-    chosen = set(args.only or ("verify", "cold", "intake", "export-db", "e2e"))
+    if "export-db" in chosen:
+        from infra.bench import export_db_bench
+
+        parts += _guarded("export-db", lambda: [export_db_bench.bench_export_db()])
+    if "e2e" in chosen:
+        from infra.bench import e2e_bench
+
+        parts += _guarded(
+            "end to end", lambda: [e2e_bench.bench_end_to_end(args.learners, args.migrate_workers)]
+        )
 
     figures: dict[str, Any] = dict.fromkeys(FIGURES)
     for part in parts:
