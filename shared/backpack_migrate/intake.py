@@ -30,12 +30,14 @@ from .export import (
     ExportError,
     PlanStats,
     S3RangeReader,
+    find_manifest,
     iter_learners,
     read_member,
     sniff_media_type,
 )
 from .observability import logger, metrics
 from .services import Services
+from .shared_files import find_shared_files
 
 # A chunk message stays far below SQS's 256 KiB; a learner with thousands of badges spans chunks.
 MAX_FILES_PER_CHUNK = 400
@@ -147,6 +149,15 @@ def _plan_problems(stats: PlanStats) -> list[Problem]:
                 f"(for example {examples}).",
             )
         )
+    if stats.refused_entries:
+        examples = "; ".join(stats.refused_examples[:5])
+        found.append(
+            Problem(
+                code="MANIFEST_ENTRIES_REFUSED",
+                message=f"{MESSAGES['MANIFEST_ENTRIES_REFUSED']} ({stats.refused_entries} entries, "
+                f"for example {examples})",
+            )
+        )
     for code, count in sorted(stats.file_problems.items()):
         files = "1 listed file" if count == 1 else f"{count} listed files"
         found.append(Problem(code=code, message=f"{files}: {MESSAGES.get(code, code)}"))
@@ -155,8 +166,18 @@ def _plan_problems(stats: PlanStats) -> list[Problem]:
 
 def _chunk_learners(svc: Services, export: ExportRecord, stats: PlanStats) -> Iterator[ChunkLearner]:
     reader = open_export(svc, export)
+    _manifest, index = find_manifest(reader)
+    with index:
+        # A file listed under two learners is decided by the badge inside before any is queued.
+        shared = find_shared_files(reader, index)
+        yield from _learners(svc, export, stats, reader, index, shared.reviewer(reader))
+
+
+def _learners(
+    svc: Services, export: ExportRecord, stats: PlanStats, reader: Any, index: Any, review: Any
+) -> Iterator[ChunkLearner]:
     # Streamed: the manifest and the central directory are never held whole, whatever their size.
-    for entry in iter_learners(reader, stats=stats):
+    for entry in iter_learners(reader, index=index, stats=stats, review=review):
         learner_id = svc.learner_id(entry.email)
         ciphertext = svc.emails.encrypt(
             entry.email,
