@@ -11,8 +11,10 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
 
 from backpack_migrate import portal
+from backpack_migrate.links import BadgeRef, BrowserSession
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.services import Services, get_services
 
@@ -28,6 +30,9 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
+# A badge image opened on its own is a document of its own: an SVG may hold markup (a form in a
+# foreignObject, say). `sandbox` gives it an opaque origin with no scripts and no forms.
+IMAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
 
 def _svc() -> Services:
@@ -35,12 +40,33 @@ def _svc() -> Services:
 
 
 def _session_id() -> str | None:
+    """The session cookie, checked for shape before it is used as a key."""
     cookies = app.current_event.cookies or []
     jar: SimpleCookie = SimpleCookie()
     for cookie in cookies:
         jar.load(cookie)
     morsel = jar.get(portal.SESSION_COOKIE)
-    return morsel.value if morsel else None
+    try:
+        return BrowserSession(session_id=morsel.value if morsel else None).session_id
+    except ValidationError as error:
+        raise portal.PortalError(
+            400,
+            "Please start again",
+            "Your browser sent a visit we did not start. Open the link from your email again.",
+            clear_session=True,
+        ) from error
+
+
+def _badge_id(raw: str) -> str:
+    try:
+        return BadgeRef(badge_id=raw).badge_id
+    except ValidationError as error:
+        raise portal.PortalError(404, "No image", "This badge has no image.") from error
+
+
+def _own_origins() -> list[str]:
+    """Where our own pages are served from: the public URL, and the domain the request came to."""
+    return [_svc().settings.public_base_url, f"https://{app.current_event.request_context.domain_name}"]
 
 
 def _redirect_uri() -> str:
@@ -50,8 +76,10 @@ def _redirect_uri() -> str:
     return f"{base.rstrip('/')}/oauth/callback"
 
 
-def _respond(page: portal.Page) -> Response:
+def _respond(page: portal.Page, policy: str | None = None) -> Response:
     headers: dict[str, str] = dict(SECURITY_HEADERS)
+    if policy:
+        headers["Content-Security-Policy"] = policy
     if page.location:
         headers["Location"] = page.location
     cookies = []
@@ -67,6 +95,18 @@ def _respond(page: portal.Page) -> Response:
                 secure=not _svc().settings.public_base_url.startswith("http://"),
                 same_site=SameSite.LAX_MODE,
                 max_age=portal.SESSION_TTL,
+            )
+        )
+    elif page.clear_session:
+        cookies.append(
+            Cookie(
+                name=portal.SESSION_COOKIE,
+                value="",
+                path="/",
+                http_only=True,
+                secure=not _svc().settings.public_base_url.startswith("http://"),
+                same_site=SameSite.LAX_MODE,
+                max_age=0,
             )
         )
     return Response(
@@ -92,7 +132,19 @@ def landing(token: str) -> Response:
 def connect(token: str) -> Response:
     form = parse_qs(app.current_event.decoded_body or "")
     csrf = form.get("csrf", [None])[0]
-    return _respond(portal.connect(_svc(), token, _session_id(), csrf, _redirect_uri()))
+    headers = app.current_event.headers or {}
+    return _respond(
+        portal.connect(
+            _svc(),
+            token,
+            _session_id(),
+            csrf,
+            _redirect_uri(),
+            origin=headers.get("origin"),
+            fetch_site=headers.get("sec-fetch-site"),
+            own_origins=_own_origins(),
+        )
+    )
 
 
 @app.get("/oauth/callback")
@@ -114,7 +166,8 @@ def status_json(token: str) -> Response:
 
 @app.get("/l/<token>/badges/<badge_id>/image")
 def badge_image(token: str, badge_id: str) -> Response:
-    return _respond(portal.badge_image(_svc(), token, badge_id))
+    page = portal.badge_image(_svc(), token, _badge_id(badge_id))
+    return _respond(page, policy=IMAGE_POLICY if page.status == 200 else None)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)

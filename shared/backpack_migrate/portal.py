@@ -6,12 +6,20 @@ to, a CSRF token for the form, and the OAuth ``state`` and PKCE verifier of a pe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .export import ExportError, read_member
 from .intake import open_export
-from .links import LinkClaims, LinkError, new_secret_token, tokens_match, verify_link
+from .links import (
+    LinkClaims,
+    LinkError,
+    from_another_site,
+    new_secret_token,
+    tokens_match,
+    verify_link,
+)
 from .migration import request_migration, store_tokens
 from .observability import logger
 from .pages import landing_page, message_page, status_page
@@ -24,11 +32,12 @@ SESSION_TTL = 2 * 3600
 class PortalError(Exception):
     """A request the learner cannot go on with: ``status`` is the HTTP status of the answer page."""
 
-    def __init__(self, status: int, title: str, message: str) -> None:
+    def __init__(self, status: int, title: str, message: str, *, clear_session: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.title = title
         self.message = message
+        self.clear_session = clear_session  # the browser's session cookie is unusable: drop it
 
 
 @dataclass
@@ -38,6 +47,7 @@ class Page:
     content_type: str = "text/html; charset=utf-8"
     location: str | None = None
     session_id: str | None = None  # set the session cookie to this
+    clear_session: bool = False  # remove the session cookie
 
 
 def _claims(svc: Services, token: str) -> LinkClaims:
@@ -79,7 +89,25 @@ def landing(svc: Services, token: str, session_id: str | None) -> Page:
     return Page(200, body, session_id=sid if created else None)
 
 
-def connect(svc: Services, token: str, session_id: str | None, csrf: str | None, redirect_uri: str) -> Page:
+def connect(
+    svc: Services,
+    token: str,
+    session_id: str | None,
+    csrf: str | None,
+    redirect_uri: str,
+    *,
+    origin: str | None = None,
+    fetch_site: str | None = None,
+    own_origins: Sequence[str] = (),
+) -> Page:
+    # Defence in depth beside the CSRF token: a form sent from another site is refused outright.
+    if from_another_site(origin, fetch_site, own_origins):
+        raise PortalError(
+            403,
+            "This form came from another website",
+            "For your safety, Badgr can only be connected from your own badge page. "
+            "Open the link from your email and press the button there.",
+        )
     claims = _claims(svc, token)
     session = svc.store.get_session(session_id) if session_id else None
     if (
@@ -125,10 +153,19 @@ def callback(svc: Services, session_id: str | None, params: dict[str, str], redi
             "Badgr was not connected",
             "Badgr did not give us permission, so no badge was moved. You can try again from your link.",
         )
+    verifier = session.get("pkce")
+    if not verifier:
+        # A session written before the connection started, or by another version of the service.
+        raise PortalError(
+            400,
+            "Please start again",
+            "We lost track of this connection to Badgr, so nothing was moved. "
+            "Open the link from your email and connect Badgr again.",
+        )
     from .badgr import BadgrError
 
     try:
-        tokens = svc.badgr.exchange_code(params["code"], session["pkce"], redirect_uri)
+        tokens = svc.badgr.exchange_code(params["code"], verifier, redirect_uri)
     except BadgrError as error:
         logger.warning("code exchange failed", extra={"error": type(error).__name__})
         raise PortalError(
@@ -196,4 +233,4 @@ def badge_image(svc: Services, token: str, badge_id: str) -> Page:
 
 
 def error_page(error: PortalError) -> Page:
-    return Page(error.status, message_page(error.title, error.message))
+    return Page(error.status, message_page(error.title, error.message), clear_session=error.clear_session)
