@@ -75,25 +75,26 @@ class Decision(BaseModel):
     owners: frozenset[str] = frozenset()  # normalized addresses the badge names
 
 
-_FIRST_SCHEMA = f"CREATE TABLE first (seq INTEGER PRIMARY KEY, who BLOB NOT NULL){_WITHOUT_ROWID};"
+_FIRST_SCHEMA = f"CREATE TABLE first (name BLOB PRIMARY KEY, who BLOB NOT NULL){_WITHOUT_ROWID};"
+_BATCH = 1024  # listings per transaction
 
 
 class _FirstListers:
-    """Each file's first lister, as a keyed digest (random key per run): memory, then SQLite."""
+    """Each file name's first lister, both as keyed digests (random key per run, so the scratch
+    file holds nothing that can be matched to a name or an address): memory, then SQLite."""
 
     def __init__(self, memory_entries: int) -> None:
         self._limit = memory_entries
         self._key = os.urandom(16)
-        self._memory: dict[object, bytes] = {}
+        self._memory: dict[bytes, bytes] = {}
         self._db: _TempDatabase | None = None
+        self._uncommitted = 0
 
-    def digest(self, normalized: str) -> bytes:
-        return hashlib.blake2b(
-            normalized.encode("utf-8", "surrogatepass"), digest_size=16, key=self._key
-        ).digest()
+    def digest(self, text: str) -> bytes:
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16, key=self._key).digest()
 
-    def first(self, key: object, who: bytes) -> bytes:
-        """The file's first lister: ``who`` when this is the first listing."""
+    def first(self, key: bytes, who: bytes) -> bytes:
+        """The first lister of the file whose name digest is ``key``: ``who`` when this is the first."""
         if self._db is None:
             found = self._memory.get(key)
             if found is not None:
@@ -102,14 +103,19 @@ class _FirstListers:
                 self._memory[key] = who
                 return who
             self._db = _TempDatabase(_FIRST_SCHEMA)
-            self._db.write("INSERT INTO first (seq, who) VALUES (?, ?)", list(self._memory.items()))
+            self._db.write("INSERT INTO first (name, who) VALUES (?, ?)", list(self._memory.items()))
             self._memory = {}
         conn = self._db.conn
         if not conn.in_transaction:
             conn.execute("BEGIN")
-        if conn.execute("INSERT OR IGNORE INTO first (seq, who) VALUES (?, ?)", (key, who)).rowcount:
+        self._uncommitted += 1
+        if self._uncommitted >= _BATCH:
+            conn.execute("COMMIT")
+            conn.execute("BEGIN")
+            self._uncommitted = 0
+        if conn.execute("INSERT OR IGNORE INTO first (name, who) VALUES (?, ?)", (key, who)).rowcount:
             return who
-        row = conn.execute("SELECT who FROM first WHERE seq = ?", (key,)).fetchone()
+        row = conn.execute("SELECT who FROM first WHERE name = ?", (key,)).fetchone()
         return bytes(row[0])
 
     def close(self) -> None:
@@ -222,7 +228,9 @@ def recipient_of(assertion: dict[str, Any]) -> RecipientInfo | None:
 
 
 def find_shared_files(reader: RangeReader, index: MemberIndex) -> SharedFiles:
-    """One read of the manifest: the files that learners with different addresses list."""
+    """One read of the manifest: the files that learners with different addresses list.
+
+    ``index`` gives where the manifest is; the files' own presence is checked by the stream."""
     shared = SharedFiles()
     manifest = index.get(MANIFEST_NAME)
     if manifest is None:
@@ -233,11 +241,9 @@ def find_shared_files(reader: RangeReader, index: MemberIndex) -> SharedFiles:
             normalized = normalize_email(email)
             who = firsts.digest(normalized)
             for name in dict.fromkeys(names):
-                found = index._find_member(name)
-                if found is None or name == MANIFEST_NAME:
-                    continue
-                _location, seq, _ambiguous = found
-                if firsts.first(seq if seq >= 0 else name, who) != who:
+                # Names the ZIP lacks are tracked too: looking each one up would cost more, and
+                # a missing file is never reviewed.
+                if name != MANIFEST_NAME and firsts.first(firsts.digest(name), who) != who:
                     shared._note(name, normalized)
     finally:
         firsts.close()
