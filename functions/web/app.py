@@ -57,11 +57,12 @@ def _session_id() -> str | None:
         ) from error
 
 
-def _badge_id(raw: str) -> str:
+def _badge_id(raw: str) -> str | None:
+    """The badge id of the path, None when it cannot be one of ours (the link is checked first)."""
     try:
         return BadgeRef(badge_id=raw).badge_id
-    except ValidationError as error:
-        raise portal.PortalError(404, "No image", "This badge has no image.") from error
+    except ValidationError:
+        return None
 
 
 def _own_origins() -> list[str]:

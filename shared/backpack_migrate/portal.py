@@ -214,9 +214,10 @@ def status_json(svc: Services, token: str) -> dict[str, Any]:
     }
 
 
-def badge_image(svc: Services, token: str, badge_id: str) -> Page:
+def badge_image(svc: Services, token: str, badge_id: str | None) -> Page:
+    """``badge_id`` is None when the path named no id we could have issued: never looked up."""
     claims = _claims(svc, token)
-    badge = svc.store.get_badge(claims.learner_id, badge_id)
+    badge = svc.store.get_badge(claims.learner_id, badge_id) if badge_id else None
     if badge is None or badge.member is None:
         raise PortalError(404, "No image", "This badge has no image.")
     export = svc.store.get_export(badge.export_id)

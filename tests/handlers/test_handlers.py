@@ -407,6 +407,11 @@ def test_over_long_or_odd_cookies_and_ids_get_a_4xx_before_any_lookup(
         answer = _get(path, "/l/{token}/badges/{badge_id}/image", {"token": token, "badge_id": badge_id})
         assert answer["statusCode"] == 404, badge_id
         assert "<h1>No image</h1>" in answer["body"]
+    # A link that cannot be trusted is answered as such first, whatever id follows it.
+    forged = sign_link(b"not the key" * 4, learner_id, "export", 3600)
+    params = {"token": forged, "badge_id": "a" * 1025}
+    answer = _get(f"/l/{forged}/badges/{'a' * 1025}/image", "/l/{token}/badges/{badge_id}/image", params)
+    assert answer["statusCode"] == 403 and "This link cannot be used" in answer["body"]
 
 
 def test_a_session_without_its_pkce_verifier_asks_to_start_again(aws: Services) -> None:
