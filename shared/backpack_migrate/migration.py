@@ -13,11 +13,11 @@ from .connection import (
     ACCESS_LOST,
     UNAVAILABLE,
     Deferred,
+    RetryLater,
     refresh_tokens,
+    store_tokens,
     tokens_of,
 )
-from .connection import RetryLater as RetryLater  # where handlers and tests know it from
-from .connection import store_tokens as store_tokens
 from .domain import (
     FINAL_STATES,
     BadgeRecord,
@@ -455,3 +455,16 @@ def maybe_send_summary(svc: Services, learner_id: str) -> bool:
         [{"kind": "summary", "learner_id": learner_id, "requested_at": requested_at}],
     )
     return svc.store.claim_summary(learner_id, requested_at)
+
+
+__all__ = [
+    "RetryLater",
+    "import_badge",
+    "learner_email",
+    "maybe_send_summary",
+    "request_migration",
+    "run_import_job",
+    "settle",
+    "store_tokens",
+    "verify_learner",
+]
