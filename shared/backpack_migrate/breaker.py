@@ -146,11 +146,11 @@ class DynamoGate:
         item = self._table.get_item(Key=self.KEY, ConsistentRead=True).get("Item") or {}
         failures = int(item.get("failures", 0))
         open_until = int(item.get("open_until_ms", 0))
-        if failures < FAILURES_TO_OPEN:
-            # Closed after all (another instance just changed it): wait for a slot a moment.
-            raise Deferred(1.0)
         if open_until > now:
             raise Deferred((open_until - now) / 1000)
+        if failures < FAILURES_TO_OPEN:
+            # Closed after all (another instance changed it between our two updates).
+            raise Deferred(0.5)
         # Cooled down: one instance probes, and holds the circuit open while it does.
         probe = self._update(
             "SET open_until_ms = :until",
@@ -167,7 +167,10 @@ class DynamoGate:
         seen = self._seen
         if outcome == "ok":
             if seen.failures or self._probing:
-                self._update("SET failures = :zero", "attribute_exists(PK)", {":zero": 0})
+                # Badgr answered: the run of failures is over, and a probe's success closes it.
+                self._update(
+                    "SET failures = :zero, open_until_ms = :zero", "attribute_exists(PK)", {":zero": 0}
+                )
                 self._probing = False
             if seen.interval_ms > self._base_interval:
                 rate = 1000 / seen.interval_ms + 1000 / self._base_interval / RECOVERY_STEPS
