@@ -193,6 +193,18 @@ class FakeQueue:
         self.later.extend((queue_url, job, seconds) for job in batch)
         return self.send(queue_url, batch)
 
+    def receive(self, queue_url: str, most: int) -> list[tuple[dict[str, Any], str]]:
+        """Jobs not held back by ``delay``, as SQS would deliver them (then held for a minute)."""
+        held = {receipt for url, receipt, _ in self.delays if url == queue_url}
+        found = [
+            (job, f"{queue_url}#{i}")
+            for i, job in enumerate(self.sent.get(queue_url, []))
+            if f"{queue_url}#{i}" not in held
+        ]
+        for _, receipt in found[:most]:
+            self.delays.append((queue_url, receipt, 60))
+        return found[:most]
+
     def take(self, queue_url: str) -> list[dict[str, Any]]:
         return self.sent.pop(queue_url, [])
 

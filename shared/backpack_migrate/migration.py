@@ -125,17 +125,33 @@ def request_migration(svc: Services, learner_id: str) -> int:
     """Queue an import job for every badge that can still move; returns how many were queued.
 
     Badges already queued are sent again: a job lost with a crashed request must not leave its
-    badge waiting for ever, and a duplicate job changes nothing (imports are idempotent).
+    badge waiting for ever, and a duplicate job changes nothing (imports are idempotent). The
+    request is on record first, so the reconciler finishes one that died half-way.
     """
     if svc.store.get_learner(learner_id) is None:
         raise LookupError(f"unknown learner {learner_id}")
-    requested_at = request_stamp()
-    svc.store.mark_migration_requested(learner_id, requested_at)
+    svc.store.mark_migration_requested(learner_id, request_stamp())
+    movable = [
+        badge
+        for badge in svc.store.list_badges(learner_id)
+        if badge.state in REQUEUED_STATES or badge.can_move_again
+    ]
+    queued = queue_badges(svc, learner_id, movable)
+    metrics.add_metric(name="MigrationsRequested", unit="Count", value=1)
+    if not queued:
+        maybe_send_summary(svc, learner_id)
+    return queued
+
+
+def queue_badges(svc: Services, learner_id: str, badges: Sequence[BadgeRecord]) -> int:
+    """Record each badge as queued, then send its job; returns how many jobs were sent.
+
+    A job lost between the two (a failed send, a crash) leaves its badge queued with no job:
+    the reconciler finds it by its age in the store's open index and sends it again.
+    """
     batch: list[dict[str, Any]] = []
     queued = 0
-    for badge in svc.store.list_badges(learner_id):
-        if badge.state not in REQUEUED_STATES and not badge.can_move_again:
-            continue
+    for badge in badges:
         update: dict[str, Any] = {"state": BadgeState.QUEUED, "problem": None}
         if badge.can_move_again:
             update["moved_again"] = badge.moved_again + 1
@@ -146,9 +162,6 @@ def request_migration(svc: Services, learner_id: str) -> int:
             batch = []
     if batch:
         queued += svc.queue.send(svc.settings.migrate_queue_url, batch)
-    metrics.add_metric(name="MigrationsRequested", unit="Count", value=1)
-    if not queued:
-        maybe_send_summary(svc, learner_id)
     return queued
 
 
@@ -462,6 +475,7 @@ __all__ = [
     "import_badge",
     "learner_email",
     "maybe_send_summary",
+    "queue_badges",
     "request_migration",
     "run_import_job",
     "settle",

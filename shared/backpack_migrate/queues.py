@@ -15,6 +15,7 @@ class JobQueue(Protocol):
     def send(self, queue_url: str, jobs: Iterable[dict[str, Any]]) -> int: ...
     def delay(self, queue_url: str, receipt_handle: str, seconds: int) -> None: ...
     def send_later(self, queue_url: str, jobs: Iterable[dict[str, Any]], seconds: float) -> int: ...
+    def receive(self, queue_url: str, most: int) -> list[tuple[dict[str, Any], str]]: ...
 
 
 class SqsJobQueue:
@@ -43,6 +44,20 @@ class SqsJobQueue:
         self._sqs.change_message_visibility(
             QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
         )
+
+    def receive(self, queue_url: str, most: int) -> list[tuple[dict[str, Any], str]]:
+        """Up to ``most`` (at most 10) jobs with their receipt handles, held for a minute."""
+        answer = self._sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=min(10, most), VisibilityTimeout=60, WaitTimeSeconds=0
+        )
+        jobs = []
+        for message in answer.get("Messages", []):
+            try:
+                job = json.loads(message["Body"])
+            except ValueError:
+                job = {}
+            jobs.append((job if isinstance(job, dict) else {}, str(message["ReceiptHandle"])))
+        return jobs
 
     def _send_batch(self, queue_url: str, jobs: Sequence[dict[str, Any]], delay: int = 0) -> int:
         entries = {str(i): json.dumps(job, separators=(",", ":")) for i, job in enumerate(jobs)}
