@@ -154,20 +154,37 @@ def test_the_reconciler_settles_dead_lettered_jobs_whose_badge_still_says_retryi
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "2"
 
 
-def test_a_learner_whose_invitation_failed_is_invited_by_the_reconciler(aws: Services) -> None:
+def test_a_learner_whose_invitation_failed_is_invited_by_the_reconciler(
+    aws: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
     from tests.handlers.conftest import sent_emails
     from tests.handlers.test_handlers import _read_learner
 
     learner_id = _read_learner(aws)
-    invites = drain(aws, aws.settings.notify_queue_url)  # lost: notify never ran for them
+    invites = drain(aws, aws.settings.notify_queue_url)
     assert [j["kind"] for j in invites] == ["invite"]
+    notify = load_handler("notify")
+    # Every delivery's idempotency write is throttled: the job ends in the dead-letter queue.
+    real_put = DynamoDBPersistenceLayer._put_record
+
+    def throttled(self: Any, data_record: Any) -> None:
+        raise _throttled("PutItem")
+
+    monkeypatch.setattr(DynamoDBPersistenceLayer, "_put_record", throttled)
+    for delivery in (1, 2, 3):
+        with pytest.raises(BatchProcessingError):
+            notify.handler(sqs_event(invites, receive_count=delivery), FakeContext())
+    monkeypatch.setattr(DynamoDBPersistenceLayer, "_put_record", real_put)
+    assert sent_emails() == []
     _stale(aws)
     run = load_handler("reconcile").handler(scheduled_event(), FakeContext())
     assert run["invitations_resent"] == 1
-    notify = load_handler("notify")
     again = drain(aws, aws.settings.notify_queue_url)
     assert notify.handler(sqs_event(again), FakeContext()) == {"batchItemFailures": []}
+    assert notify.handler(sqs_event(again, receive_count=2), FakeContext()) == {"batchItemFailures": []}
     assert len(sent_emails()) == 1
     assert aws.store.get_learner(learner_id).invited_at is not None
-    time.sleep(2.1)  # stamps are to the second
+    _stale(aws)
     assert load_handler("reconcile").handler(scheduled_event(), FakeContext())["invitations_resent"] == 0
