@@ -152,7 +152,8 @@ def queue_badges(svc: Services, learner_id: str, badges: Sequence[BadgeRecord]) 
     batch: list[dict[str, Any]] = []
     queued = 0
     for badge in badges:
-        update: dict[str, Any] = {"state": BadgeState.QUEUED, "problem": None}
+        # A new try: what an earlier one confirmed no longer speaks for it.
+        update: dict[str, Any] = {"state": BadgeState.QUEUED, "problem": None, "confirmed_by": None}
         if badge.can_move_again:
             update["moved_again"] = badge.moved_again + 1
         if svc.store.transition(badge.model_copy(update=update), [badge.state]):

@@ -367,12 +367,17 @@ class DynamoStore:
         if close:
             self._table.update_item(Key=key, UpdateExpression="REMOVE OPEN_PK, OPEN_SK")
             return
-        self._table.update_item(
-            Key=key,
-            UpdateExpression="SET OPEN_SK = :sk ADD open_repairs :one",
-            ConditionExpression=Attr("OPEN_PK").exists(),
-            ExpressionAttributeValues={":sk": f"{at}#L#{learner_id}", ":one": 1},
-        )
+        try:
+            self._table.update_item(
+                Key=key,
+                UpdateExpression="SET OPEN_SK = :sk ADD open_repairs :one",
+                ConditionExpression=Attr("OPEN_PK").exists(),
+                ExpressionAttributeValues={":sk": f"{at}#L#{learner_id}", ":one": 1},
+            )
+        except ClientError as error:
+            # A failed condition: closed meanwhile (its summary was claimed), nothing to repair.
+            if not _is_condition_failure(error):
+                raise
 
     def iter_open(self, older_than: str) -> Iterator[BadgeRecord | LearnerRecord]:
         """Badges and learners open since before ``older_than``, oldest first in each shard."""
