@@ -86,6 +86,21 @@ def sqs_event(bodies: list[dict[str, Any]], receive_count: int = 1, queue: str =
     return {"Records": records}
 
 
+def scheduled_event(rule: str = "reconcile-every-ten-minutes") -> dict[str, Any]:
+    """What an EventBridge schedule delivers to its target."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": "us-east-1",
+        "resources": [f"arn:aws:events:us-east-1:123456789012:rule/{rule}"],
+        "detail": {},
+    }
+
+
 def http_event(
     method: str,
     url: str,

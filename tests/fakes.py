@@ -15,9 +15,17 @@ from botocore.exceptions import ClientError
 from backpack_migrate.badgr import ImportResult, Tokens
 from backpack_migrate.config import Settings
 from backpack_migrate.crypto import EmailCipher, TokenVault
-from backpack_migrate.domain import BadgeRecord, BadgeState, ExportRecord, LearnerRecord, check_transition
+from backpack_migrate.domain import (
+    BadgeRecord,
+    BadgeState,
+    ExportRecord,
+    LearnerRecord,
+    check_transition,
+    now_iso,
+)
 from backpack_migrate.notify import Email, RateLimiter
 from backpack_migrate.services import Services
+from backpack_migrate.store import badge_is_open
 
 
 class InMemoryStore:
@@ -27,6 +35,9 @@ class InMemoryStore:
         self.badges: dict[tuple[str, str], BadgeRecord] = {}
         self.tokens: dict[str, tuple[str, int]] = {}
         self.sessions: dict[str, tuple[dict[str, str], float]] = {}
+        # What the store's sparse Open index would hold: learner ids, (learner, badge) -> since.
+        self.open_learners: dict[str, str] = {}
+        self.reconcile_runs: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     def put_export_if_absent(self, export: ExportRecord) -> bool:
@@ -50,6 +61,8 @@ class InMemoryStore:
             if learner.learner_id in self.learners:
                 return False
             self.learners[learner.learner_id] = learner
+            if learner.expects_invitation and not learner.invited_at:
+                self.open_learners[learner.learner_id] = now_iso()
             return True
 
     def save_learner(self, learner: LearnerRecord) -> None:
@@ -64,6 +77,7 @@ class InMemoryStore:
             self.learners[learner_id] = learner.model_copy(
                 update={"migration_requested_at": at, "summary_for": None}
             )
+            self.open_learners[learner_id] = at
 
     def claim_summary(self, learner_id: str, requested_at: str) -> bool:
         with self._lock:
@@ -71,6 +85,7 @@ class InMemoryStore:
             if learner.migration_requested_at != requested_at or learner.summary_for is not None:
                 return False
             self.learners[learner_id] = learner.model_copy(update={"summary_for": requested_at})
+            self.open_learners.pop(learner_id, None)
             return True
 
     def iter_export_learners(self, export_id: str) -> Iterator[LearnerRecord]:
@@ -104,7 +119,7 @@ class InMemoryStore:
             current = self.badges.get(key)
             if current is None or current.state not in set(expected):
                 return False
-            self.badges[key] = badge
+            self.badges[key] = badge.model_copy(update={"updated_at": now_iso()})
             return True
 
     def save_token(self, learner_id: str, ciphertext: str, version: int) -> bool:
@@ -127,11 +142,43 @@ class InMemoryStore:
             return None
         return dict(found[0])
 
+    def mark_invited(self, learner_id: str, at: str) -> None:
+        with self._lock:
+            learner = self.learners[learner_id]
+            self.learners[learner_id] = learner.model_copy(update={"invited_at": at})
+            if learner.migration_requested_at is None:
+                self.open_learners.pop(learner_id, None)
+
+    def touch_learner(self, learner_id: str, at: str, close: bool = False) -> None:
+        with self._lock:
+            if close:
+                self.open_learners.pop(learner_id, None)
+            elif learner_id in self.open_learners:
+                self.open_learners[learner_id] = at
+                learner = self.learners[learner_id]
+                self.learners[learner_id] = learner.model_copy(update={"repairs": learner.repairs + 1})
+
+    def iter_open(self, older_than: str) -> Iterator[BadgeRecord | LearnerRecord]:
+        found: list[BadgeRecord | LearnerRecord] = [
+            badge
+            for badge in list(self.badges.values())
+            if badge_is_open(badge) and (badge.updated_at or "") < older_than
+        ]
+        found += [self.learners[lid] for lid, since in list(self.open_learners.items()) if since < older_than]
+        return iter(found)
+
+    def save_reconcile_run(self, run: dict[str, Any]) -> None:
+        self.reconcile_runs.append(run)
+
+    def last_reconcile_run(self) -> dict[str, Any] | None:
+        return self.reconcile_runs[-1] if self.reconcile_runs else None
+
 
 class FakeQueue:
     def __init__(self) -> None:
         self.sent: dict[str, list[dict[str, Any]]] = {}
         self.delays: list[tuple[str, str, int]] = []
+        self.later: list[tuple[str, dict[str, Any], float]] = []
 
     def send(self, queue_url: str, jobs: Iterable[dict[str, Any]]) -> int:
         batch = [json.loads(json.dumps(job)) for job in jobs]
@@ -140,6 +187,23 @@ class FakeQueue:
 
     def delay(self, queue_url: str, receipt_handle: str, seconds: int) -> None:
         self.delays.append((queue_url, receipt_handle, seconds))
+
+    def send_later(self, queue_url: str, jobs: Iterable[dict[str, Any]], seconds: float) -> int:
+        batch = [json.loads(json.dumps(job)) for job in jobs]
+        self.later.extend((queue_url, job, seconds) for job in batch)
+        return self.send(queue_url, batch)
+
+    def receive(self, queue_url: str, most: int) -> list[tuple[dict[str, Any], str]]:
+        """Jobs not held back by ``delay``, as SQS would deliver them (then held for a minute)."""
+        held = {receipt for url, receipt, _ in self.delays if url == queue_url}
+        found = [
+            (job, f"{queue_url}#{i}")
+            for i, job in enumerate(self.sent.get(queue_url, []))
+            if f"{queue_url}#{i}" not in held
+        ]
+        for _, receipt in found[:most]:
+            self.delays.append((queue_url, receipt, 60))
+        return found[:most]
 
     def take(self, queue_url: str) -> list[dict[str, Any]]:
         return self.sent.pop(queue_url, [])
@@ -253,27 +317,64 @@ def fake_services(
 
 
 class ScriptedBadgr:
-    """Answers like the Badgr client: per assertion URL, or 'imported' by default."""
+    """Answers like the Badgr client, and keeps a backpack like Badgr does.
 
-    def __init__(self, script: dict[str, list[str]] | None = None) -> None:
+    Each import of an assertion URL takes the next scripted outcome ('imported' by default):
+    'lost' imports the badge and then loses the answer (as a timeout or reset after Badgr took
+    it would), 'retry' fails without importing. A badge the backpack already holds gets
+    DUPLICATE_BADGE, as from the real server. ``listing`` scripts the backpack listings
+    ('ok' by default, 'fail' for Badgr being unavailable, 'stale' for an empty listing).
+    """
+
+    def __init__(self, script: dict[str, list[str]] | None = None, listing: list[str] | None = None) -> None:
         self.script = script or {}
+        self.listing = listing or []
         self.imports: list[dict[str, Any]] = []
+        self.listings = 0
         self.refreshes = 0
+        self.backpack: dict[str, dict[str, Any]] = {}  # openBadgeId -> listed assertion
+
+    def hold(self, open_badge_id: str, pending: bool = False) -> None:
+        """Put a badge into the backpack (as the learner or an earlier import would have)."""
+        self.backpack[open_badge_id] = {
+            "entityId": f"E{len(self.backpack) + 1}",
+            "openBadgeId": open_badge_id,
+            "pending": pending,
+            "acceptance": "Pending" if pending else "Accepted",
+        }
 
     def import_badge(self, access_token: str, **form: Any) -> ImportResult:
         self.imports.append({"token": access_token, **form})
         key = form.get("url") or "image"
         outcomes = self.script.get(key)
         outcome = outcomes.pop(0) if outcomes else "imported"
+        if outcome in ("imported", "pending", "lost") and form.get("url") in self.backpack:
+            outcome = "already_in_badgr"
+        if outcome in ("imported", "pending", "lost") and form.get("url"):
+            self.hold(form["url"], pending=outcome == "pending")
+        if outcome == "lost":
+            return ImportResult(outcome="retry", status=0, reason="reason for retry")
         status = {"imported": 201, "pending": 201, "already_in_badgr": 400, "rejected": 400}.get(outcome, 503)
         codes = {"already_in_badgr": ["DUPLICATE_BADGE"], "rejected": ["VERIFY_RECIPIENT_IDENTIFIER"]}
+        entity = self.backpack[form["url"]]["entityId"] if form.get("url") in self.backpack else "E-image"
         return ImportResult(
             outcome=outcome,  # type: ignore[arg-type]
             status=401 if outcome == "unauthorized" else status,
-            entity_id="E1" if status == 201 else None,
+            entity_id=entity if status == 201 else None,
             codes=codes.get(outcome, []),
             reason=f"reason for {outcome}",
         )
+
+    def list_assertions(self, access_token: str, include_pending: bool = True) -> list[dict[str, Any]]:
+        from backpack_migrate.badgr import BadgrUnavailable
+
+        self.listings += 1
+        answer = self.listing.pop(0) if self.listing else "ok"
+        if answer == "fail":
+            raise BadgrUnavailable("Badgr answered 503 on /v2/backpack/assertions", status=503)
+        if answer == "stale":  # a listing that does not show a badge imported moments ago
+            return []
+        return [dict(item) for item in self.backpack.values() if include_pending or not item["pending"]]
 
     def refresh(self, refresh_token: str) -> Tokens:
         self.refreshes += 1

@@ -11,7 +11,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
 from backpack_migrate.batch import run_sqs_batch
-from backpack_migrate.migration import RetryLater, import_badge
+from backpack_migrate.connection import RetryLater
+from backpack_migrate.holdings import Backpacks
+from backpack_migrate.migration import run_import_job
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.services import Services
 
@@ -21,6 +23,8 @@ MAX_BACKOFF_SECONDS = 900
 class ImportJob(BaseModel):
     learner_id: str
     badge_id: str
+    attempts: int = 0  # tries spent by earlier messages of this job (it waited out Badgr)
+    reserved_ms: int | None = None  # the rate slot it waited for
 
 
 def backoff_seconds(receive_count: int, asked: float | None) -> int:
@@ -34,16 +38,18 @@ def backoff_seconds(receive_count: int, asked: float | None) -> int:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    backpacks = Backpacks()  # one listing per learner for the whole batch
+
     def handle(svc: Services, record: SQSRecord) -> None:
         job = ImportJob.model_validate_json(record.body)
         receive_count = int(record.attributes.approximate_receive_count or 1)
         try:
-            import_badge(svc, job.learner_id, job.badge_id, receive_count)
+            run_import_job(svc, job.model_dump(exclude_none=True), receive_count, backpacks)
         except RetryLater as retry:
             svc.queue.delay(
                 svc.settings.migrate_queue_url,
                 record.receipt_handle,
-                backoff_seconds(receive_count, retry.delay),
+                backoff_seconds(job.attempts + receive_count, retry.delay),
             )
             raise
 

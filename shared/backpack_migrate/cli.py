@@ -97,7 +97,8 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    reports = _reports(_store(args), args.export)
+    store = _store(args)
+    reports = _reports(store, args.export)
     if reports is None:
         print(f"error: no export {args.export!r} on record", file=sys.stderr)
         return 2
@@ -105,8 +106,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(reports, indent=2))
         return 0
     from .console import print_reports
+    from .report import format_reconcile_run
 
     print_reports(reports, _console())
+    last_run = store.last_reconcile_run()
+    if last_run is not None:
+        print("\n" + format_reconcile_run(last_run))
     return 0
 
 

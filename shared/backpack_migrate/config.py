@@ -34,6 +34,11 @@ class Settings(BaseModel):
     emails_per_second: float = Field(default=10.0, alias="EMAILS_PER_SECOND", gt=0)  # in all
     notify_concurrency: int = Field(default=1, alias="NOTIFY_CONCURRENCY", ge=1)
     learners_per_chunk: int = Field(default=50, alias="LEARNERS_PER_CHUNK", ge=1, le=500)
+    migrate_dead_letter_queue_url: str = Field(default="", alias="MIGRATE_DEAD_LETTER_QUEUE_URL")
+    # Badgr imports per second from all migrate instances together (halved on 429, then regained).
+    badgr_imports_per_second: float = Field(default=10.0, alias="BADGR_IMPORTS_PER_SECOND", gt=0)
+    # A badge or learner left this long in a state that should have moved on is repaired.
+    stale_after_seconds: int = Field(default=7200, alias="STALE_AFTER_SECONDS", ge=1)
     migrate_max_receive_count: int = Field(default=5, alias="MIGRATE_MAX_RECEIVE_COUNT", ge=1)
     allow_loopback_fetch: bool = Field(default=False, alias="ALLOW_LOOPBACK_FETCH")
     record_ttl_days: int = Field(default=180, alias="RECORD_TTL_DAYS", ge=1)

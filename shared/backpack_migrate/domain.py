@@ -51,7 +51,13 @@ FINAL_STATES = frozenset(
 
 # Every state change is a conditional write from one of these sources.
 TRANSITIONS: dict[BadgeState, frozenset[BadgeState]] = {
-    BadgeState.EXTRACTED: frozenset({BadgeState.VERIFIED, BadgeState.QUEUED}),
+    BadgeState.EXTRACTED: frozenset(
+        {
+            BadgeState.EXTRACTED,  # the reconciler sent its lost verify job again
+            BadgeState.VERIFIED,
+            BadgeState.QUEUED,
+        }
+    ),
     BadgeState.VERIFIED: frozenset({BadgeState.QUEUED}),
     BadgeState.QUEUED: frozenset(
         {
@@ -160,8 +166,18 @@ class VerdictSummary(BaseModel):
     payload_kind: str | None = None  # url | json | jws
     revoked: bool = False
     certain_to_fail: bool = False
+    # The assertion's own id (Badgr's ``openBadgeId``): how the badge is found in a backpack.
+    assertion_id: str | None = None
     errors: list[Problem] = Field(default_factory=list)
     warnings: list[Problem] = Field(default_factory=list)
+
+
+class Confirmation(StrEnum):
+    """How a badge's state after an import was learnt: never guessed from a missing answer."""
+
+    IMPORT_ANSWER = "import_answer"  # Badgr's answer to our import
+    BACKPACK_LISTING = "backpack_listing"  # the learner's backpack, listed after an answer was lost
+    NOT_CONFIRMED = "not_confirmed"  # Badgr could not be asked; the reconciler asks again
 
 
 class BadgrAnswer(BaseModel):
@@ -190,6 +206,11 @@ class BadgeRecord(BaseModel):
     # How many times the learner moved it again after Badgr refused it: each of those is a
     # question Badgr must answer anew, where a replayed job reuses the answer it had.
     moved_again: int = 0
+    # Whether the learner's Badgr backpack held this badge before our first import was sent
+    # (None until it was looked at): a DUPLICATE_BADGE after a lost answer of ours is our import.
+    in_badgr_before: bool | None = None
+    confirmed_by: Confirmation | None = None
+    repairs: int = 0  # how often the reconciler sent it back to work
     updated_at: str | None = None
 
     @property
@@ -202,11 +223,23 @@ class BadgeRecord(BaseModel):
         )
 
 
+WAITING_STATES = frozenset(
+    {
+        BadgeState.EXTRACTED,
+        BadgeState.VERIFIED,
+        BadgeState.QUEUED,
+        BadgeState.FAILED_RETRYABLE,
+        BadgeState.DEAD_LETTERED,
+    }
+)
+
+
 def movable_counts(badges: Iterable[BadgeRecord]) -> tuple[int, int]:
     """How many badges a move would send to Badgr now: (ready, uncertain)."""
     ready = uncertain = 0
     for b in badges:
-        waiting = b.state in (BadgeState.EXTRACTED, BadgeState.VERIFIED, BadgeState.DEAD_LETTERED)
+        # Queued and retrying badges count too: a move whose jobs were lost can always be asked again.
+        waiting = b.state in WAITING_STATES
         if not (b.can_move_again or (waiting and not (b.verdict and b.verdict.certain_to_fail))):
             continue
         # Refused or given up on once already, or with a "may not move" line beside it.
@@ -230,6 +263,13 @@ class LearnerRecord(BaseModel):
     # Kept as attributes of their own in the store, each changed by one conditional update.
     migration_requested_at: str | None = None
     summary_for: str | None = None  # the request whose summary email is claimed
+    invited_at: str | None = None  # when the invitation email went out
+    repairs: int = 0  # how often the reconciler repaired this learner's invitation or move
+
+    @property
+    def expects_invitation(self) -> bool:
+        """Every learner with a usable address gets one invitation."""
+        return not any(problem.code == "INVALID_EMAIL" for problem in self.problems)
 
 
 class ExportStatus(StrEnum):

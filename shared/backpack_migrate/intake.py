@@ -329,6 +329,7 @@ def _extract(reader: Any, export_id: str, learner_id: str, file: ChunkFile) -> B
         issuer_name=extracted.issuer_name,
         issued_on=extracted.issued_on.isoformat() if extracted.issued_on else None,
         hosted_url=extracted.hosted_url,
+        assertion_id=str((extracted.assertion or {}).get("id") or extracted.hosted_url or "") or None,
         payload_kind=extracted.payload_kind,
     )
     return base.model_copy(

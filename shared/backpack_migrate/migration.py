@@ -6,15 +6,24 @@ replayed job can never move a badge backwards or import it twice.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
+from .connection import (
+    ACCESS_LOST,
+    UNAVAILABLE,
+    Deferred,
+    RetryLater,
+    refresh_tokens,
+    store_tokens,
+    tokens_of,
+)
 from .domain import (
     FINAL_STATES,
     BadgeRecord,
     BadgeState,
     BadgrAnswer,
+    Confirmation,
     ExportRecord,
     LearnerRecord,
     Problem,
@@ -23,6 +32,7 @@ from .domain import (
     request_stamp,
 )
 from .export import ExportError, read_member
+from .holdings import Backpacks, Held
 from .intake import open_export
 from .observability import logger, metrics
 from .services import Services
@@ -37,27 +47,17 @@ REQUEUED_STATES = (
     BadgeState.DEAD_LETTERED,
 )
 
-
-class RetryLater(Exception):  # noqa: N818 - it is a request, not an error
-    """The import could not finish now; SQS brings the job back after ``delay`` seconds."""
-
-    def __init__(self, problem: Problem, delay: float | None = None) -> None:
-        super().__init__(problem.message)
-        self.problem = problem
-        self.delay = delay
-
-
-_ACCESS_LOST = Problem(
-    code="BADGR_ACCESS_LOST",
-    message="Badgr no longer lets us add badges to your account: open your link and connect Badgr again.",
-)
-_ACCESS_WAIT = Problem(code="BADGR_BUSY", message="Badgr asked us to wait; we will try again.")
-_UNAVAILABLE = Problem(code="BADGR_UNAVAILABLE", message="Badgr did not answer; we will try again.")
 _GAVE_UP = "Badgr did not take this badge after several tries; our team has been told."
 _INTERNAL = Problem(
     code="INTERNAL_ERROR",
     message="Something went wrong on our side while moving this badge; our team has been told.",
 )
+_IN_FLIGHT = Problem(
+    code="IMPORT_IN_FLIGHT",
+    message="Badgr has not told us yet whether it took this badge; we will ask again.",
+)
+_RECORDS_BUSY = Problem(code="RECORDS_BUSY", message="We could not save our progress; we will try again.")
+_FOUND = "Found in the learner's Badgr backpack."
 
 
 def learner_email(svc: Services, learner: LearnerRecord, export: ExportRecord | None = None) -> str:
@@ -121,30 +121,39 @@ def _merge(offline: VerdictSummary | None, full: VerdictSummary) -> VerdictSumma
 
 
 # -- connecting Badgr --------------------------------------------------------------------------
-def store_tokens(svc: Services, learner_id: str, tokens: Any) -> None:
-    current = svc.store.get_token(learner_id)
-    version = current[1] + 1 if current else 1
-    sealed = svc.tokens.seal(tokens.model_dump_json(), learner_id=learner_id)
-    if not svc.store.save_token(learner_id, sealed, version):
-        raise RuntimeError("the learner's Badgr connection changed meanwhile")
-
-
 def request_migration(svc: Services, learner_id: str) -> int:
     """Queue an import job for every badge that can still move; returns how many were queued.
 
     Badges already queued are sent again: a job lost with a crashed request must not leave its
-    badge waiting for ever, and a duplicate job changes nothing (imports are idempotent).
+    badge waiting for ever, and a duplicate job changes nothing (imports are idempotent). The
+    request is on record first, so the reconciler finishes one that died half-way.
     """
     if svc.store.get_learner(learner_id) is None:
         raise LookupError(f"unknown learner {learner_id}")
-    requested_at = request_stamp()
-    svc.store.mark_migration_requested(learner_id, requested_at)
+    svc.store.mark_migration_requested(learner_id, request_stamp())
+    movable = [
+        badge
+        for badge in svc.store.list_badges(learner_id)
+        if badge.state in REQUEUED_STATES or badge.can_move_again
+    ]
+    queued = queue_badges(svc, learner_id, movable)
+    metrics.add_metric(name="MigrationsRequested", unit="Count", value=1)
+    if not queued:
+        maybe_send_summary(svc, learner_id)
+    return queued
+
+
+def queue_badges(svc: Services, learner_id: str, badges: Sequence[BadgeRecord]) -> int:
+    """Record each badge as queued, then send its job; returns how many jobs were sent.
+
+    A job lost between the two (a failed send, a crash) leaves its badge queued with no job:
+    the reconciler finds it by its age in the store's open index and sends it again.
+    """
     batch: list[dict[str, Any]] = []
     queued = 0
-    for badge in svc.store.list_badges(learner_id):
-        if badge.state not in REQUEUED_STATES and not badge.can_move_again:
-            continue
-        update: dict[str, Any] = {"state": BadgeState.QUEUED, "problem": None}
+    for badge in badges:
+        # A new try: what an earlier one confirmed no longer speaks for it.
+        update: dict[str, Any] = {"state": BadgeState.QUEUED, "problem": None, "confirmed_by": None}
         if badge.can_move_again:
             update["moved_again"] = badge.moved_again + 1
         if svc.store.transition(badge.model_copy(update=update), [badge.state]):
@@ -154,18 +163,44 @@ def request_migration(svc: Services, learner_id: str) -> int:
             batch = []
     if batch:
         queued += svc.queue.send(svc.settings.migrate_queue_url, batch)
-    metrics.add_metric(name="MigrationsRequested", unit="Count", value=1)
-    if not queued:
-        maybe_send_summary(svc, learner_id)
     return queued
 
 
 # -- one import --------------------------------------------------------------------------------
-def import_badge(svc: Services, learner_id: str, badge_id: str, receive_count: int) -> BadgeState | None:
+def run_import_job(svc: Services, job: dict[str, Any], deliveries: int, backpacks: Backpacks) -> None:
+    """One delivery of a migrate job; raises ``RetryLater`` when SQS should bring it back.
+
+    ``deliveries`` is SQS's receive count of this message; ``job["attempts"]`` counts the tries
+    of earlier messages of the same job, so waiting out an open circuit costs no try.
+    """
+    tries = int(job.get("attempts", 0)) + deliveries
+    try:
+        import_badge(svc, job["learner_id"], job["badge_id"], tries, backpacks, job.get("reserved_ms"))
+    except Deferred as wait:
+        later = {**job, "attempts": tries - 1, "reserved_ms": wait.reserved_ms}
+        svc.queue.send_later(svc.settings.migrate_queue_url, [later], wait.delay)
+        metrics.add_metric(name="ImportsDeferred", unit="Count", value=1)
+    except RetryLater:
+        last = tries >= svc.settings.migrate_max_receive_count
+        if not last or deliveries >= svc.settings.migrate_max_receive_count:
+            raise
+        # The job has no tries left but its own message has: SQS would not dead-letter it.
+        svc.queue.send(svc.settings.migrate_dead_letter_queue_url, [{**job, "attempts": tries}])
+
+
+def import_badge(
+    svc: Services,
+    learner_id: str,
+    badge_id: str,
+    receive_count: int,
+    backpacks: Backpacks | None = None,
+    reserved_ms: int | None = None,
+) -> BadgeState | None:
     """Move one badge into Badgr and record its final state.
 
-    Raises ``RetryLater`` when Badgr or the network failed for now. On the job's last delivery the
-    badge is recorded as dead-lettered first, whatever failed, so the learner's page says so.
+    Raises ``RetryLater`` when Badgr or the network failed for now, ``Deferred`` when Badgr is
+    not to be called now. On the job's last try the learner's backpack is asked first, and the
+    badge is recorded as imported when Badgr has it, dead-lettered only when it has not.
     """
     badge = svc.store.get_badge(learner_id, badge_id)
     if badge is None:
@@ -176,25 +211,75 @@ def import_badge(svc: Services, learner_id: str, badge_id: str, receive_count: i
             # A replay after a crash between the final write and the summary: finish the job.
             maybe_send_summary(svc, learner_id)
         return badge.state
+    backpacks = backpacks if backpacks is not None else Backpacks()
     last = receive_count >= svc.settings.migrate_max_receive_count
     try:
-        return _import(svc, badge, receive_count)
+        return _import(svc, badge, receive_count, backpacks, reserved_ms)
+    except Deferred:
+        raise
     except RetryLater as retry:
-        reason = retry.problem
-        if last and reason.code != _ACCESS_LOST.code:
-            # No retry is coming any more: the learner's page must not promise one.
-            reason = Problem(code=reason.code, message=_GAVE_UP)
-        state = BadgeState.DEAD_LETTERED if last else BadgeState.FAILED_RETRYABLE
-        _finish(svc, badge, state, problem=reason, attempts=receive_count)
+        current = svc.store.get_badge(learner_id, badge_id) or badge
+        if last:
+            settled = settle(svc, current, backpacks, retry.problem, receive_count)
+            if settled != BadgeState.DEAD_LETTERED:
+                return settled  # Badgr has it: the job is done
+        elif current.state in RETRYABLE_STATES:
+            _finish(svc, current, BadgeState.FAILED_RETRYABLE, problem=retry.problem, attempts=receive_count)
         raise
     except Exception:
         if last:
             logger.exception("import failed on its last delivery", extra={"badge_id": badge_id})
-            _finish(svc, badge, BadgeState.DEAD_LETTERED, problem=_INTERNAL, attempts=receive_count)
+            current = svc.store.get_badge(learner_id, badge_id) or badge
+            settle(svc, current, backpacks, _INTERNAL, receive_count)
         raise
 
 
-def _import(svc: Services, badge: BadgeRecord, receive_count: int) -> BadgeState:
+def settle(
+    svc: Services, badge: BadgeRecord, backpacks: Backpacks, reason: Problem, attempts: int
+) -> BadgeState:
+    """Record where a badge stands once no try is coming any more: as the learner's backpack
+    has it, else dead-lettered (saying whether Badgr could be asked at all)."""
+    if badge.state not in RETRYABLE_STATES:
+        return badge.state
+    try:
+        held = backpacks.held(svc, badge)
+        confirmed = Confirmation.BACKPACK_LISTING
+    except RetryLater:
+        held, confirmed = None, Confirmation.NOT_CONFIRMED
+    if held is not None:
+        return _record_held(svc, badge, held, attempts)
+    if reason.code != ACCESS_LOST.code:
+        # No retry is coming any more: the learner's page must not promise one.
+        reason = Problem(code=reason.code, message=_GAVE_UP)
+    return _finish(
+        svc, badge, BadgeState.DEAD_LETTERED, problem=reason, attempts=attempts, confirmed_by=confirmed
+    )
+
+
+def _record_held(svc: Services, badge: BadgeRecord, held: Held, attempts: int | None = None) -> BadgeState:
+    """The backpack has the badge: ours when it was not there before our first import."""
+    if held.pending:
+        state = BadgeState.PENDING
+    elif badge.in_badgr_before is False:
+        state = BadgeState.IMPORTED
+    else:
+        # Never sent by us (we send only after looking): it was there before us.
+        state = BadgeState.ALREADY_IN_BADGR
+    answer = BadgrAnswer(status=200, entity_id=held.entity_id, description=_FOUND)
+    return _finish(
+        svc,
+        badge,
+        state,
+        badgr=answer,
+        attempts=attempts,
+        confirmed_by=Confirmation.BACKPACK_LISTING,
+        in_badgr_before=badge.in_badgr_before is not False,
+    )
+
+
+def _import(
+    svc: Services, badge: BadgeRecord, receive_count: int, backpacks: Backpacks, reserved_ms: int | None
+) -> BadgeState:
     if badge.verified_at is None:
         # Queued before its verify job ran: check it now rather than send Badgr a doomed badge.
         learner = svc.store.get_learner(badge.learner_id)
@@ -209,13 +294,33 @@ def _import(svc: Services, badge: BadgeRecord, receive_count: int) -> BadgeState
         )
         return _finish(svc, badge, BadgeState.REJECTED, problem=blocking)
     form, payload = _import_form(svc, badge)
-    result = _import_with_token(svc, badge, form, payload)
+    svc.gate.acquire(reserved_ms)
+    # Before the first import: was it there before us? After an earlier try whose answer may be
+    # lost (a timeout, a crash, an unsaved result): did that try import it?
+    try:
+        held = backpacks.held(svc, badge)
+    except RetryLater as retry:
+        if retry.problem.code != ACCESS_LOST.code:
+            svc.gate.record("failure")
+        raise
+    if held is not None:
+        return _record_held(svc, badge, held, receive_count)
+    if badge.in_badgr_before is None:
+        looked = badge.model_copy(update={"in_badgr_before": False})
+        if not svc.store.transition(looked, [badge.state]):
+            current = svc.store.get_badge(badge.learner_id, badge.badge_id)
+            return current.state if current else badge.state
+        badge = looked
+    result = _import_with_token(svc, badge, form, payload, backpacks)
     state = {
         "imported": BadgeState.IMPORTED,
         "already_in_badgr": BadgeState.ALREADY_IN_BADGR,
         "pending": BadgeState.PENDING,
         "rejected": BadgeState.REJECTED,
     }[result["outcome"]]
+    if state == BadgeState.ALREADY_IN_BADGR and badge.in_badgr_before is False:
+        # Not there before our first try, there now: an earlier try of ours imported it.
+        state = BadgeState.IMPORTED
     answer = BadgrAnswer.model_validate(result["answer"])
     problem = None
     if state == BadgeState.REJECTED:
@@ -223,7 +328,16 @@ def _import(svc: Services, badge: BadgeRecord, receive_count: int) -> BadgeState
 
         # The code recorded is the one the sentence explains: "move again" is decided by it.
         problem = Problem(code=reason_code(answer.codes) or "BADGR_REJECTED", message=result["reason"])
-    return _finish(svc, badge, state, problem=problem, badgr=answer, attempts=receive_count, form=form)
+    return _finish(
+        svc,
+        badge,
+        state,
+        problem=problem,
+        badgr=answer,
+        attempts=receive_count,
+        form=form,
+        confirmed_by=Confirmation.IMPORT_ANSWER,
+    )
 
 
 def _finish(
@@ -235,6 +349,8 @@ def _finish(
     badgr: BadgrAnswer | None = None,
     attempts: int | None = None,
     form: str | None = None,
+    confirmed_by: Confirmation | None = None,
+    in_badgr_before: bool | None = None,
 ) -> BadgeState:
     updated = badge.model_copy(
         update={
@@ -243,6 +359,8 @@ def _finish(
             "badgr": badgr or badge.badgr,
             "attempts": attempts if attempts is not None else badge.attempts,
             "import_form": form or badge.import_form,
+            "confirmed_by": confirmed_by or badge.confirmed_by,
+            "in_badgr_before": badge.in_badgr_before if in_badgr_before is None else in_badgr_before,
         }
     )
     if svc.store.transition(updated, [badge.state]):
@@ -275,62 +393,62 @@ def _import_form(svc: Services, badge: BadgeRecord) -> tuple[str, Any]:
     raise RetryLater(Problem(code="NOTHING_TO_SEND", message="Nothing of this badge could be sent to Badgr."))
 
 
-def _import_with_token(svc: Services, badge: BadgeRecord, form: str, payload: Any) -> dict[str, Any]:
+def _gate_outcome(status: int, outcome: str) -> Literal["ok", "failure", "throttled"]:
+    if status == 429:
+        return "throttled"
+    return "failure" if outcome == "retry" else "ok"
+
+
+def _import_with_token(
+    svc: Services, badge: BadgeRecord, form: str, payload: Any, backpacks: Backpacks
+) -> dict[str, Any]:
+    from aws_lambda_powertools.utilities.idempotency.exceptions import (
+        IdempotencyAlreadyInProgressError,
+        IdempotencyPersistenceLayerError,
+    )
+
     learner_id = badge.learner_id
+    answered: list[dict[str, Any]] = []
 
     def call(job: dict[str, Any]) -> dict[str, Any]:
         refreshed = False
         while True:
-            access_token, refresh_token, version = _tokens(svc, learner_id)
+            access_token, refresh_token, version = tokens_of(svc, learner_id)
+            backpacks.sent(badge)
             result = svc.badgr.import_badge(access_token, **{form: payload})
+            svc.gate.record(_gate_outcome(result.status, result.outcome))
             if result.outcome == "retry":
-                raise RetryLater(_UNAVAILABLE, delay=result.retry_after)
+                raise RetryLater(UNAVAILABLE, delay=result.retry_after)
             if result.outcome == "forbidden" or (result.outcome == "unauthorized" and refreshed):
                 # 404 means the token lacks rw:backpack: only the learner can grant it again.
-                raise RetryLater(_ACCESS_LOST)
+                raise RetryLater(ACCESS_LOST)
             if result.outcome == "unauthorized":
-                _refresh(svc, learner_id, refresh_token, version)
+                refresh_tokens(svc, learner_id, refresh_token, version)
                 refreshed = True
                 continue
-            return {
+            answer = {
                 "outcome": result.outcome,
                 "reason": result.reason,
                 "answer": result.to_answer().model_dump(),
             }
+            answered.append(answer)
+            return answer
 
     once: Callable[..., dict[str, Any]] = svc.once("badgr-import", call)
-    # Every delivery of a job asks Badgr once; only the learner moving a refused badge again
-    # (moved_again) is a new question.
-    return once(job={"learner_id": learner_id, "badge_id": badge.badge_id, "moved_again": badge.moved_again})
-
-
-def _refresh(svc: Services, learner_id: str, refresh_token: str, version: int) -> None:
-    """Refresh an expired access token. Badgr rotates refresh tokens, so workers of the same
-    learner race: the loser's old refresh token is refused, and it takes the winner's tokens."""
-    from .badgr import BadgrAuthError, BadgrThrottled, BadgrUnavailable
-
     try:
-        tokens = svc.badgr.refresh(refresh_token)
-    except BadgrThrottled as throttled:
-        raise RetryLater(_ACCESS_WAIT, delay=throttled.retry_after) from throttled
-    except BadgrUnavailable as error:
-        raise RetryLater(_ACCESS_WAIT) from error
-    except BadgrAuthError as error:
-        stored = svc.store.get_token(learner_id)
-        if stored is not None and stored[1] > version:
-            return
-        raise RetryLater(_ACCESS_LOST) from error
-    sealed = svc.tokens.seal(tokens.model_dump_json(), learner_id=learner_id)
-    svc.store.save_token(learner_id, sealed, version + 1)  # a lost race leaves the winner's tokens
-
-
-def _tokens(svc: Services, learner_id: str) -> tuple[str, str, int]:
-    stored = svc.store.get_token(learner_id)
-    if stored is None:
-        raise RetryLater(_ACCESS_LOST)
-    ciphertext, version = stored
-    tokens = json.loads(svc.tokens.open(ciphertext, learner_id=learner_id))
-    return tokens["access_token"], tokens["refresh_token"], version
+        # Every delivery of a job asks Badgr once; only the learner moving a refused badge again
+        # (moved_again) is a new question.
+        return once(
+            job={"learner_id": learner_id, "badge_id": badge.badge_id, "moved_again": badge.moved_again}
+        )
+    except IdempotencyAlreadyInProgressError as error:
+        # Another delivery is asking Badgr right now, or one died (or could not save Badgr's
+        # answer) and its record has not expired yet; the backpack, asked above, had no trace.
+        raise RetryLater(_IN_FLIGHT, delay=30) from error
+    except IdempotencyPersistenceLayerError as error:
+        if answered:
+            return answered[-1]  # Badgr answered; only saving that answer failed
+        raise RetryLater(_RECORDS_BUSY) from error
 
 
 # -- the end of a learner's move -------------------------------------------------------------
@@ -351,3 +469,17 @@ def maybe_send_summary(svc: Services, learner_id: str) -> bool:
         [{"kind": "summary", "learner_id": learner_id, "requested_at": requested_at}],
     )
     return svc.store.claim_summary(learner_id, requested_at)
+
+
+__all__ = [
+    "RetryLater",
+    "import_badge",
+    "learner_email",
+    "maybe_send_summary",
+    "queue_badges",
+    "request_migration",
+    "run_import_job",
+    "settle",
+    "store_tokens",
+    "verify_learner",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .domain import now_iso
 from .links import sign_link
 from .migration import learner_email
 from .notify import Email, invitation, summary
@@ -24,6 +25,10 @@ def send_notice(svc: Services, job: dict[str, Any]) -> bool:
     if learner is None:
         logger.warning("notice for an unknown learner", extra={"learner_id": job["learner_id"]})
         return False
+    if job["kind"] == "invite" and learner.invited_at is not None:
+        # Invited already: this is a job sent again by the reconciler, or a replay whose
+        # idempotency record was lost. One invitation per learner.
+        return True
 
     def deliver(job: dict[str, Any]) -> str:
         to = learner_email(svc, learner)
@@ -40,6 +45,10 @@ def send_notice(svc: Services, job: dict[str, Any]) -> bool:
 
     # The key is the job itself: export + learner for the invitation, learner + request for the summary.
     svc.once("notice", deliver)(job=job)
+    if job["kind"] == "invite":
+        # Until this is on record the learner stays in the open index, and the reconciler
+        # sends the invitation job again (a throttled write here must not lose the learner).
+        svc.store.mark_invited(learner.learner_id, now_iso())
     metrics.add_metric(
         name="LearnersNotified" if job["kind"] == "invite" else "SummariesSent", unit="Count", value=1
     )

@@ -70,3 +70,21 @@ def format_report(report: dict[str, Any]) -> str:
             "  badge problems:   " + ", ".join(f"{k} x{v}" for k, v in report["badge_problems"].items())
         )
     return "\n".join(lines)
+
+
+def format_reconcile_run(run: dict[str, Any]) -> str:
+    """The reconciler's last run, in the operator's words."""
+    settled = ", ".join(f"{state} {count}" for state, count in sorted(run.get("settled", {}).items()))
+    lines = [
+        f"Reconciler, last run {run.get('started_at')} to {run.get('finished_at') or 'unfinished'}"
+        + (" (cut short; the next run goes on)" if run.get("cut_short") else ""),
+        f"  looked at {run.get('looked_at', 0)} items left half-way, "
+        f"read {run.get('dead_letters_read', 0)} dead-lettered jobs",
+        f"  sent again: {run.get('badges_requeued', 0)} imports, {run.get('verify_jobs_resent', 0)} "
+        f"verifications, {run.get('invitations_resent', 0)} invitations; "
+        f"{run.get('requests_repaired', 0)} moves finished, {run.get('summaries_sent', 0)} summaries",
+        f"  settled against Badgr: {settled or 'none'}",
+    ]
+    if run.get("left_for_operator"):
+        lines.append(f"  left for an operator: {run['left_for_operator']} (see the dead-letter queues)")
+    return "\n".join(lines)

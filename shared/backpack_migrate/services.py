@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .breaker import BadgrGate, OpenGate
 from .config import Settings, get_settings
 from .crypto import EmailCipher, TokenVault, learner_id_for
 from .links import no_other_secrets
@@ -59,6 +60,8 @@ class Services:
     badgr_factory: Callable[[], Any]
     # Wraps a side effect so a replayed event does not repeat it (Powertools idempotency in Lambda).
     once: Callable[[str, Any], Any] = _no_idempotency
+    # The shared import rate and circuit breaker in front of Badgr (breaker.DynamoGate in Lambda).
+    gate: BadgrGate = field(default_factory=OpenGate)
     # Lets idempotency records expire with the invocation that wrote them.
     register_context: Callable[[Any], None] = _ignore_context
     # Keys a link may be signed with besides the cached current one (see build_services).
@@ -136,6 +139,7 @@ def build_services(settings: Settings) -> Services:
         idempotent_function,
     )
 
+    from .breaker import DynamoGate
     from .notify import SesSender
     from .queues import SqsJobQueue
     from .store import DynamoStore
@@ -220,6 +224,7 @@ def build_services(settings: Settings) -> Services:
         verifier_factory=verifier_factory,
         badgr_factory=badgr_factory,
         once=once,
+        gate=DynamoGate(table, settings.badgr_imports_per_second),
         register_context=idempotency_config.register_lambda_context,
         other_link_secrets=other_link_secrets,
     )

@@ -6,11 +6,19 @@ Items of one table (single-table design):
 - badge    PK=LEARNER#<id>  SK=BADGE#<badge>   GSI1PK=EXPORT#<id>#BADGES    GSI1SK=<learner>#<badge>
 - token    PK=LEARNER#<id>  SK=TOKEN           (KMS ciphertext only)
 - session  PK=SESSION#<id>  SK=META            expires_at (TTL)
+- gate     PK=BADGR         SK=GATE            the shared Badgr rate and circuit (breaker.py)
+- run      PK=RECONCILER    SK=LAST            what the last reconciler run did
 Records travel as one JSON attribute ``data``; ``state`` sits beside it for conditional writes.
+
+The sparse index ``Open`` (OPEN_PK = one of a few shards, OPEN_SK = <since>#...) holds only
+what is still expected to move on by itself: badges extracted, queued, retrying, or
+dead-lettered without Badgr's word; learners not yet invited, or with a move not yet summed
+up. The reconciler reads the old end of it instead of scanning the table.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -19,7 +27,31 @@ from typing import Any, Protocol
 from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
-from .domain import BadgeRecord, BadgeState, ExportRecord, LearnerRecord, check_transition, now_iso
+from .domain import (
+    BadgeRecord,
+    BadgeState,
+    Confirmation,
+    ExportRecord,
+    LearnerRecord,
+    check_transition,
+    now_iso,
+)
+
+OPEN_SHARDS = 8
+# Learner fields kept as attributes of their own, each changed by one conditional update.
+_LEARNER_ATTRIBUTES = {"migration_requested_at", "summary_for", "invited_at", "repairs"}
+# Badge states a worker will move on from by itself; older than a deadline, they are repaired.
+OPEN_BADGE_STATES = frozenset({BadgeState.EXTRACTED, BadgeState.QUEUED, BadgeState.FAILED_RETRYABLE})
+
+
+def open_shard(learner_id: str) -> str:
+    return f"OPEN#{int(hashlib.sha256(learner_id.encode()).hexdigest()[:4], 16) % OPEN_SHARDS}"
+
+
+def badge_is_open(badge: BadgeRecord) -> bool:
+    return badge.state in OPEN_BADGE_STATES or (
+        badge.state == BadgeState.DEAD_LETTERED and badge.confirmed_by == Confirmation.NOT_CONFIRMED
+    )
 
 
 class Store(Protocol):
@@ -42,6 +74,11 @@ class Store(Protocol):
     def get_token(self, learner_id: str) -> tuple[str, int] | None: ...
     def put_session(self, session_id: str, data: dict[str, str], ttl_seconds: int) -> None: ...
     def get_session(self, session_id: str) -> dict[str, str] | None: ...
+    def mark_invited(self, learner_id: str, at: str) -> None: ...
+    def touch_learner(self, learner_id: str, at: str, close: bool = False) -> None: ...
+    def iter_open(self, older_than: str) -> Iterator[BadgeRecord | LearnerRecord]: ...
+    def save_reconcile_run(self, run: dict[str, Any]) -> None: ...
+    def last_reconcile_run(self) -> dict[str, Any] | None: ...
 
 
 def _is_condition_failure(error: ClientError) -> bool:
@@ -74,13 +111,20 @@ class DynamoStore:
             "SK": "META",
             "GSI1PK": f"EXPORT#{learner.export_id}#LEARNERS",
             "GSI1SK": learner.learner_id,
-            "data": learner.model_dump_json(exclude={"migration_requested_at", "summary_for"}),
+            "data": learner.model_dump_json(
+                exclude={"migration_requested_at", "summary_for", "invited_at", "repairs"}
+            ),
             "expires_at": self._expires(),
         }
         if learner.migration_requested_at:
             item["requested_at"] = learner.migration_requested_at
         if learner.summary_for:
             item["summary_for"] = learner.summary_for
+        if learner.invited_at:
+            item["invited_at"] = learner.invited_at
+        elif learner.expects_invitation:
+            item["OPEN_PK"] = open_shard(learner.learner_id)
+            item["OPEN_SK"] = f"{now_iso()}#L#{learner.learner_id}"
         return item
 
     @staticmethod
@@ -89,11 +133,12 @@ class DynamoStore:
             update={
                 "migration_requested_at": item.get("requested_at"),
                 "summary_for": item.get("summary_for"),
+                "invited_at": item.get("invited_at"),
             }
         )
 
     def _badge_item(self, badge: BadgeRecord) -> dict[str, Any]:
-        return {
+        item = {
             "PK": f"LEARNER#{badge.learner_id}",
             "SK": f"BADGE#{badge.badge_id}",
             "GSI1PK": f"EXPORT#{badge.export_id}#BADGES",
@@ -102,6 +147,13 @@ class DynamoStore:
             "data": badge.model_dump_json(),
             "expires_at": self._expires(),
         }
+        if badge_is_open(badge):
+            item["OPEN_PK"], item["OPEN_SK"] = self._badge_open_key(badge, badge.updated_at or now_iso())
+        return item
+
+    @staticmethod
+    def _badge_open_key(badge: BadgeRecord, since: str) -> tuple[str, str]:
+        return open_shard(badge.learner_id), f"{since}#B#{badge.learner_id}#{badge.badge_id}"
 
     def _put_if_absent(self, item: dict[str, Any]) -> bool:
         try:
@@ -156,9 +208,13 @@ class DynamoStore:
         """A new request: its summary is not claimed yet, whatever happened to an earlier one."""
         self._table.update_item(
             Key={"PK": f"LEARNER#{learner_id}", "SK": "META"},
-            UpdateExpression="SET requested_at = :at REMOVE summary_for",
+            UpdateExpression="SET requested_at = :at, OPEN_PK = :pk, OPEN_SK = :sk REMOVE summary_for",
             ConditionExpression=Attr("PK").exists(),
-            ExpressionAttributeValues={":at": at},
+            ExpressionAttributeValues={
+                ":at": at,
+                ":pk": open_shard(learner_id),
+                ":sk": f"{at}#L#{learner_id}",
+            },
         )
 
     def claim_summary(self, learner_id: str, requested_at: str) -> bool:
@@ -166,7 +222,7 @@ class DynamoStore:
         try:
             self._table.update_item(
                 Key={"PK": f"LEARNER#{learner_id}", "SK": "META"},
-                UpdateExpression="SET summary_for = :at",
+                UpdateExpression="SET summary_for = :at REMOVE OPEN_PK, OPEN_SK",
                 ConditionExpression=Attr("requested_at").eq(requested_at) & Attr("summary_for").not_exists(),
                 ExpressionAttributeValues={":at": requested_at},
             )
@@ -214,12 +270,20 @@ class DynamoStore:
         check_transition(expected, badge.state)
         states = [state.value for state in expected]
         badge = badge.model_copy(update={"updated_at": now_iso()})
-        values = {f":s{i}": state for i, state in enumerate(states)}
+        values: dict[str, Any] = {f":s{i}": state for i, state in enumerate(states)}
+        # In the open index while a worker should still move it on, dated by this change.
+        if badge_is_open(badge):
+            update = "SET #state = :new, #data = :data, OPEN_PK = :open_pk, OPEN_SK = :open_sk"
+            values[":open_pk"], values[":open_sk"] = self._badge_open_key(
+                badge, badge.updated_at or now_iso()
+            )
+        else:
+            update = "SET #state = :new, #data = :data REMOVE OPEN_PK, OPEN_SK"
         try:
             self._table.update_item(
                 Key={"PK": f"LEARNER#{badge.learner_id}", "SK": f"BADGE#{badge.badge_id}"},
-                UpdateExpression="SET #state = :new, #data = :data",
-                ConditionExpression=f"#state IN ({', '.join(values)})",
+                UpdateExpression=update,
+                ConditionExpression=f"#state IN ({', '.join(k for k in values if k.startswith(':s'))})",
                 ExpressionAttributeNames={"#state": "state", "#data": "data"},
                 ExpressionAttributeValues={
                     ":new": badge.state.value,
@@ -275,3 +339,64 @@ class DynamoStore:
             return None
         data: dict[str, str] = json.loads(item["data"])
         return data
+
+    # -- what should still move on by itself --------------------------------------------------
+    def mark_invited(self, learner_id: str, at: str) -> None:
+        """The invitation went out. A learner who asked to move keeps the request's open mark."""
+        key = {"PK": f"LEARNER#{learner_id}", "SK": "META"}
+        try:
+            self._table.update_item(
+                Key=key,
+                UpdateExpression="SET invited_at = :at REMOVE OPEN_PK, OPEN_SK",
+                ConditionExpression=Attr("PK").exists() & Attr("requested_at").not_exists(),
+                ExpressionAttributeValues={":at": at},
+            )
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise
+            self._table.update_item(
+                Key=key,
+                UpdateExpression="SET invited_at = :at",
+                ConditionExpression=Attr("PK").exists(),
+                ExpressionAttributeValues={":at": at},
+            )
+
+    def touch_learner(self, learner_id: str, at: str, close: bool = False) -> None:
+        """The reconciler repaired this learner: open again from ``at`` on, or no longer open."""
+        key = {"PK": f"LEARNER#{learner_id}", "SK": "META"}
+        if close:
+            self._table.update_item(Key=key, UpdateExpression="REMOVE OPEN_PK, OPEN_SK")
+            return
+        try:
+            self._table.update_item(
+                Key=key,
+                UpdateExpression="SET OPEN_SK = :sk ADD open_repairs :one",
+                ConditionExpression=Attr("OPEN_PK").exists(),
+                ExpressionAttributeValues={":sk": f"{at}#L#{learner_id}", ":one": 1},
+            )
+        except ClientError as error:
+            # A failed condition: closed meanwhile (its summary was claimed), nothing to repair.
+            if not _is_condition_failure(error):
+                raise
+
+    def iter_open(self, older_than: str) -> Iterator[BadgeRecord | LearnerRecord]:
+        """Badges and learners open since before ``older_than``, oldest first in each shard."""
+        for shard in range(OPEN_SHARDS):
+            items = self._query(
+                IndexName="Open",
+                KeyConditionExpression=Key("OPEN_PK").eq(f"OPEN#{shard}") & Key("OPEN_SK").lt(older_than),
+            )
+            for item in items:
+                if str(item["SK"]).startswith("BADGE#"):
+                    yield BadgeRecord.model_validate_json(item["data"])
+                else:
+                    yield self._learner(item).model_copy(update={"repairs": int(item.get("open_repairs", 0))})
+
+    def save_reconcile_run(self, run: dict[str, Any]) -> None:
+        self._table.put_item(
+            Item={"PK": "RECONCILER", "SK": "LAST", "data": json.dumps(run), "expires_at": self._expires()}
+        )
+
+    def last_reconcile_run(self) -> dict[str, Any] | None:
+        item = self._get("RECONCILER", "LAST")
+        return json.loads(item["data"]) if item else None

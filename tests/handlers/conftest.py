@@ -36,7 +36,7 @@ def _table(dynamodb: Any, name: str, keys: list[str], gsi: bool) -> None:
     schema = [{"AttributeName": keys[0], "KeyType": "HASH"}]
     if len(keys) > 1:
         schema.append({"AttributeName": keys[1], "KeyType": "RANGE"})
-    names = keys + (["GSI1PK", "GSI1SK"] if gsi else [])
+    names = keys + (["GSI1PK", "GSI1SK", "OPEN_PK", "OPEN_SK"] if gsi else [])
     extra: dict[str, Any] = {}
     if gsi:
         extra["GlobalSecondaryIndexes"] = [
@@ -47,7 +47,15 @@ def _table(dynamodb: Any, name: str, keys: list[str], gsi: bool) -> None:
                     {"AttributeName": "GSI1SK", "KeyType": "RANGE"},
                 ],
                 "Projection": {"ProjectionType": "ALL"},
-            }
+            },
+            {
+                "IndexName": "Open",
+                "KeySchema": [
+                    {"AttributeName": "OPEN_PK", "KeyType": "HASH"},
+                    {"AttributeName": "OPEN_SK", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            },
         ]
     dynamodb.create_table(
         TableName=name,
@@ -71,7 +79,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
         sqs = boto3.client("sqs", region_name=region)
         urls = {
             name: sqs.create_queue(QueueName=name)["QueueUrl"]
-            for name in ("chunk", "verify", "notify", "migrate")
+            for name in ("chunk", "verify", "notify", "migrate", "migrate-dlq")
         }
         key_id = boto3.client("kms", region_name=region).create_key()["KeyMetadata"]["KeyId"]
         secrets = boto3.client("secretsmanager", region_name=region)
@@ -88,6 +96,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
                 "VERIFY_QUEUE_URL": urls["verify"],
                 "NOTIFY_QUEUE_URL": urls["notify"],
                 "MIGRATE_QUEUE_URL": urls["migrate"],
+                "MIGRATE_DEAD_LETTER_QUEUE_URL": urls["migrate-dlq"],
                 "KMS_KEY_ID": key_id,
                 "LINK_SECRET_ARN": link,
                 "LEARNER_ID_SECRET_ARN": learner_ids,

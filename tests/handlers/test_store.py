@@ -25,7 +25,8 @@ def store() -> Iterator[DynamoStore]:
                 {"AttributeName": "SK", "KeyType": "RANGE"},
             ],
             AttributeDefinitions=[
-                {"AttributeName": name, "AttributeType": "S"} for name in ("PK", "SK", "GSI1PK", "GSI1SK")
+                {"AttributeName": name, "AttributeType": "S"}
+                for name in ("PK", "SK", "GSI1PK", "GSI1SK", "OPEN_PK", "OPEN_SK")
             ],
             GlobalSecondaryIndexes=[
                 {
@@ -35,7 +36,15 @@ def store() -> Iterator[DynamoStore]:
                         {"AttributeName": "GSI1SK", "KeyType": "RANGE"},
                     ],
                     "Projection": {"ProjectionType": "ALL"},
-                }
+                },
+                {
+                    "IndexName": "Open",
+                    "KeySchema": [
+                        {"AttributeName": "OPEN_PK", "KeyType": "HASH"},
+                        {"AttributeName": "OPEN_SK", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                },
             ],
             BillingMode="PAY_PER_REQUEST",
         )
@@ -81,3 +90,37 @@ def test_exports_learners_tokens_and_sessions(store: DynamoStore) -> None:
     assert store.get_session("s2") is None
     item = store._table.get_item(Key={"PK": "LEARNER#l1", "SK": "META"})["Item"]
     assert "@" not in str(item)
+
+
+def test_the_open_index_holds_only_what_should_still_move_on(store: DynamoStore) -> None:
+    from backpack_migrate.domain import Confirmation
+
+    future = "9999-01-01T00:00:00Z"
+    store.put_badges_if_absent([_badge(BadgeState.EXTRACTED, "b1"), _badge(BadgeState.VERIFIED, "b2")])
+    store.put_learner_if_absent(LearnerRecord(learner_id="l1", export_id="e1", email_ciphertext="x"))
+    open_now = {getattr(item, "badge_id", "learner") for item in store.iter_open(future)}
+    assert open_now == {"b1", "learner"}  # verified waits for its learner: not open
+    assert list(store.iter_open("2000-01-01T00:00:00Z")) == []  # nothing is old yet
+    assert store.transition(_badge(BadgeState.VERIFIED, "b1"), [BadgeState.EXTRACTED])
+    assert store.transition(_badge(BadgeState.QUEUED, "b1"), [BadgeState.VERIFIED])
+    store.mark_invited("l1", "2026-01-01T00:00:00Z")
+    assert {getattr(item, "badge_id", "learner") for item in store.iter_open(future)} == {"b1"}
+    assert store.transition(_badge(BadgeState.IMPORTED, "b1"), [BadgeState.QUEUED])
+    assert list(store.iter_open(future)) == []
+    # A move asked for is open until its summary is claimed.
+    store.mark_migration_requested("l1", "2026-01-02T00:00:00.000001Z")
+    (learner,) = store.iter_open(future)
+    assert isinstance(learner, LearnerRecord) and learner.invited_at == "2026-01-01T00:00:00Z"
+    store.touch_learner("l1", "2026-01-03T00:00:00Z")
+    (learner,) = store.iter_open(future)
+    assert learner.repairs == 1
+    assert store.claim_summary("l1", "2026-01-02T00:00:00.000001Z")
+    assert list(store.iter_open(future)) == []
+    store.touch_learner("l1", "2026-01-04T00:00:00Z")  # closed meanwhile: nothing to do
+    # Given up on without Badgr's word stays open, so Badgr is asked again later.
+    unconfirmed = _badge(BadgeState.DEAD_LETTERED, "b2").model_copy(
+        update={"confirmed_by": Confirmation.NOT_CONFIRMED}
+    )
+    assert store.transition(_badge(BadgeState.QUEUED, "b2"), [BadgeState.VERIFIED])
+    assert store.transition(unconfirmed, [BadgeState.QUEUED])
+    assert [getattr(item, "badge_id", None) for item in store.iter_open(future)] == ["b2"]

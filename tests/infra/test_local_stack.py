@@ -101,6 +101,13 @@ FAKES = {
             EVENTS.append(event)
             return {"batchItemFailures": []}
     """,
+    "reconcile": """
+        EVENTS = []
+
+        def handler(event, context):
+            EVENTS.append(event)
+            return {}
+    """,
     "web": """
         import base64
         import json
@@ -153,7 +160,7 @@ def test_resources_come_from_the_template(stack: LocalStack) -> None:
     dynamodb = boto3.client("dynamodb")
     table = dynamodb.describe_table(TableName=stack.resource("Table"))["Table"]
     assert {k["AttributeName"] for k in table["KeySchema"]} == {"PK", "SK"}
-    assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["GSI1"]
+    assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["GSI1", "Open"]
     ttl = dynamodb.describe_time_to_live(TableName=stack.resource("Table"))["TimeToLiveDescription"]
     assert ttl["AttributeName"] == "expires_at"
     dynamodb.describe_table(TableName=stack.resource("IdempotencyTable"))

@@ -114,6 +114,7 @@ def test_functions_runtime_architecture_tracing_and_layer(cfn: dict[str, Any]) -
         "Notify",
         "Migrate",
         "Web",
+        "Reconcile",
     }
     layers = resources(cfn, "AWS::Lambda::LayerVersion")
     assert len(layers) == 1
@@ -213,9 +214,12 @@ def test_bucket_is_private_encrypted_and_notifies_intake(cfn: dict[str, Any]) ->
 def test_tables_have_ttl_encryption_and_the_expected_keys(cfn: dict[str, Any]) -> None:
     table = cfn["Resources"]["Table"]["Properties"]
     assert {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]} == {"PK": "HASH", "SK": "RANGE"}
-    (gsi,) = table["GlobalSecondaryIndexes"]
+    gsi, open_index = table["GlobalSecondaryIndexes"]
     assert gsi["IndexName"] == "GSI1"
     assert [k["AttributeName"] for k in gsi["KeySchema"]] == ["GSI1PK", "GSI1SK"]
+    # Sparse: what is still expected to move on, found by age without a scan.
+    assert open_index["IndexName"] == "Open"
+    assert [k["AttributeName"] for k in open_index["KeySchema"]] == ["OPEN_PK", "OPEN_SK"]
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
     assert table["SSESpecification"]["SSEEnabled"] is True
     assert table["SSESpecification"]["SSEType"] == "KMS"
@@ -262,6 +266,7 @@ def test_no_iam_statement_writes_to_every_resource(cfn: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- least privilege, per function
 # Resources as the expanded template names them: a logical id, or one of these.
 EXPORTS = "exports/*"  # the objects under exports/ in the exports bucket
+OPEN_INDEX = "Table/index/Open"  # the table's sparse index of open items
 SES_IDENTITIES = "ses:identity/*"
 # Conditions: None (unconditioned), "via <services>" (kms:ViaService), "from SesSender".
 Grant = tuple[str, str, str | None]
@@ -329,9 +334,10 @@ CALLS: dict[str, frozenset[Grant]] = {
     ),
     "Notify": IDEMPOTENT  # svc.once("notice", deliver)
     | {
-        # get_learner, get_export; list_badges. Notify writes nothing to the table.
+        # get_learner, get_export; list_badges; mark_invited, its one write to the table.
         ("dynamodb:GetItem", "Table", None),
         ("dynamodb:Query", "Table", None),
+        ("dynamodb:UpdateItem", "Table", None),
         ("kms:Decrypt", "DataKey", None),  # learner_email
         ("secretsmanager:GetSecretValue", "LinkSigningSecret", None),  # sign_link
         ("ses:SendEmail", SES_IDENTITIES, "from SesSender"),  # SesSender.send
@@ -351,8 +357,33 @@ CALLS: dict[str, frozenset[Grant]] = {
         ("kms:Encrypt", "DataKey", None),
         ("secretsmanager:GetSecretValue", "BadgrClientSecretSecret", None),  # badgr_factory
         ("sqs:SendMessage", "NotifyQueue", None),  # maybe_send_summary
+        ("sqs:SendMessage", "MigrateQueue", None),  # run_import_job: a deferred job, sent delayed
+        ("sqs:SendMessage", "MigrateDeadLetterQueue", None),  # run_import_job: out of tries
         ("sqs:ChangeMessageVisibility", "MigrateQueue", None),  # SqsJobQueue.delay (backoff)
+        # DynamoGate: GetItem and UpdateItem on the gate item, covered above.
     },
+    "Reconcile": frozenset(
+        {
+            # iter_open on the sparse index; get_badge, get_learner, list_badges, transition,
+            # touch_learner, claim_summary, save_reconcile_run; save_token after a refresh.
+            ("dynamodb:Query", OPEN_INDEX, None),
+            ("dynamodb:GetItem", "Table", None),
+            ("dynamodb:Query", "Table", None),
+            ("dynamodb:UpdateItem", "Table", None),
+            ("dynamodb:PutItem", "Table", None),
+            # Backpacks.held lists the learner's backpack with their token; a refresh seals anew.
+            ("kms:Decrypt", "DataKey", None),
+            ("kms:Encrypt", "DataKey", None),
+            ("secretsmanager:GetSecretValue", "BadgrClientSecretSecret", None),  # badgr_factory
+            # Lost jobs sent again; maybe_send_summary.
+            ("sqs:SendMessage", "MigrateQueue", None),
+            ("sqs:SendMessage", "VerifyQueue", None),
+            ("sqs:SendMessage", "NotifyQueue", None),
+            # Dead-lettered imports read and held back, never deleted (kept for a redrive).
+            ("sqs:ReceiveMessage", "MigrateDeadLetterQueue", None),
+            ("sqs:ChangeMessageVisibility", "MigrateDeadLetterQueue", None),
+        }
+    ),
     "Web": frozenset(
         {
             ("s3:GetObject", EXPORTS, None),  # portal.badge_image
@@ -405,6 +436,8 @@ def _resource_name(resource: Any) -> str:
         return str(resource["Ref"])
     if isinstance(resource, dict) and set(resource) == {"Fn::Sub"}:
         sub = resource["Fn::Sub"]
+        if sub == "${Table.Arn}/index/Open":
+            return OPEN_INDEX
         if isinstance(sub, list) and sub[0] == _EXPORT_OBJECTS_ARN:
             return EXPORTS
         if sub == "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:identity/*":
@@ -490,7 +523,9 @@ def test_no_role_can_scan_drop_or_use_wildcards(cfn: dict[str, Any]) -> None:
             assert action not in FORBIDDEN_ACTIONS, (role, action)
         for resource in _as_list(statement["Resource"]):
             assert resource != "*", (role, statement)
-            assert "/index/" not in json.dumps(resource), (role, "no function queries an index")
+            if "/index/" in json.dumps(resource):
+                # Only the reconciler reads an index, and only the sparse one of open items.
+                assert role == "ReconcileFunctionRole" and _resource_name(resource) == OPEN_INDEX, role
 
 
 def test_learner_id_secret_is_separate_and_never_rotated(cfn: dict[str, Any], sam: dict[str, Any]) -> None:
@@ -531,6 +566,7 @@ def test_parameters_conditions_and_outputs(sam: dict[str, Any]) -> None:
         "BadgrClientSecret",
         "PublicBaseUrl",
         "EmailsPerSecond",
+        "BadgrImportsPerSecond",
         "LinkTtlDays",
         "ExportRetentionDays",
         "AlarmEmail",
@@ -621,3 +657,17 @@ def test_dashboard_shows_exports_learners_states_badgr_queues_and_functions(cfn:
     for logical_id in [*resources(cfn, "AWS::SQS::Queue"), *resources(cfn, "AWS::Lambda::Function")]:
         reference = f"${{{logical_id}.QueueName}}" if logical_id.endswith("Queue") else f"${{{logical_id}}}"
         assert reference in body, f"the dashboard does not show {logical_id}"
+
+
+def test_the_reconciler_runs_on_a_schedule_and_reads_only_what_is_open(cfn: dict[str, Any]) -> None:
+    rules = resources(cfn, "AWS::Events::Rule")
+    (rule,) = rules.values()
+    assert rule["Properties"]["ScheduleExpression"] == "rate(10 minutes)"
+    (target,) = rule["Properties"]["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["ReconcileFunction", "Arn"]}
+    function = cfn["Resources"]["ReconcileFunction"]["Properties"]
+    variables = function["Environment"]["Variables"]
+    assert variables["MIGRATE_DEAD_LETTER_QUEUE_URL"] == {"Ref": "MigrateDeadLetterQueue"}
+    # Stale means older than any retry takes: five deliveries at most 15 minutes apart.
+    assert int(variables["STALE_AFTER_SECONDS"]) > 5 * 900
+    assert variables["BADGR_IMPORTS_PER_SECOND"] == {"Ref": "BadgrImportsPerSecond"}

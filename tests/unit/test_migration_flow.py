@@ -229,12 +229,17 @@ def test_an_expired_access_token_is_refreshed_and_the_new_one_stored() -> None:
 )
 def test_badgr_answers_become_states_with_badgr_words_kept(outcome: str, state: BadgeState) -> None:
     url = hosted_assertion("b1", BEN.lower())["id"]
-    w = run_world(ScriptedBadgr({url: [outcome]}))
+    badgr = ScriptedBadgr({url: [outcome]})
+    if outcome == "already_in_badgr":
+        badgr.hold(url)  # the learner had it in Badgr before this service existed
+    w = run_world(badgr)
     ben = _connect(w.svc, w.store, BEN)
     _drain(w.svc, w.queue)
     badge = w.store.list_badges(ben)[0]
     assert badge.state == state
     assert badge.badgr is not None
+    expected = "backpack_listing" if outcome == "already_in_badgr" else "import_answer"
+    assert badge.confirmed_by == expected
     if state == BadgeState.REJECTED:
         assert badge.problem is not None and badge.problem.message == "reason for rejected"
 

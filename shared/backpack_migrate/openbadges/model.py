@@ -104,6 +104,7 @@ class Verdict(BaseModel):
             issued_on=issued,
             image_url=_web_url(badge.badge_class.image or badge.image) if badge else None,
             hosted_url=self.hosted_url,
+            assertion_id=(badge.assertion_id if badge else None) or self.hosted_url,
             payload_kind=self.payload_kind,
             revoked=self.revoked,
             certain_to_fail=self.certain_to_fail,

@@ -1,0 +1,22 @@
+"""Scheduled (EventBridge): repair what should have moved on by itself, and settle dead letters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from backpack_migrate.observability import logger, metrics, tracer
+from backpack_migrate.reconcile import reconcile
+from backpack_migrate.services import get_services
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    schedule = parse(event=event, model=EventBridgeModel)  # a Scheduled Event, nothing else
+    logger.append_keys(schedule_event=schedule.id)
+    return reconcile(get_services(), context.get_remaining_time_in_millis).model_dump()

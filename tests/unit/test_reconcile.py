@@ -1,0 +1,198 @@
+"""The reconciler repairs what a lost message or a crash left half-way, and settles dead letters."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from backpack_migrate.domain import BadgeState, Confirmation, movable_counts
+from backpack_migrate.migration import import_badge, request_migration
+from backpack_migrate.notices import send_notice
+from backpack_migrate.pages import landing_page, status_page
+from backpack_migrate.reconcile import MAX_REPAIRS, reconcile
+from backpack_migrate.report import format_reconcile_run
+from tests.fakes import ScriptedBadgr
+from tests.unit.badges import hosted_assertion
+from tests.unit.test_migration_flow import ANA, BEN, _connect, run_world
+
+pytestmark = pytest.mark.unit
+
+B1 = hosted_assertion("b1", BEN.lower())["id"]
+LATER = time.time() + 3 * 86400  # well past every deadline
+
+
+def _reconcile(w: Any, now: float = LATER) -> Any:
+    return reconcile(w.svc, lambda: 600_000, now=lambda: now)
+
+
+def _throttled(operation: str) -> ClientError:
+    return ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, operation)
+
+
+def _drain(w: Any) -> None:
+    for job in w.queue.take("migrate"):
+        import_badge(w.svc, job["learner_id"], job["badge_id"], 1 + int(job.get("attempts", 0)))
+
+
+def _failing_sends(w: Any, url: str) -> None:
+    real = w.queue.send
+
+    def send(queue_url: str, jobs: Any) -> int:
+        if queue_url == url:
+            raise _throttled("SendMessageBatch")
+        return int(real(queue_url, jobs))
+
+    w.queue.send = send
+    w.restore_send = lambda: setattr(w.queue, "send", real)
+
+
+def test_a_badge_queued_whose_job_was_never_sent_is_sent_again_and_moves() -> None:
+    w = run_world()
+    _failing_sends(w, "migrate")
+    with pytest.raises(ClientError):
+        _connect(w.svc, w.store, BEN)
+    w.restore_send()
+    (badge,) = [b for b in w.store.badges.values() if b.file_name == "b1.png"]
+    assert badge.state == BadgeState.QUEUED and w.queue.take("migrate") == []
+    assert _reconcile(w, now=time.time()).badges_requeued == 0  # not stale yet: a job may be on its way
+    run = _reconcile(w)
+    assert run.badges_requeued == 1
+    _drain(w)
+    assert w.store.get_badge(badge.learner_id, badge.badge_id).state == BadgeState.IMPORTED
+    assert _reconcile(w).badges_requeued == 0  # nothing open any more
+
+
+def test_a_request_that_died_before_queueing_is_finished_by_the_reconciler() -> None:
+    # The callback answered 500 after recording the request and before queueing any badge.
+    w = run_world()
+    _failing_sends(w, "migrate")
+    real = w.store.transition
+
+    def dies(badge: Any, expected: Any) -> bool:
+        raise _throttled("UpdateItem")
+
+    w.store.transition = dies  # type: ignore[method-assign]
+    with pytest.raises(ClientError):
+        _connect(w.svc, w.store, ANA)
+    w.store.transition = real  # type: ignore[method-assign]
+    w.restore_send()
+    ana = next(lid for lid, rec in w.store.learners.items() if rec.migration_requested_at)
+    badges = w.store.list_badges(ana)
+    assert {b.state for b in badges} >= {BadgeState.VERIFIED}
+    run = _reconcile(w)
+    assert run.requests_repaired == 1 and run.badges_requeued == 3  # gone.png is refused on import
+    _drain(w)
+    assert {b.file_name: b.state for b in w.store.list_badges(ana)}["a1.png"] == BadgeState.IMPORTED
+    assert w.queue.take("notify")[-1]["kind"] == "summary"
+
+
+def test_a_learner_whose_jobs_were_lost_can_always_move_again() -> None:
+    w = run_world()
+    _failing_sends(w, "migrate")
+    with pytest.raises(ClientError):
+        _connect(w.svc, w.store, BEN)
+    w.restore_send()
+    (badge,) = [b for b in w.store.badges.values() if b.file_name == "b1.png"]
+    assert badge.state == BadgeState.QUEUED
+    assert movable_counts([badge]) == (1, 0)
+    assert "Move my badges to Badgr" in landing_page("t", "c", [badge], requested=True)
+    assert request_migration(w.svc, badge.learner_id) == 1
+
+
+def test_a_learner_never_invited_after_a_throttled_write_in_notify_is_invited_once() -> None:
+    w = run_world()
+    ben = next(lid for lid, b in w.store.badges if w.store.badges[(lid, b)].file_name == "b1.png")
+    # Notify's writes were throttled for every delivery, so the job went to the dead-letter queue.
+    w.store.learners[ben] = w.store.learners[ben].model_copy(update={"invited_at": None})
+    w.store.open_learners[ben] = "2000-01-01T00:00:00Z"
+    sent_before = len(w.sender.sent)
+    run = _reconcile(w)
+    assert run.invitations_resent == 1
+    (job,) = [j for j in w.queue.take("notify") if j["learner_id"] == ben]
+    send_notice(w.svc, job)
+    send_notice(w.svc, job)  # a replay sends nothing more
+    assert len(w.sender.sent) == sent_before + 1
+    assert w.store.learners[ben].invited_at is not None
+    assert _reconcile(w).invitations_resent == 0
+
+
+def test_an_invitation_sent_but_not_recorded_is_not_sent_twice() -> None:
+    w = run_world()
+    ben = next(lid for lid, b in w.store.badges if w.store.badges[(lid, b)].file_name == "b1.png")
+    assert w.store.learners[ben].invited_at is not None
+    sent = len(w.sender.sent)
+    send_notice(w.svc, {"kind": "invite", "learner_id": ben, "export_id": w.export.export_id})
+    assert len(w.sender.sent) == sent
+
+
+def test_invitations_are_sent_again_only_so_often() -> None:
+    w = run_world()
+    ben = next(lid for lid, b in w.store.badges if w.store.badges[(lid, b)].file_name == "b1.png")
+    w.store.learners[ben] = w.store.learners[ben].model_copy(update={"invited_at": None})
+    w.store.open_learners[ben] = "2000-01-01T00:00:00Z"
+    resent = sum(_reconcile(w, now=LATER + i * 86400).invitations_resent for i in range(MAX_REPAIRS + 2))
+    assert resent == MAX_REPAIRS
+
+
+def _dead_letter(w: Any, badgr_has_it: bool) -> tuple[Any, dict[str, Any]]:
+    """A job in the migrate dead-letter queue whose last delivery never ran (a batch-mate's
+    hangs outlasted the function): its badge still says failed_retryable."""
+    _connect(w.svc, w.store, BEN)
+    (job,) = w.queue.take("migrate")
+    w.badgr.script[B1] = ["lost" if badgr_has_it else "retry"]
+    with pytest.raises(Exception):  # noqa: B017 - RetryLater
+        import_badge(w.svc, job["learner_id"], job["badge_id"], 4)
+    w.svc.settings = w.svc.settings.model_copy(update={"migrate_dead_letter_queue_url": "migrate-dlq"})
+    w.queue.send("migrate-dlq", [job])
+    badge = w.store.get_badge(job["learner_id"], job["badge_id"])
+    assert badge.state == BadgeState.FAILED_RETRYABLE
+    return badge, job
+
+
+@pytest.mark.parametrize(("badgr_has_it", "state"), [(True, "imported"), (False, "dead_lettered")])
+def test_a_dead_lettered_job_settles_its_badge_against_badgr(badgr_has_it: bool, state: str) -> None:
+    w = run_world()
+    badge, job = _dead_letter(w, badgr_has_it)
+    run = _reconcile(w, now=time.time())
+    assert run.dead_letters_read == 1 and run.settled == {state: 1}
+    settled = w.store.get_badge(badge.learner_id, badge.badge_id)
+    assert settled.state == state
+    assert settled.confirmed_by == Confirmation.BACKPACK_LISTING
+    assert "trying again" not in status_page("t", [settled])
+    assert w.queue.sent["migrate-dlq"] == [job]  # kept for a redrive
+    assert _reconcile(w, now=time.time()).dead_letters_read == 0  # held back, not read every run
+
+
+def test_a_dead_lettered_badge_badgr_could_not_confirm_is_asked_again_later() -> None:
+    w = run_world(ScriptedBadgr({B1: ["retry"] * 5}, listing=["ok"] * 4 + ["fail", "fail"]))
+    _connect(w.svc, w.store, BEN)
+    (job,) = w.queue.take("migrate")
+    for attempt in range(1, 6):
+        with pytest.raises(Exception):  # noqa: B017 - RetryLater
+            import_badge(w.svc, job["learner_id"], job["badge_id"], attempt)
+    badge = w.store.get_badge(job["learner_id"], job["badge_id"])
+    assert badge.confirmed_by == Confirmation.NOT_CONFIRMED
+    w.badgr.hold(B1)  # Badgr had taken it after all
+    assert _reconcile(w).settled == {"imported": 1}
+
+
+def test_a_stale_extracted_badge_gets_its_verify_job_again_a_few_times() -> None:
+    w = run_world()
+    (badge,) = [b for b in w.store.badges.values() if b.file_name == "b1.png"]
+    w.store.badges[(badge.learner_id, badge.badge_id)] = badge.model_copy(
+        update={"state": BadgeState.EXTRACTED, "updated_at": "2000-01-01T00:00:00Z"}
+    )
+    counts = [_reconcile(w, now=LATER + i * 86400).verify_jobs_resent for i in range(MAX_REPAIRS + 1)]
+    assert counts == [1] * MAX_REPAIRS + [0]
+    assert w.queue.take("verify") == [{"learner_id": badge.learner_id}] * MAX_REPAIRS
+
+
+def test_the_last_run_is_on_record_for_the_report() -> None:
+    w = run_world()
+    _reconcile(w)
+    run = w.store.last_reconcile_run()
+    assert run is not None and run["finished_at"]
+    assert "Reconciler" in format_reconcile_run(run)
