@@ -27,6 +27,7 @@ class InMemoryStore:
         self.badges: dict[tuple[str, str], BadgeRecord] = {}
         self.tokens: dict[str, tuple[str, int]] = {}
         self.sessions: dict[str, tuple[dict[str, str], float]] = {}
+        self.erased: set[str] = set()
         self._lock = threading.Lock()
 
     def put_export_if_absent(self, export: ExportRecord) -> bool:
@@ -120,6 +121,12 @@ class InMemoryStore:
 
     def put_session(self, session_id: str, data: dict[str, str], ttl_seconds: int) -> None:
         self.sessions[session_id] = (dict(data), time.time() + ttl_seconds)
+
+    def is_erased(self, mark: str) -> bool:
+        return mark in self.erased
+
+    def mark_erased(self, mark: str, at: str) -> None:
+        self.erased.add(mark)
 
     def get_session(self, session_id: str) -> dict[str, str] | None:
         found = self.sessions.get(session_id)

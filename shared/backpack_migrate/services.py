@@ -43,6 +43,10 @@ def _ignore_context(context: Any) -> None:
     return None
 
 
+def _nothing_to_forget(name: str, job: dict[str, Any]) -> None:
+    return None
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -59,6 +63,8 @@ class Services:
     badgr_factory: Callable[[], Any]
     # Wraps a side effect so a replayed event does not repeat it (Powertools idempotency in Lambda).
     once: Callable[[str, Any], Any] = _no_idempotency
+    # Deletes the idempotency record ``once(name, ...)`` keeps for ``job`` (erasing a learner).
+    forget_once: Callable[[str, dict[str, Any]], None] = _nothing_to_forget
     # Lets idempotency records expire with the invocation that wrote them.
     register_context: Callable[[Any], None] = _ignore_context
     # Keys a link may be signed with besides the cached current one (see build_services).
@@ -159,6 +165,13 @@ def build_services(settings: Settings) -> Services:
             key_prefix=name,
         )
 
+    def forget_once(name: str, job: dict[str, Any]) -> None:
+        # A layer of its own, configured like the one ``once`` uses, so the key is computed the
+        # same way (prefix and hash of the job) without touching the shared layer's state.
+        layer = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
+        layer.configure(idempotency_config, key_prefix=name)
+        layer.delete_record(data=job, exception=LookupError("the learner erased their data"))
+
     def key_bytes(value: Any) -> bytes:
         if not isinstance(value, str | bytes):
             raise TypeError("a signing secret must be a string")
@@ -220,6 +233,7 @@ def build_services(settings: Settings) -> Services:
         verifier_factory=verifier_factory,
         badgr_factory=badgr_factory,
         once=once,
+        forget_once=forget_once,
         register_context=idempotency_config.register_lambda_context,
         other_link_secrets=other_link_secrets,
     )

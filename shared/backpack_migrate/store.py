@@ -5,13 +5,17 @@ Items of one table (single-table design):
 - learner  PK=LEARNER#<id>  SK=META            GSI1PK=EXPORT#<id>#LEARNERS  GSI1SK=<learner id>
 - badge    PK=LEARNER#<id>  SK=BADGE#<badge>   GSI1PK=EXPORT#<id>#BADGES    GSI1SK=<learner>#<badge>
 - token    PK=LEARNER#<id>  SK=TOKEN           (KMS ciphertext only)
-- session  PK=SESSION#<id>  SK=META            expires_at (TTL)
+- session  PK=SESSION#<id>  SK=META            GSI1PK=LEARNER#<id>#SESSIONS GSI1SK=<session>  expires_at (TTL)
+- erased   PK=ERASED#<mark> SK=META            a learner who erased their data: <mark> is an HMAC of
+                                               the learner id, the item holds nothing personal
+- audit    PK=AUDIT#<day>   SK=<time>#<random> what was done (erasures), with no personal data
 Records travel as one JSON attribute ``data``; ``state`` sits beside it for conditional writes.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
@@ -42,6 +46,11 @@ class Store(Protocol):
     def get_token(self, learner_id: str) -> tuple[str, int] | None: ...
     def put_session(self, session_id: str, data: dict[str, str], ttl_seconds: int) -> None: ...
     def get_session(self, session_id: str) -> dict[str, str] | None: ...
+    def learner_requests(self, learner_id: str) -> list[str]: ...
+    def erase_learner(self, learner_id: str, session_ids: Iterable[str] = ()) -> int: ...
+    def mark_erased(self, mark: str, at: str) -> None: ...
+    def is_erased(self, mark: str) -> bool: ...
+    def put_audit(self, entry: dict[str, Any]) -> None: ...
 
 
 def _is_condition_failure(error: ClientError) -> bool:
@@ -156,9 +165,11 @@ class DynamoStore:
         """A new request: its summary is not claimed yet, whatever happened to an earlier one."""
         self._table.update_item(
             Key={"PK": f"LEARNER#{learner_id}", "SK": "META"},
-            UpdateExpression="SET requested_at = :at REMOVE summary_for",
+            # Every request is remembered, so erasing the learner can forget each one's summary.
+            UpdateExpression="SET requested_at = :at, "
+            "requests = list_append(if_not_exists(requests, :none), :one) REMOVE summary_for",
             ConditionExpression=Attr("PK").exists(),
-            ExpressionAttributeValues={":at": at},
+            ExpressionAttributeValues={":at": at, ":none": [], ":one": [at]},
         )
 
     def claim_summary(self, learner_id: str, requested_at: str) -> bool:
@@ -259,14 +270,17 @@ class DynamoStore:
         return (str(item["ciphertext"]), int(item["version"])) if item else None
 
     def put_session(self, session_id: str, data: dict[str, str], ttl_seconds: int) -> None:
-        self._table.put_item(
-            Item={
-                "PK": f"SESSION#{session_id}",
-                "SK": "META",
-                "data": json.dumps(data),
-                "expires_at": int(time.time()) + ttl_seconds,
-            }
-        )
+        item: dict[str, Any] = {
+            "PK": f"SESSION#{session_id}",
+            "SK": "META",
+            "data": json.dumps(data),
+            "expires_at": int(time.time()) + ttl_seconds,
+        }
+        if data.get("learner_id"):
+            # Indexed by learner, so erasing a learner finds every session they opened.
+            item["GSI1PK"] = f"LEARNER#{data['learner_id']}#SESSIONS"
+            item["GSI1SK"] = session_id
+        self._table.put_item(Item=item)
 
     def get_session(self, session_id: str) -> dict[str, str] | None:
         item = self._get(f"SESSION#{session_id}", "META")
@@ -275,3 +289,49 @@ class DynamoStore:
             return None
         data: dict[str, str] = json.loads(item["data"])
         return data
+
+    # -- erasure ---------------------------------------------------------------------------
+    def learner_requests(self, learner_id: str) -> list[str]:
+        item = self._get(f"LEARNER#{learner_id}", "META")
+        return [str(at) for at in (item or {}).get("requests", [])]
+
+    def erase_learner(self, learner_id: str, session_ids: Iterable[str] = ()) -> int:
+        """Delete every item of a learner: record, badges, token and sessions; returns how many."""
+        keys = {
+            (item["PK"], item["SK"])
+            for item in self._query(
+                KeyConditionExpression=Key("PK").eq(f"LEARNER#{learner_id}"),
+                ProjectionExpression="PK, SK",
+                ConsistentRead=True,
+            )
+        }
+        keys |= {
+            (item["PK"], item["SK"])
+            for item in self._query(
+                IndexName="GSI1",
+                KeyConditionExpression=Key("GSI1PK").eq(f"LEARNER#{learner_id}#SESSIONS"),
+            )
+        }
+        # The index lags behind writes: the sessions the caller knows are deleted by key as well.
+        keys |= {(f"SESSION#{session_id}", "META") for session_id in session_ids}
+        for pk, sk in sorted(keys):
+            self._table.delete_item(Key={"PK": pk, "SK": sk})
+        return len(keys)
+
+    def mark_erased(self, mark: str, at: str) -> None:
+        # No TTL: an export replayed or uploaded again years later must still not bring them back.
+        self._table.put_item(Item={"PK": f"ERASED#{mark}", "SK": "META", "erased_at": at})
+
+    def is_erased(self, mark: str) -> bool:
+        return self._get(f"ERASED#{mark}", "META") is not None
+
+    def put_audit(self, entry: dict[str, Any]) -> None:
+        at = now_iso()
+        self._table.put_item(
+            Item={
+                "PK": f"AUDIT#{at[:10]}",
+                "SK": f"{at}#{secrets.token_hex(8)}",
+                "data": json.dumps(entry, sort_keys=True),
+                "expires_at": self._expires(),
+            }
+        )
