@@ -136,6 +136,7 @@ class _Lazy:
 def build_services(settings: Settings) -> Services:
     import boto3
     from aws_lambda_powertools.utilities import parameters
+    from botocore.config import Config
     from aws_lambda_powertools.utilities.idempotency import (
         DynamoDBPersistenceLayer,
         IdempotencyConfig,
@@ -222,7 +223,8 @@ def build_services(settings: Settings) -> Services:
         settings=settings,
         store=DynamoStore(table, settings.record_ttl_days),
         queue=SqsJobQueue(_Lazy(lambda: boto3.client("sqs"))),
-        s3=_Lazy(lambda: boto3.client("s3")),
+        # SigV4, as presigned URLs for SSE-KMS objects (a learner's big download) require.
+        s3=_Lazy(lambda: boto3.client("s3", config=Config(signature_version="s3v4"))),
         emails=EmailCipher(kms, settings.kms_key_id),
         tokens=TokenVault(kms, settings.kms_key_id),
         link_secret=lambda: secret_bytes(settings.link_secret_arn),
