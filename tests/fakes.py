@@ -122,6 +122,9 @@ class InMemoryStore:
     def put_session(self, session_id: str, data: dict[str, str], ttl_seconds: int) -> None:
         self.sessions[session_id] = (dict(data), time.time() + ttl_seconds)
 
+    def remember_session(self, learner_id: str, session_id: str, ttl_seconds: int) -> None:
+        return None
+
     def is_erased(self, mark: str) -> bool:
         return mark in self.erased
 

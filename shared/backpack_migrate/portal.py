@@ -117,6 +117,7 @@ def _session(svc: Services, session_id: str | None, learner_id: str) -> tuple[st
     data = {"learner_id": learner_id, "csrf": new_secret_token()}
     new_id = new_secret_token()
     svc.store.put_session(new_id, data, SESSION_TTL)
+    svc.store.remember_session(learner_id, new_id, SESSION_TTL)
     return new_id, data, True
 
 

@@ -136,12 +136,12 @@ class _Lazy:
 def build_services(settings: Settings) -> Services:
     import boto3
     from aws_lambda_powertools.utilities import parameters
-    from botocore.config import Config
     from aws_lambda_powertools.utilities.idempotency import (
         DynamoDBPersistenceLayer,
         IdempotencyConfig,
         idempotent_function,
     )
+    from botocore.config import Config
 
     from .notify import SesSender
     from .queues import SqsJobQueue

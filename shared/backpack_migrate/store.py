@@ -5,7 +5,8 @@ Items of one table (single-table design):
 - learner  PK=LEARNER#<id>  SK=META            GSI1PK=EXPORT#<id>#LEARNERS  GSI1SK=<learner id>
 - badge    PK=LEARNER#<id>  SK=BADGE#<badge>   GSI1PK=EXPORT#<id>#BADGES    GSI1SK=<learner>#<badge>
 - token    PK=LEARNER#<id>  SK=TOKEN           (KMS ciphertext only)
-- session  PK=SESSION#<id>  SK=META            GSI1PK=LEARNER#<id>#SESSIONS GSI1SK=<session>  expires_at (TTL)
+- session  PK=SESSION#<id>  SK=META            expires_at (TTL)
+           PK=LEARNER#<id>  SK=SESSION#<id>     expires_at (TTL): the learner's sessions, found to erase them
 - erased   PK=ERASED#<mark> SK=META            a learner who erased their data: <mark> is an HMAC of
                                                the learner id, the item holds nothing personal
 - audit    PK=AUDIT#<day>   SK=<time>#<random> what was done (erasures), with no personal data
@@ -46,6 +47,7 @@ class Store(Protocol):
     def get_token(self, learner_id: str) -> tuple[str, int] | None: ...
     def put_session(self, session_id: str, data: dict[str, str], ttl_seconds: int) -> None: ...
     def get_session(self, session_id: str) -> dict[str, str] | None: ...
+    def remember_session(self, learner_id: str, session_id: str, ttl_seconds: int) -> None: ...
     def learner_requests(self, learner_id: str) -> list[str]: ...
     def erase_learner(self, learner_id: str, session_ids: Iterable[str] = ()) -> int: ...
     def mark_erased(self, mark: str, at: str) -> None: ...
@@ -270,17 +272,24 @@ class DynamoStore:
         return (str(item["ciphertext"]), int(item["version"])) if item else None
 
     def put_session(self, session_id: str, data: dict[str, str], ttl_seconds: int) -> None:
-        item: dict[str, Any] = {
-            "PK": f"SESSION#{session_id}",
-            "SK": "META",
-            "data": json.dumps(data),
-            "expires_at": int(time.time()) + ttl_seconds,
-        }
-        if data.get("learner_id"):
-            # Indexed by learner, so erasing a learner finds every session they opened.
-            item["GSI1PK"] = f"LEARNER#{data['learner_id']}#SESSIONS"
-            item["GSI1SK"] = session_id
-        self._table.put_item(Item=item)
+        self._table.put_item(
+            Item={
+                "PK": f"SESSION#{session_id}",
+                "SK": "META",
+                "data": json.dumps(data),
+                "expires_at": int(time.time()) + ttl_seconds,
+            }
+        )
+
+    def remember_session(self, learner_id: str, session_id: str, ttl_seconds: int) -> None:
+        """Note a new session under its learner, so erasing the learner finds every session."""
+        self._table.put_item(
+            Item={
+                "PK": f"LEARNER#{learner_id}",
+                "SK": f"SESSION#{session_id}",
+                "expires_at": int(time.time()) + ttl_seconds,
+            }
+        )
 
     def get_session(self, session_id: str) -> dict[str, str] | None:
         item = self._get(f"SESSION#{session_id}", "META")
@@ -298,22 +307,15 @@ class DynamoStore:
     def erase_learner(self, learner_id: str, session_ids: Iterable[str] = ()) -> int:
         """Delete every item of a learner: record, badges, token and sessions; returns how many."""
         keys = {
-            (item["PK"], item["SK"])
+            (str(item["PK"]), str(item["SK"]))
             for item in self._query(
                 KeyConditionExpression=Key("PK").eq(f"LEARNER#{learner_id}"),
                 ProjectionExpression="PK, SK",
                 ConsistentRead=True,
             )
         }
-        keys |= {
-            (item["PK"], item["SK"])
-            for item in self._query(
-                IndexName="GSI1",
-                KeyConditionExpression=Key("GSI1PK").eq(f"LEARNER#{learner_id}#SESSIONS"),
-            )
-        }
-        # The index lags behind writes: the sessions the caller knows are deleted by key as well.
-        keys |= {(f"SESSION#{session_id}", "META") for session_id in session_ids}
+        sessions = {sk.removeprefix("SESSION#") for _, sk in keys if sk.startswith("SESSION#")}
+        keys |= {(f"SESSION#{session_id}", "META") for session_id in sessions | set(session_ids)}
         for pk, sk in sorted(keys):
             self._table.delete_item(Key={"PK": pk, "SK": sk})
         return len(keys)

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-import pytest
-
 import re
+
+import pytest
 
 from backpack_migrate.domain import BadgeRecord, BadgeState, Problem, VerdictSummary
 from backpack_migrate.notify import invitation, summary
