@@ -186,14 +186,31 @@ def _needs_you(ctx: PageContext, badges: Sequence[BadgeRecord]) -> str:
             "open your Badgr account</a>: Badgr sent you an email to confirm it), then "
             f"<a href='{ctx.base}/status'>come back here</a>.</p>"
         )
-    if any(b.can_move_again for b in badges):
-        steps.append(
-            f"<p class='todo'>Add {address} to your Badgr account "
-            f"(<a href='{ctx.badgr('/profile/profile')}'>open your Badgr account</a>), then "
-            f"<a href='{ctx.base}'>come back here</a> to move "
-            f"{'it' if sum(b.can_move_again for b in badges) == 1 else 'them'} again.</p>"
-        )
+    refused = [b for b in badges if b.can_move_again]
+    # Our check tells the two cases apart: issued to the learner's own address (which their Badgr
+    # account lacks), or to another one, which only the learner knows.
+    to_other = [b for b in refused if _issued_to_another_address(b)]
+    to_own = [b for b in refused if b not in to_other]
+    if to_own:
+        steps.append(_add_address_step(ctx, f"Add {address}", len(to_own)))
+    if to_other:
+        which = "the address this badge was" if len(to_other) == 1 else "the addresses these badges were"
+        not_yours = f" (not {address})" if ctx.email else ""
+        steps.append(_add_address_step(ctx, f"Add {which} issued to{not_yours}", len(to_other)))
     return "".join(steps)
+
+
+def _add_address_step(ctx: PageContext, what: str, count: int) -> str:
+    return (
+        f"<p class='todo'>{what} to your Badgr account "
+        f"(<a href='{ctx.badgr('/profile/profile')}'>open your Badgr account</a>), then "
+        f"<a href='{ctx.base}'>come back here</a> to move {'it' if count == 1 else 'them'} again.</p>"
+    )
+
+
+def _issued_to_another_address(badge: BadgeRecord) -> bool:
+    verdict = badge.verdict
+    return verdict is not None and any(e.code == "RECIPIENT_MISMATCH" for e in verdict.errors)
 
 
 def _groups(ctx: PageContext, badges: Sequence[BadgeRecord]) -> str:
@@ -381,6 +398,8 @@ def erase_confirm_page(ctx: PageContext, csrf: str, badge_count: int, export_gon
         f"<p>This deletes everything this service holds about you: your address (kept encrypted), "
         f"the record of your {badge_count} badge{'' if badge_count == 1 else 's'}, your visits and "
         f"your connection to Badgr. This link will stop working. {moved}{export}</p>"
+        "<p>Badgr also remembers that you allowed this service to add badges to your backpack: you "
+        f"can remove that in <a href='{ctx.badgr('/profile/profile')}'>your Badgr account</a>.</p>"
         f"<p>You may want to <a href='{ctx.base}/download'>download your badges</a> first.</p>"
         f"<form method='post' action='{ctx.base}/erase'>"
         f"<input type='hidden' name='csrf' value='{escape(csrf)}'>"

@@ -170,6 +170,15 @@ def test_outcomes_that_need_the_learner_say_what_to_do_with_which_address() -> N
     assert "href='https://badgr.example/profile/profile'" in page
     assert "<a href='/l/tok/status'>come back here</a>" in page
     assert "href='https://badgr.example/recipient/badges'>Open my Badgr backpack</a>" in page
+    # Refused for an address our check found is not the learner's: they are not told to add theirs.
+    elsewhere = badge(
+        BadgeState.REJECTED,
+        VerdictSummary(valid=False, errors=[MISMATCH]),
+        Problem(code="VERIFY_RECIPIENT_IDENTIFIER", message="Add that address in Badgr and try again."),
+    )
+    other = status_page(CTX, [elsewhere])
+    assert "Add the address this badge was issued to (not <strong>pat@example.org</strong>)" in other
+    assert "Add <strong>pat@example.org</strong>" not in other
     # While the move runs there is no backpack button, and the page says it may be closed.
     running = status_page(CTX, [QUEUED, MOVED])
     assert "Open my Badgr backpack" not in running
