@@ -169,7 +169,7 @@ def _badge_item(ctx: PageContext, badge: BadgeRecord) -> str:
         else "<span class='noimage' aria-hidden='true'></span>"
     )
     return (
-        f"<li class='badge' data-state='{escape(badge.state.value)}' "
+        f"<li class='badge' data-badge='{escape(badge.badge_id)}' data-state='{escape(badge.state.value)}' "
         f"data-group='{badge_group(badge).value}'>{image}<div>"
         f"<div class='name'><strong>{escape(badge_title(badge))}</strong></div>{_badge_facts(badge)}"
         f"<div class='verdict {css}'>{escape(line)}</div></div></li>"
