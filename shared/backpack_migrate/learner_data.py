@@ -199,7 +199,11 @@ def build_download(svc: Services, learner_id: str) -> Download:
 
 # -- erasure ---------------------------------------------------------------------------------
 def _idempotency_jobs(
-    svc: Services, learner_id: str, export_ids: set[str], badges: Sequence[BadgeRecord]
+    svc: Services,
+    learner_id: str,
+    export_ids: set[str],
+    badges: Sequence[BadgeRecord],
+    latest_request: str | None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Every job of this learner a side effect was recorded for, as (name, job) the way the
     jobs wrap them: the invitation per export, the summary per request, each badge's imports."""
@@ -209,7 +213,10 @@ def _idempotency_jobs(
     ]
     jobs += [
         ("notice", {"kind": "summary", "learner_id": learner_id, "requested_at": at})
-        for at in svc.store.learner_requests(learner_id)
+        # Requests made before the store remembered each one still have the latest on record.
+        for at in sorted(
+            set(svc.store.learner_requests(learner_id)) | ({latest_request} if latest_request else set())
+        )
     ]
     for badge in badges:
         jobs += [
@@ -231,7 +238,8 @@ def erase_learner(svc: Services, learner_id: str, session_ids: Sequence[str] = (
     # The mark goes first: a chunk replayed while this runs must already find it.
     svc.store.mark_erased(erasure_mark(learner_id), now_iso())
     forgotten = 0
-    for name, job in _idempotency_jobs(svc, learner_id, export_ids, badges):
+    latest = learner.migration_requested_at if learner else None
+    for name, job in _idempotency_jobs(svc, learner_id, export_ids, badges, latest):
         svc.forget_once(name, job)
         forgotten += 1
     deleted = svc.store.erase_learner(learner_id, session_ids)
