@@ -166,11 +166,15 @@ def build_services(settings: Settings) -> Services:
             key_prefix=name,
         )
 
+    forgetting: dict[str, DynamoDBPersistenceLayer] = {}
+
     def forget_once(name: str, job: dict[str, Any]) -> None:
-        # A layer of its own, configured like the one ``once`` uses, so the key is computed the
+        # A layer per name, configured like the one ``once`` uses, so the key is computed the
         # same way (prefix and hash of the job) without touching the shared layer's state.
-        layer = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
-        layer.configure(idempotency_config, key_prefix=name)
+        layer = forgetting.get(name)
+        if layer is None:
+            layer = forgetting[name] = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
+            layer.configure(idempotency_config, key_prefix=name)
         layer.delete_record(data=job, exception=LookupError("the learner erased their data"))
 
     def key_bytes(value: Any) -> bytes:
