@@ -17,6 +17,7 @@ venv: $(STAMP)
 
 browser: $(STAMP)
 	@bash infra/local/install-browser.sh
+	@bash infra/local/install-axe.sh
 
 database:
 	@bash infra/local/install-mariadb.sh

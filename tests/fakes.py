@@ -38,6 +38,7 @@ class InMemoryStore:
         # What the store's sparse Open index would hold: learner ids, (learner, badge) -> since.
         self.open_learners: dict[str, str] = {}
         self.reconcile_runs: list[dict[str, Any]] = []
+        self.erased: set[str] = set()
         self._lock = threading.Lock()
 
     def put_export_if_absent(self, export: ExportRecord) -> bool:
@@ -135,6 +136,15 @@ class InMemoryStore:
 
     def put_session(self, session_id: str, data: dict[str, str], ttl_seconds: int) -> None:
         self.sessions[session_id] = (dict(data), time.time() + ttl_seconds)
+
+    def remember_session(self, learner_id: str, session_id: str, ttl_seconds: int) -> None:
+        return None
+
+    def is_erased(self, mark: str) -> bool:
+        return mark in self.erased
+
+    def mark_erased(self, mark: str, at: str) -> None:
+        self.erased.add(mark)
 
     def get_session(self, session_id: str) -> dict[str, str] | None:
         found = self.sessions.get(session_id)

@@ -1,4 +1,5 @@
-"""HTTP API: the learner's link, the Badgr connection, the status page and badge images."""
+"""HTTP API: the learner's link, the Badgr connection, the status page, badge images, the
+learner's download and erasure, and a page for every unknown path."""
 
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ from pydantic import ValidationError
 from backpack_migrate import portal
 from backpack_migrate.links import BadgeRef, BrowserSession
 from backpack_migrate.observability import logger, metrics, tracer
+from backpack_migrate.pages import SCRIPT_HASH
 from backpack_migrate.services import Services, get_services
 
 app = APIGatewayHttpResolver()
 
-# Pages carry no script; images (SVG included) must never run any.
+# The only script a page may run is the status page's own, by its hash; it may fetch only from
+# this origin. Images (SVG included) must never run any.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self' https: http:"
+        f"default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src '{SCRIPT_HASH}'; "
+        "connect-src 'self'; form-action 'self' https: http:"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -78,7 +82,7 @@ def _redirect_uri() -> str:
 
 
 def _respond(page: portal.Page, policy: str | None = None) -> Response:
-    headers: dict[str, str] = dict(SECURITY_HEADERS)
+    headers: dict[str, str] = {**SECURITY_HEADERS, **page.headers}
     if policy:
         headers["Content-Security-Policy"] = policy
     if page.location:
@@ -121,7 +125,20 @@ def _respond(page: portal.Page, policy: str | None = None) -> Response:
 
 @app.exception_handler(portal.PortalError)
 def _portal_error(error: portal.PortalError) -> Response:
-    return _respond(portal.error_page(error))
+    return _respond(portal.error_page(_svc(), error))
+
+
+@app.not_found
+def _not_found(_: Exception) -> Response:
+    # A browser gets a page it can read; an API client the JSON API Gateway would have sent.
+    if "text/html" in (app.current_event.headers or {}).get("accept", ""):
+        return _respond(portal.not_found(_svc()))
+    return _respond(portal.Page(404, json.dumps({"message": "Not Found"}), content_type="application/json"))
+
+
+def _form_field(name: str) -> str | None:
+    form = parse_qs(app.current_event.decoded_body or "")
+    return form.get(name, [None])[0]
 
 
 @app.get("/l/<token>")
@@ -131,15 +148,13 @@ def landing(token: str) -> Response:
 
 @app.post("/l/<token>/connect")
 def connect(token: str) -> Response:
-    form = parse_qs(app.current_event.decoded_body or "")
-    csrf = form.get("csrf", [None])[0]
     headers = app.current_event.headers or {}
     return _respond(
         portal.connect(
             _svc(),
             token,
             _session_id(),
-            csrf,
+            _form_field("csrf"),
             _redirect_uri(),
             origin=headers.get("origin"),
             fetch_site=headers.get("sec-fetch-site"),
@@ -169,6 +184,21 @@ def status_json(token: str) -> Response:
 def badge_image(token: str, badge_id: str) -> Response:
     page = portal.badge_image(_svc(), token, _badge_id(badge_id))
     return _respond(page, policy=IMAGE_POLICY if page.status == 200 else None)
+
+
+@app.get("/l/<token>/download")
+def download(token: str) -> Response:
+    return _respond(portal.download(_svc(), token))
+
+
+@app.get("/l/<token>/erase")
+def erase_confirm(token: str) -> Response:
+    return _respond(portal.erase_confirm(_svc(), token, _session_id()))
+
+
+@app.post("/l/<token>/erase")
+def erase(token: str) -> Response:
+    return _respond(portal.erase(_svc(), token, _session_id(), _form_field("csrf")))
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)

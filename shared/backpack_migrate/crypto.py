@@ -23,6 +23,12 @@ def learner_id_for(email: str, secret: bytes) -> str:
     return digest.hexdigest()[:32]
 
 
+def erasure_mark(learner_id: str) -> str:
+    """What marks an erased learner: a digest of their id (itself an HMAC of the email), so the
+    mark names no one and holds no id, yet the same learner in any later export is known by it."""
+    return hashlib.sha256(b"erased:" + learner_id.encode()).hexdigest()[:32]
+
+
 def badge_id_for(learner_id: str, file_name: str) -> str:
     return hashlib.sha256(f"{learner_id}/{file_name}".encode()).hexdigest()[:24]
 

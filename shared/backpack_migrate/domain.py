@@ -223,34 +223,71 @@ class BadgeRecord(BaseModel):
         )
 
 
-WAITING_STATES = frozenset(
-    {
-        BadgeState.EXTRACTED,
-        BadgeState.VERIFIED,
-        BadgeState.QUEUED,
-        BadgeState.FAILED_RETRYABLE,
-        BadgeState.DEAD_LETTERED,
-    }
-)
+class BadgeGroup(StrEnum):
+    """What will happen to a badge, as the learner's pages group them: every badge is in one."""
+
+    MOVED = "moved"  # in the learner's Badgr backpack
+    NEEDS_YOU = "needs_you"  # waits for the learner to confirm or add an address in Badgr
+    MOVING = "moving"  # an import job is on its way
+    READY = "ready"  # would move now
+    MAYBE = "maybe"  # may move: a note says why it might not
+    CHECKING = "checking"  # our check has not finished yet
+    CANNOT = "cannot"  # will not move, and why
+
+
+GROUP_WORDS: dict[BadgeGroup, str] = {
+    BadgeGroup.MOVED: "In your Badgr backpack",
+    BadgeGroup.NEEDS_YOU: "Waiting for you in Badgr",
+    BadgeGroup.MOVING: "Moving to Badgr now",
+    BadgeGroup.READY: "Ready to move",
+    BadgeGroup.MAYBE: "May move",
+    BadgeGroup.CHECKING: "Still being checked",
+    BadgeGroup.CANNOT: "Cannot be moved",
+}
+
+
+def badge_group(badge: BadgeRecord) -> BadgeGroup:
+    """The one group a badge belongs to, from its state and our verdict."""
+    state, verdict = badge.state, badge.verdict
+    if state in (BadgeState.IMPORTED, BadgeState.ALREADY_IN_BADGR):
+        return BadgeGroup.MOVED
+    if state == BadgeState.PENDING or badge.can_move_again:
+        return BadgeGroup.NEEDS_YOU
+    if state in (BadgeState.UNREADABLE, BadgeState.REJECTED):
+        return BadgeGroup.CANNOT
+    # Not final: a badge our verifier found certain to fail is never sent, whatever its state.
+    if verdict is not None and verdict.certain_to_fail:
+        return BadgeGroup.CANNOT
+    if state in (BadgeState.QUEUED, BadgeState.FAILED_RETRYABLE):
+        return BadgeGroup.MOVING
+    if state == BadgeState.DEAD_LETTERED:
+        return BadgeGroup.MAYBE
+    if state == BadgeState.EXTRACTED or verdict is None:
+        return BadgeGroup.CHECKING
+    if not verdict.valid and verdict.errors:
+        return BadgeGroup.MAYBE
+    return BadgeGroup.READY
+
+
+def is_settled(badge: BadgeRecord) -> bool:
+    """Its outcome is known: a final state, or certain to fail before anything is sent."""
+    return badge.state in FINAL_STATES or badge_group(badge) == BadgeGroup.CANNOT
 
 
 def movable_counts(badges: Iterable[BadgeRecord]) -> tuple[int, int]:
-    """How many badges a move would send to Badgr now: (ready, uncertain)."""
+    """How many badges a move would send to Badgr now: (ready, uncertain).
+
+    Ready badges are the READY group; uncertain ones are those that may move (MAYBE), are still
+    being checked (CHECKING), or were refused for an address the learner can add to Badgr.
+    """
     ready = uncertain = 0
     for b in badges:
-        # Queued and retrying badges count too: a move whose jobs were lost can always be asked again.
-        waiting = b.state in WAITING_STATES
-        if not (b.can_move_again or (waiting and not (b.verdict and b.verdict.certain_to_fail))):
-            continue
-        # Refused or given up on once already, or with a "may not move" line beside it.
-        if (
-            b.can_move_again
-            or b.state == BadgeState.DEAD_LETTERED
-            or (b.verdict and not b.verdict.valid and b.verdict.errors)
-        ):
-            uncertain += 1
-        else:
+        group = badge_group(b)
+        # Moving badges count too: a move whose jobs were lost can always be asked again.
+        if group in (BadgeGroup.READY, BadgeGroup.MOVING):
             ready += 1
+        elif group in (BadgeGroup.MAYBE, BadgeGroup.CHECKING) or b.can_move_again:
+            uncertain += 1
     return ready, uncertain
 
 

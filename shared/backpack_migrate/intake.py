@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .crypto import badge_id_for
+from .crypto import badge_id_for, erasure_mark
 from .domain import (
     BadgeRecord,
     BadgeState,
@@ -250,6 +250,11 @@ def process_chunk(svc: Services, job: ChunkJob, remaining_ms: Callable[[], int])
         if remaining_ms() < RESERVE_MS:
             left = job.model_copy(update={"learners": job.learners[index:]})
             break
+        if svc.store.is_erased(erasure_mark(learner.learner_id)):
+            # They asked to be forgotten: a replayed or re-uploaded export records and emails nothing.
+            logger.info("learner erased before; skipped")
+            metrics.add_metric(name="ErasedLearnersSkipped", unit="Count", value=1)
+            continue
         done = _extract_learner(svc, reader, job.export_id, learner, remaining_ms)
         if done < len(learner.files):
             # Its follow-ups go out with the job that finishes it.

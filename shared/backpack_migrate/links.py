@@ -93,7 +93,7 @@ def verify_link(
     if expires_at < (now if now is not None else time.time()):
         raise LinkError(
             "LINK_EXPIRED",
-            "This link has expired. Write to the address in your email to receive a new one.",
+            "This link has expired.",
         )
     return LinkClaims(learner_id=learner_id, export_id=export_id, expires_at=expires_at)
 

@@ -95,6 +95,10 @@ def verify_learner(svc: Services, learner_id: str) -> int:
     """Verify every extracted badge of a learner against the learner's email; returns how many."""
     learner = svc.store.get_learner(learner_id)
     if learner is None:
+        from .crypto import erasure_mark
+
+        if svc.store.is_erased(erasure_mark(learner_id)):
+            return 0  # erased while this job waited: nothing is left to verify
         raise LookupError(f"unknown learner {learner_id}")
     waiting = [b for b in svc.store.list_badges(learner_id) if b.state == BadgeState.EXTRACTED]
     if not waiting:

@@ -37,9 +37,9 @@ def send_notice(svc: Services, job: dict[str, Any]) -> bool:
         email: Email
         if job["kind"] == "invite":
             expires_on = time.strftime("%d %B %Y", time.gmtime(expires_at))
-            email = invitation(to, link, len(badges), expires_on)
+            email = invitation(to, link, len(badges), expires_on, svc.settings.support_email)
         else:
-            email = summary(to, link, badges)
+            email = summary(to, link, badges, svc.settings.support_email)
         svc.rate.wait()
         return svc.sender.send(email)
 

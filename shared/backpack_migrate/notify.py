@@ -64,20 +64,50 @@ class RateLimiter:
             self._sleep(delay)
 
 
-def _page(body: str) -> str:
+def _page(body: str, support_email: str) -> str:
+    address = html.escape(support_email)
     return (
-        '<!doctype html><html><body style="font-family:sans-serif;max-width:36em;margin:auto">'
-        f"{body}</body></html>"
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"></head>'
+        '<body style="font-family:sans-serif;max-width:36em;margin:auto">'
+        f'{body}<p style="color:#555">Questions or problems? Write to '
+        f'<a href="mailto:{address}">{address}</a>.</p></body></html>'
     )
 
 
-def invitation(to: str, link: str, badge_count: int, expires_on: str) -> Email:
+def _signed(text: str, support_email: str) -> str:
+    return f"{text}\nQuestions or problems? Write to {support_email}.\n"
+
+
+def invitation(to: str, link: str, badge_count: int, expires_on: str, support_email: str) -> Email:
+    if badge_count == 0:
+        # Nothing to move: say so, and what the link is still good for.
+        text = (
+            "Hello,\n\n"
+            "The Mozilla Backpack has closed. Its export lists this address, but no badges, so there "
+            "is nothing to move to Badgr.\n\n"
+            f"See what we hold about you, or erase it: {link}\n\n"
+            f"This link is yours alone and works until {expires_on}. Do not forward it.\n"
+        )
+        body = (
+            "<p>Hello,</p>"
+            "<p>The Mozilla Backpack has closed. Its export lists this address, but no badges, so there "
+            "is nothing to move to Badgr.</p>"
+            f'<p><a href="{html.escape(link)}">See what we hold about you, or erase it</a></p>'
+            f"<p>This link is yours alone and works until {html.escape(expires_on)}. Do not forward it.</p>"
+        )
+        return Email(
+            to=to,
+            subject="The Mozilla Backpack has closed: no badges to move for you",
+            text=_signed(text, support_email),
+            html=_page(body, support_email),
+        )
     badges = "1 badge" if badge_count == 1 else f"{badge_count} badges"
     text = (
         "Hello,\n\n"
         f"The Mozilla Backpack has closed. We kept {badges} for you and can move them to Badgr, "
         "where you can keep sharing them.\n\n"
         f"See your badges and move them: {link}\n\n"
+        "The same link lets you download your badges, or erase what we hold about you.\n\n"
         f"This link is yours alone and works until {expires_on}. Do not forward it.\n"
     )
     body = (
@@ -85,12 +115,18 @@ def invitation(to: str, link: str, badge_count: int, expires_on: str) -> Email:
         f"<p>The Mozilla Backpack has closed. We kept {html.escape(badges)} for you and can move them "
         "to Badgr, where you can keep sharing them.</p>"
         f'<p><a href="{html.escape(link)}">See your badges and move them</a></p>'
+        "<p>The same link lets you download your badges, or erase what we hold about you.</p>"
         f"<p>This link is yours alone and works until {html.escape(expires_on)}. Do not forward it.</p>"
     )
-    return Email(to=to, subject="Your Mozilla Backpack badges are ready to move", text=text, html=_page(body))
+    return Email(
+        to=to,
+        subject="Your Mozilla Backpack badges are ready to move",
+        text=_signed(text, support_email),
+        html=_page(body, support_email),
+    )
 
 
-def summary(to: str, link: str, badges: Iterable[BadgeRecord]) -> Email:
+def summary(to: str, link: str, badges: Iterable[BadgeRecord], support_email: str) -> Email:
     badges = list(badges)
     counts = Counter(badge.state for badge in badges)
     moved = counts[BadgeState.IMPORTED] + counts[BadgeState.ALREADY_IN_BADGR]
@@ -120,4 +156,9 @@ def summary(to: str, link: str, badges: Iterable[BadgeRecord]) -> Email:
         + f'<p><a href="{html.escape(link)}">'
         "See every badge, with the reason for any that could not move</a></p>"
     )
-    return Email(to=to, subject="Your badges have moved to Badgr", text=text, html=_page(body))
+    return Email(
+        to=to,
+        subject="Your badges have moved to Badgr",
+        text=_signed(text, support_email),
+        html=_page(body, support_email),
+    )

@@ -8,6 +8,10 @@ Items of one table (single-table design):
 - session  PK=SESSION#<id>  SK=META            expires_at (TTL)
 - gate     PK=BADGR         SK=GATE            the shared Badgr rate and circuit (breaker.py)
 - run      PK=RECONCILER    SK=LAST            what the last reconciler run did
+           PK=LEARNER#<id>  SK=SESSION#<id>     expires_at (TTL): the learner's sessions, found to erase them
+- erased   PK=ERASED#<mark> SK=META            a learner who erased their data: <mark> is an HMAC of
+                                               the learner id, the item holds nothing personal
+- audit    PK=AUDIT#<day>   SK=<time>#<random> what was done (erasures), with no personal data
 Records travel as one JSON attribute ``data``; ``state`` sits beside it for conditional writes.
 
 The sparse index ``Open`` (OPEN_PK = one of a few shards, OPEN_SK = <since>#...) holds only
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
@@ -79,6 +84,12 @@ class Store(Protocol):
     def iter_open(self, older_than: str) -> Iterator[BadgeRecord | LearnerRecord]: ...
     def save_reconcile_run(self, run: dict[str, Any]) -> None: ...
     def last_reconcile_run(self) -> dict[str, Any] | None: ...
+    def remember_session(self, learner_id: str, session_id: str, ttl_seconds: int) -> None: ...
+    def learner_requests(self, learner_id: str) -> list[str]: ...
+    def erase_learner(self, learner_id: str, session_ids: Iterable[str] = ()) -> int: ...
+    def mark_erased(self, mark: str, at: str) -> None: ...
+    def is_erased(self, mark: str) -> bool: ...
+    def put_audit(self, entry: dict[str, Any]) -> None: ...
 
 
 def _is_condition_failure(error: ClientError) -> bool:
@@ -208,12 +219,17 @@ class DynamoStore:
         """A new request: its summary is not claimed yet, whatever happened to an earlier one."""
         self._table.update_item(
             Key={"PK": f"LEARNER#{learner_id}", "SK": "META"},
-            UpdateExpression="SET requested_at = :at, OPEN_PK = :pk, OPEN_SK = :sk REMOVE summary_for",
+            # Every request is remembered, so erasing the learner can forget each one's summary; the
+            # open mark lets the reconciler finish a request that stopped half-way.
+            UpdateExpression="SET requested_at = :at, OPEN_PK = :pk, OPEN_SK = :sk, "
+            "requests = list_append(if_not_exists(requests, :none), :one) REMOVE summary_for",
             ConditionExpression=Attr("PK").exists(),
             ExpressionAttributeValues={
                 ":at": at,
                 ":pk": open_shard(learner_id),
                 ":sk": f"{at}#L#{learner_id}",
+                ":none": [],
+                ":one": [at],
             },
         )
 
@@ -332,6 +348,16 @@ class DynamoStore:
             }
         )
 
+    def remember_session(self, learner_id: str, session_id: str, ttl_seconds: int) -> None:
+        """Note a new session under its learner, so erasing the learner finds every session."""
+        self._table.put_item(
+            Item={
+                "PK": f"LEARNER#{learner_id}",
+                "SK": f"SESSION#{session_id}",
+                "expires_at": int(time.time()) + ttl_seconds,
+            }
+        )
+
     def get_session(self, session_id: str) -> dict[str, str] | None:
         item = self._get(f"SESSION#{session_id}", "META")
         # TTL deletion lags by hours: expiry is enforced here, not by DynamoDB.
@@ -400,3 +426,42 @@ class DynamoStore:
     def last_reconcile_run(self) -> dict[str, Any] | None:
         item = self._get("RECONCILER", "LAST")
         return json.loads(item["data"]) if item else None
+
+    # -- erasure ---------------------------------------------------------------------------
+    def learner_requests(self, learner_id: str) -> list[str]:
+        item = self._get(f"LEARNER#{learner_id}", "META")
+        return [str(at) for at in (item or {}).get("requests", [])]
+
+    def erase_learner(self, learner_id: str, session_ids: Iterable[str] = ()) -> int:
+        """Delete every item of a learner: record, badges, token and sessions; returns how many."""
+        keys = {
+            (str(item["PK"]), str(item["SK"]))
+            for item in self._query(
+                KeyConditionExpression=Key("PK").eq(f"LEARNER#{learner_id}"),
+                ProjectionExpression="PK, SK",
+                ConsistentRead=True,
+            )
+        }
+        sessions = {sk.removeprefix("SESSION#") for _, sk in keys if sk.startswith("SESSION#")}
+        keys |= {(f"SESSION#{session_id}", "META") for session_id in sessions | set(session_ids)}
+        for pk, sk in sorted(keys):
+            self._table.delete_item(Key={"PK": pk, "SK": sk})
+        return len(keys)
+
+    def mark_erased(self, mark: str, at: str) -> None:
+        # No TTL: an export replayed or uploaded again years later must still not bring them back.
+        self._table.put_item(Item={"PK": f"ERASED#{mark}", "SK": "META", "erased_at": at})
+
+    def is_erased(self, mark: str) -> bool:
+        return self._get(f"ERASED#{mark}", "META") is not None
+
+    def put_audit(self, entry: dict[str, Any]) -> None:
+        at = now_iso()
+        self._table.put_item(
+            Item={
+                "PK": f"AUDIT#{at[:10]}",
+                "SK": f"{at}#{secrets.token_hex(8)}",
+                "data": json.dumps(entry, sort_keys=True),
+                "expires_at": self._expires(),
+            }
+        )

@@ -196,7 +196,9 @@ def test_bucket_is_private_encrypted_and_notifies_intake(cfn: dict[str, Any]) ->
     assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
     assert rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
     assert rule["BucketKeyEnabled"] is True
-    lifecycle, markers = bucket["LifecycleConfiguration"]["Rules"]
+    lifecycle, downloads, markers = bucket["LifecycleConfiguration"]["Rules"]
+    # A learner's big download lives a day at most (its presigned URL, minutes).
+    assert downloads["Prefix"] == "downloads/" and downloads["ExpirationInDays"] == 1
     assert markers["ExpiredObjectDeleteMarker"] is True and markers["Prefix"] == "exports/"
     assert lifecycle["Prefix"] == "exports/"
     assert lifecycle["ExpirationInDays"] == {"Ref": "ExportRetentionDays"}
@@ -267,6 +269,8 @@ def test_no_iam_statement_writes_to_every_resource(cfn: dict[str, Any]) -> None:
 # Resources as the expanded template names them: a logical id, or one of these.
 EXPORTS = "exports/*"  # the objects under exports/ in the exports bucket
 OPEN_INDEX = "Table/index/Open"  # the table's sparse index of open items
+DOWNLOADS = "downloads/*"  # learners' downloads too big for a Lambda answer, in the same bucket
+EXPORT_KEYS = "export data keys"  # kms:Decrypt only with an "export" encryption context
 SES_IDENTITIES = "ses:identity/*"
 # Conditions: None (unconditioned), "via <services>" (kms:ViaService), "from SesSender".
 Grant = tuple[str, str, str | None]
@@ -401,6 +405,16 @@ CALLS: dict[str, frozenset[Grant]] = {
             ("secretsmanager:GetSecretValue", "BadgrClientSecretSecret", None),  # badgr_factory
             ("sqs:SendMessage", "MigrateQueue", None),  # request_migration
             ("sqs:SendMessage", "NotifyQueue", None),  # maybe_send_summary
+            # The learner's own address on their pages: EmailCipher opens the export's data key.
+            ("kms:Decrypt", "DataKey", EXPORT_KEYS),
+            # erase_learner: the learner's items, and the idempotency records of their jobs.
+            ("dynamodb:DeleteItem", "Table", None),
+            ("dynamodb:DeleteItem", "IdempotencyTable", None),
+            # build_download past what a Lambda answer carries: the object, its presigned GET,
+            # and the SSE-KMS data key S3 asks for on the function's behalf.
+            ("s3:PutObject", DOWNLOADS, None),
+            ("s3:GetObject", DOWNLOADS, None),
+            ("kms:GenerateDataKey", "DataKey", _via("s3")),
         }
     ),
 }
@@ -440,6 +454,8 @@ def _resource_name(resource: Any) -> str:
             return OPEN_INDEX
         if isinstance(sub, list) and sub[0] == _EXPORT_OBJECTS_ARN:
             return EXPORTS
+        if isinstance(sub, list) and sub[0] == _EXPORT_OBJECTS_ARN.replace("/exports/*", "/downloads/*"):
+            return DOWNLOADS
         if sub == "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:identity/*":
             return SES_IDENTITIES
     return json.dumps(resource, sort_keys=True)  # matches no entry of CALLS
@@ -456,6 +472,8 @@ def _condition_name(condition: dict[str, Any] | None) -> str | None:
             ), value
             services.append(value["Fn::Sub"].split(".", 1)[0])
         return _via(*services)
+    if condition == {"Null": {"kms:EncryptionContext:export": "false"}}:
+        return EXPORT_KEYS
     if condition == {"StringEquals": {"ses:FromAddress": {"Ref": "SesSender"}}}:
         return "from SesSender"
     return json.dumps(condition, sort_keys=True)  # matches no entry of CALLS
@@ -509,7 +527,11 @@ def test_the_data_key_opens_whatever_each_function_reads(cfn: dict[str, Any]) ->
         assert secret["Properties"]["KmsKeyId"] == {"Ref": "DataKey"}
     for function, calls in CALLS.items():
         reads = {action.split(":")[0] for action, _, _ in calls} & {"s3", "dynamodb", "secretsmanager"}
-        decrypt = {condition for action, resource, condition in calls if action == "kms:Decrypt"}
+        decrypt = {
+            condition
+            for action, resource, condition in calls
+            if action == "kms:Decrypt" and condition != EXPORT_KEYS
+        }
         if None in decrypt:
             continue
         (via,) = decrypt
@@ -520,6 +542,9 @@ def test_no_role_can_scan_drop_or_use_wildcards(cfn: dict[str, Any]) -> None:
     for role, statement in _statements(cfn):
         for action in _as_list(statement["Action"]):
             assert "*" not in action, (role, action)
+            targets = {_resource_name(r) for r in _as_list(statement["Resource"])}
+            if (role, action) == ("WebFunctionRole", "s3:PutObject") and targets == {DOWNLOADS}:
+                continue  # a learner's big download, and nothing but under downloads/
             assert action not in FORBIDDEN_ACTIONS, (role, action)
         for resource in _as_list(statement["Resource"]):
             assert resource != "*", (role, statement)
@@ -601,6 +626,10 @@ def test_http_api_routes(cfn: dict[str, Any]) -> None:
         "GET /l/{token}/status.json",
         "GET /l/{token}/badges/{badge_id}/image",
         "GET /oauth/callback",
+        "GET /l/{token}/download",
+        "GET /l/{token}/erase",
+        "POST /l/{token}/erase",
+        "X-AMAZON-APIGATEWAY-ANY-METHOD /{proxy+}",
     }
 
 
