@@ -25,9 +25,18 @@ def send_notice(svc: Services, job: dict[str, Any]) -> bool:
     if learner is None:
         logger.warning("notice for an unknown learner", extra={"learner_id": job["learner_id"]})
         return False
-    if job["kind"] == "invite" and learner.invited_at is not None:
+    if (
+        job["kind"] == "invite"
+        and learner.invited_at is not None
+        and job.get("export_id")
+        in (
+            None,
+            learner.export_id,
+        )
+    ):
         # Invited already: this is a job sent again by the reconciler, or a replay whose
-        # idempotency record was lost. One invitation per learner.
+        # idempotency record was lost. One invitation per learner and export (a later export
+        # that lists the learner again brings an invitation of its own, once).
         return True
 
     def deliver(job: dict[str, Any]) -> str:
