@@ -74,6 +74,17 @@ class StoredAssertion:
     assertion: dict[str, Any]
     created_at: float
     salt: str = field(default_factory=lambda: secrets.token_hex(16))
+    acceptance: str = "Accepted"
+
+
+@dataclass
+class StoredCollection:
+    entity_id: str
+    username: str
+    name: str
+    description: str = ""
+    share_hash: str = ""  # published when set, as on the real server
+    assertions: list[str] = field(default_factory=list)  # assertion entityIds, in the order given
 
 
 @dataclass
@@ -345,6 +356,7 @@ class BadgrSandbox(LoopbackServer):
         self._lock = threading.RLock()
         self._accounts: dict[str, Account] = {}
         self._assertions: list[StoredAssertion] = []
+        self._collections: list[StoredCollection] = []
         self._codes: dict[str, _Code] = {}
         self._access: dict[str, _Grant] = {}
         self._refresh: dict[str, _Grant] = {}
@@ -400,6 +412,11 @@ class BadgrSandbox(LoopbackServer):
         """Everything in a learner's backpack, accepted and pending."""
         with self._lock:
             return [self._render(item) for item in self._assertions if item.username == username]
+
+    def collections_of(self, username: str) -> list[dict[str, Any]]:
+        """A learner's collections, as ``GET /v2/backpack/collections`` lists them."""
+        with self._lock:
+            return [self._render_collection(c) for c in self._collections if c.username == username]
 
     @property
     def request_log(self) -> list[LoggedRequest]:
@@ -647,7 +664,7 @@ class BadgrSandbox(LoopbackServer):
         try:
             assertion, badge, issuer = self._verify(source, value)
         except _RejectionError as rejection:
-            return 400, _envelope(False, "", validation_errors=rejection.errors)
+            return 400, _envelope(False, "bad request", validation_errors=rejection.errors)
         with self._lock:
             account = self._accounts[username]
             matched = next(
@@ -669,7 +686,7 @@ class BadgrSandbox(LoopbackServer):
                 "ERROR",
                 "_:b0",
             ]
-            return 400, _envelope(False, "", validation_errors=errors)
+            return 400, _envelope(False, "bad request", validation_errors=errors)
         open_badge_id = str(assertion.get("id") or (value if source == "url" else "") or "")
         if not open_badge_id:
             open_badge_id = f"urn:sandbox:{_stable_id(json.dumps(assertion, sort_keys=True))}"
@@ -677,7 +694,7 @@ class BadgrSandbox(LoopbackServer):
             if any(a.username == username and a.open_badge_id == open_badge_id for a in self._assertions):
                 return 400, _envelope(
                     False,
-                    "",
+                    "bad request",
                     validation_errors=[
                         {
                             "name": "DUPLICATE_BADGE",
@@ -742,7 +759,7 @@ class BadgrSandbox(LoopbackServer):
 
     def _list(self, username: str, include_pending: bool) -> list[dict[str, Any]]:
         with self._lock:
-            items = [a for a in self._assertions if a.username == username]
+            items = [a for a in self._assertions if a.username == username and a.acceptance != "Rejected"]
             return [self._render(a) for a in items if include_pending or not self._is_pending(a)]
 
     def _delete(self, username: str, entity_id: str) -> bool:
@@ -750,8 +767,136 @@ class BadgrSandbox(LoopbackServer):
             for item in self._assertions:
                 if item.username == username and item.entity_id == entity_id:
                     self._assertions.remove(item)
+                    for collection in self._collections:  # its collection rows go with it
+                        if entity_id in collection.assertions:
+                            collection.assertions.remove(entity_id)
                     return True
             return False
+
+    def _set_acceptance(self, username: str, entity_id: str, acceptance: str) -> dict[str, Any] | None:
+        with self._lock:
+            for item in self._assertions:
+                if item.username == username and item.entity_id == entity_id:
+                    item.acceptance = acceptance
+                    return self._render(item)
+            return None
+
+    # ---------------------------------------------------------- collections
+
+    def _render_collection(self, collection: StoredCollection) -> dict[str, Any]:
+        base = self.url if self._server is not None else "http://127.0.0.1"
+        live = {a.entity_id for a in self._assertions if a.acceptance != "Rejected"}
+        return {
+            "entityType": "BackpackCollection",
+            "entityId": collection.entity_id,
+            "name": collection.name,
+            "description": collection.description,
+            "share_url": f"{base}/public/collections/{collection.share_hash}"
+            if collection.share_hash
+            else None,
+            "shareHash": collection.share_hash,
+            "published": bool(collection.share_hash),
+            "assertions": [entity_id for entity_id in collection.assertions if entity_id in live],
+        }
+
+    def _collection(self, username: str, entity_id: str) -> StoredCollection | None:
+        # Another learner's collection is "not found", as the owner check makes it on the real server.
+        return next(
+            (c for c in self._collections if c.entity_id == entity_id and c.username == username), None
+        )
+
+    def _collection_fields(self, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+        """The writable fields of a collection, checked as the real serializer checks them."""
+        values: dict[str, Any] = {}
+        errors: dict[str, list[str]] = {}
+        name = data.get("name")
+        if name is None:
+            errors["name"] = ["This field may not be null." if "name" in data else "This field is required."]
+        elif not isinstance(name, str | int | float) or isinstance(name, bool):
+            errors["name"] = ["Not a valid string."]
+        elif not str(name).strip():
+            errors["name"] = ["This field may not be blank."]
+        else:
+            values["name"] = str(name).strip()
+        if "description" in data:
+            description = data["description"]
+            if description is None or not isinstance(description, str):
+                errors["description"] = ["Not a valid string."]
+            else:
+                values["description"] = description.strip()
+        if "published" in data:
+            published = _boolean(data["published"])
+            if published is None:
+                errors["published"] = [f'"{data["published"]}" is not a valid boolean.']
+            else:
+                values["published"] = published
+        if "assertions" in data:
+            given = data["assertions"]
+            if not isinstance(given, list):
+                errors["assertions"] = [f'Expected a list of items but got type "{_py_type(given)}".']
+            else:
+                known = {a.entity_id for a in self._assertions}
+                problems = []
+                for entity_id in given:
+                    if not isinstance(entity_id, str):
+                        problems.append(
+                            f"Incorrect type. Expected entity_id value, got {_py_type(entity_id)}."
+                        )
+                    elif entity_id not in known:
+                        problems.append(f'Invalid entity_id "{entity_id}" - object does not exist.')
+                if problems:
+                    errors["assertions"] = problems
+                else:
+                    values["assertions"] = list(dict.fromkeys(given))
+        return values, errors
+
+    def _create_collection(self, username: str, data: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+        """201 with the new collection; ``None`` as the body means the server crashed (500)."""
+        with self._lock:
+            values, errors = self._collection_fields(data)
+            if errors:
+                return 400, _envelope(False, "bad request", field_errors=errors)
+            if "assertions" in values:
+                # The real server sets the badge list on a collection not saved yet, and crashes.
+                return 500, None
+            collection = StoredCollection(
+                entity_id=_entity_id(),
+                username=username,
+                name=values["name"],
+                description=values.get("description", ""),
+                share_hash=secrets.token_hex(16) if values.get("published") else "",
+            )
+            self._collections.append(collection)
+            return 201, _envelope(True, "ok", result=[self._render_collection(collection)])
+
+    def _update_collection(
+        self, username: str, entity_id: str, data: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            collection = self._collection(username, entity_id)
+            if collection is None:
+                return 404, _envelope(False, "entity not found or insufficient privileges")
+            values, errors = self._collection_fields(data)
+            if errors:
+                return 400, _envelope(False, "bad request", field_errors=errors)
+            collection.name = values["name"]
+            collection.description = values.get("description", collection.description)
+            if "published" in values:
+                if values["published"] and not collection.share_hash:
+                    collection.share_hash = secrets.token_hex(16)
+                elif not values["published"]:
+                    collection.share_hash = ""
+            if "assertions" in values:
+                collection.assertions = values["assertions"]  # PUT replaces the list
+            return 200, _envelope(True, "ok", result=[self._render_collection(collection)])
+
+    def _delete_collection(self, username: str, entity_id: str) -> bool:
+        with self._lock:
+            collection = self._collection(username, entity_id)
+            if collection is None:
+                return False
+            self._collections.remove(collection)
+            return True
 
     def _profile(self, username: str) -> dict[str, Any]:
         with self._lock:
@@ -784,6 +929,28 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _boolean(value: Any) -> bool | None:
+    """A value as the real serializer's BooleanField reads it, or None when it is not one."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "1", "yes", "on", "t", "y"):
+            return True
+        if lowered in ("false", "0", "no", "off", "f", "n"):
+            return False
+    return None
+
+
+def _py_type(value: Any) -> str:
+    """The Python type name the real server (Python) reports for a JSON value."""
+    return {dict: "dict", list: "list", str: "str", bool: "bool", int: "int", float: "float"}.get(
+        type(value), "NoneType"
+    )
 
 
 def _iso(epoch: float) -> str:
@@ -877,6 +1044,8 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", "/v2/backpack/import"): self._import,
             ("GET", "/v2/backpack/assertions"): self._assertions,
             ("GET", "/v2/users/self"): self._self,
+            ("GET", "/v2/backpack/collections"): self._collections,
+            ("POST", "/v2/backpack/collections"): self._collection_create,
         }
         handler = routes.get((method, path))
         if handler is not None:
@@ -886,8 +1055,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(405, b"", "text/html")
             return
         match = re.fullmatch(r"/v2/backpack/assertions/([\w-]+)", path)
-        if match and method in ("GET", "DELETE"):
+        if match and method in ("GET", "PUT", "DELETE"):
             self._assertion_detail(method, match.group(1))
+            return
+        match = re.fullmatch(r"/v2/backpack/collections/([\w-]+)", path)
+        if match and method in ("GET", "PUT", "DELETE"):
+            self._collection_detail(method, match.group(1))
             return
         if any(p == path for _, p in routes):
             self._json(405, {"detail": f'Method "{method}" not allowed.'})
@@ -904,7 +1077,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._recorded = True
             self.sandbox._record(self._method, self._path, status)
         self.send_response(status)
-        self.send_header("Content-Type", content_type)
+        if status != 204:  # the real server sends a 204 with no content type
+            self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
@@ -1245,34 +1419,55 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return grant.username
 
+    def _content_type(self) -> str:
+        return (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+
+    def _data(self) -> dict[str, Any] | None:
+        """The request body as the real server's parsers read it, or None after answering."""
+        if self._content_type() == "application/x-www-form-urlencoded":
+            return dict(self._form())
+        try:
+            data = json.loads(self._body or b"{}")
+        except ValueError as exc:
+            # A parse error gets the error envelope with no status of its own: 200.
+            self._json(200, _envelope(False, "bad request", validation_errors=[f"JSON parse error - {exc}"]))
+            return None
+        if not isinstance(data, dict):
+            self._json(
+                400,
+                _envelope(
+                    False,
+                    "bad request",
+                    validation_errors=[f"Invalid data. Expected a dictionary, but got {_py_type(data)}."],
+                ),
+            )
+            return None
+        return data
+
     def _import(self) -> None:
         user = self._api_user(read=None, write="rw:backpack")
         if user is None:
             return
-        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if content_type != "application/json":
+        if self._content_type() != "application/json":
             self._send(500, SERVER_ERROR_PAGE.encode(), "text/html")  # what the real server does
             return
-        try:
-            data = json.loads(self._body or b"null")
-        except ValueError:
-            self._json(400, {"detail": "JSON parse error - Expecting value"})
-            return
-        if not isinstance(data, dict):
-            self._json(400, {"detail": "Invalid data. Expected a dictionary."})
+        data = self._data()
+        if data is None:
             return
         given = {key: data[key] for key in ("url", "image", "assertion") if data.get(key)}
         if len(given) != 1:
             self._json(
                 400,
                 _envelope(
-                    False, "", validation_errors=["Must provide only one of 'url', 'image' or 'assertion'."]
+                    False,
+                    "bad request",
+                    validation_errors=["Must provide only one of 'url', 'image' or 'assertion'."],
                 ),
             )
             return
         (source, value), *_ = given.items()
         if source == "url" and (not isinstance(value, str) or not _URL.match(value)):
-            self._json(400, _envelope(False, "", field_errors={"url": ["Enter a valid URL."]}))
+            self._json(400, _envelope(False, "bad request", field_errors={"url": ["Enter a valid URL."]}))
             return
         status, body = self.sandbox._import(user, source, value)
         self._json(status, body)
@@ -1291,15 +1486,83 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if method == "DELETE":
             if self.sandbox._delete(user, entity_id):
-                self._send(204, b"", "application/json")
+                self._send(204, b"", "")
             else:
                 self._json(404, _envelope(False, "entity not found or insufficient privileges"))
+            return
+        if method == "PUT":
+            self._assertion_acceptance(user, entity_id)
             return
         found = [a for a in self.sandbox._list(user, include_pending=True) if a["entityId"] == entity_id]
         if not found:
             self._json(404, _envelope(False, "entity not found or insufficient privileges"))
             return
         self._json(200, _envelope(True, "ok", result=found))
+
+    def _assertion_acceptance(self, user: str, entity_id: str) -> None:
+        """``PUT /v2/backpack/assertions/{id}``: only ``acceptance`` is read, as on the real server."""
+        if not any(a["entityId"] == entity_id for a in self.sandbox._list(user, include_pending=True)):
+            self._json(404, _envelope(False, "entity not found or insufficient privileges"))
+            return
+        data = self._data()
+        if data is None:
+            return
+        acceptance = data.get("acceptance", "Accepted")
+        if acceptance not in ("Unaccepted", "Accepted", "Rejected"):
+            errors = {"acceptance": [f'"{acceptance}" is not a valid choice.']}
+            self._json(400, _envelope(False, "bad request", field_errors=errors))
+            return
+        rendered = self.sandbox._set_acceptance(user, entity_id, str(acceptance))
+        self._json(200, _envelope(True, "ok", result=[rendered]))
+
+    def _collections(self) -> None:
+        user = self._api_user(read="r:backpack", write="rw:backpack")
+        if user is None:
+            return
+        self._json(200, _envelope(True, "ok", result=self.sandbox.collections_of(user)))
+
+    def _collection_create(self) -> None:
+        user = self._api_user(read=None, write="rw:backpack")
+        if user is None:
+            return
+        data = self._data()
+        if data is None:
+            return
+        status, body = self.sandbox._create_collection(user, data)
+        if body is None:
+            self._send(status, SERVER_ERROR_PAGE.encode(), "text/html")
+            return
+        self._json(status, body)
+
+    def _collection_detail(self, method: str, entity_id: str) -> None:
+        user = self._api_user(read="r:backpack" if method == "GET" else None, write="rw:backpack")
+        if user is None:
+            return
+        not_found = _envelope(False, "entity not found or insufficient privileges")
+        if method == "DELETE":
+            if self.sandbox._delete_collection(user, entity_id):
+                self._send(204, b"", "")
+            else:
+                self._json(404, not_found)
+            return
+        if method == "PUT":
+            with self.sandbox._lock:
+                exists = self.sandbox._collection(user, entity_id) is not None
+            if not exists:
+                self._json(404, not_found)
+                return
+            data = self._data()
+            if data is None:
+                return
+            self._json(*self.sandbox._update_collection(user, entity_id, data))
+            return
+        with self.sandbox._lock:
+            collection = self.sandbox._collection(user, entity_id)
+            rendered = self.sandbox._render_collection(collection) if collection is not None else None
+        if rendered is None:
+            self._json(404, not_found)
+            return
+        self._json(200, _envelope(True, "ok", result=[rendered]))
 
     def _self(self) -> None:
         user = self._api_user(read="r:profile", write="rw:profile")

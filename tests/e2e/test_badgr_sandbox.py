@@ -555,3 +555,122 @@ def test_local_unbake_fallback_reads_png_and_svg() -> None:
     assert _local_unbake(hosted_only.encode()) == "https://issuer.test/a/2"
     with pytest.raises(ValueError):
         _local_unbake(b"GIF89a")
+
+
+# ---------------------------------------------------------------- collections
+
+
+def api(sandbox: BadgrSandbox, token: str, method: str, path: str, body: Any = None) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    return requests.request(method, f"{sandbox.url}{path}", json=body, headers=headers, timeout=5)
+
+
+def imported(client: BadgrClient, token: str, site: IssuerSite, slug: str) -> str:
+    result = client.import_badge(token, url=site.badge(slug, LEARNER)["id"])
+    assert result.outcome == "imported" and result.entity_id
+    return result.entity_id
+
+
+def test_collection_is_created_empty_then_filled_by_put(
+    sandbox: BadgrSandbox, client: BadgrClient, token: str, site: IssuerSite
+) -> None:
+    first, second = imported(client, token, site, "c1"), imported(client, token, site, "c2")
+    created = api(sandbox, token, "POST", "/v2/backpack/collections", {"name": "Art", "description": "Mine"})
+    assert created.status_code == 201 and created.headers["Content-Type"] == "application/json"
+    collection = created.json()["result"][0]
+    assert collection == {
+        "entityType": "BackpackCollection",
+        "entityId": collection["entityId"],
+        "name": "Art",
+        "description": "Mine",
+        "share_url": None,
+        "shareHash": "",
+        "published": False,
+        "assertions": [],
+    }
+    path = f"/v2/backpack/collections/{collection['entityId']}"
+    put = api(sandbox, token, "PUT", path, {"name": "Art", "assertions": [second, first], "published": True})
+    assert put.status_code == 200
+    updated = put.json()["result"][0]
+    assert updated["assertions"] == [second, first] and updated["published"] is True
+    assert updated["share_url"] == f"{sandbox.url}/public/collections/{updated['shareHash']}"
+    assert updated["description"] == "Mine"  # a field left out of a PUT keeps its value
+
+    # PUT replaces the list; the detail and the list agree with the sandbox's own state.
+    api(sandbox, token, "PUT", path, {"name": "Art 2", "assertions": [first]})
+    got = api(sandbox, token, "GET", path).json()["result"][0]
+    assert (got["name"], got["assertions"], got["published"]) == ("Art 2", [first], True)
+    assert api(sandbox, token, "GET", "/v2/backpack/collections").json()["result"] == [got]
+    assert sandbox.collections_of(LEARNER) == [got]
+
+    # Unpublishing takes the public address away; deleting a badge takes it out of the collection.
+    unpublished = api(sandbox, token, "PUT", path, {"name": "Art 2", "published": False}).json()["result"][0]
+    assert (unpublished["share_url"], unpublished["shareHash"]) == (None, "")
+    assert api(sandbox, token, "DELETE", f"/v2/backpack/assertions/{first}").status_code == 204
+    assert sandbox.collections_of(LEARNER)[0]["assertions"] == []
+
+    deleted = api(sandbox, token, "DELETE", path)
+    assert (deleted.status_code, deleted.content, deleted.headers.get("Content-Type")) == (204, b"", None)
+    assert api(sandbox, token, "GET", path).status_code == 404
+    assert sandbox.collections_of(LEARNER) == []
+
+
+def test_collection_errors_answer_as_the_real_server(
+    sandbox: BadgrSandbox, client: BadgrClient, token: str, site: IssuerSite
+) -> None:
+    badge = imported(client, token, site, "c3")
+    # Creating with a list of badges crashes the real server.
+    crash = api(sandbox, token, "POST", "/v2/backpack/collections", {"name": "X", "assertions": [badge]})
+    assert (crash.status_code, crash.headers["Content-Type"]) == (500, "text/html")
+    assert sandbox.collections_of(LEARNER) == []
+
+    nameless = api(sandbox, token, "POST", "/v2/backpack/collections", {"description": "no name"})
+    assert nameless.status_code == 400
+    assert nameless.json() == {
+        "status": {"success": False, "description": "bad request"},
+        "result": [],
+        "fieldErrors": {"name": ["This field is required."]},
+        "validationErrors": [],
+    }
+    entity_id = api(sandbox, token, "POST", "/v2/backpack/collections", {"name": "Y"}).json()["result"][0][
+        "entityId"
+    ]
+    path = f"/v2/backpack/collections/{entity_id}"
+    assert api(sandbox, token, "PUT", path, {"assertions": [badge]}).json()["fieldErrors"] == {
+        "name": ["This field is required."]
+    }
+    unknown = api(sandbox, token, "PUT", path, {"name": "Y", "assertions": [badge, "nope"]})
+    assert unknown.status_code == 400
+    assert unknown.json()["fieldErrors"] == {
+        "assertions": ['Invalid entity_id "nope" - object does not exist.']
+    }
+    assert sandbox.collections_of(LEARNER)[0]["assertions"] == []  # a refused PUT changes nothing
+
+    # Another learner's collection is not found; a read-only token cannot write.
+    sandbox.add_account("other@example.org", "pw", [("other@example.org", True)])
+    other = str(sandbox.issue_token("other@example.org")["access_token"])
+    assert api(sandbox, other, "GET", path).status_code == 404
+    assert api(sandbox, other, "DELETE", path).status_code == 404
+    reader = str(sandbox.issue_token(LEARNER, "r:backpack")["access_token"])
+    assert api(sandbox, reader, "GET", path).status_code == 200
+    refused = api(sandbox, reader, "PUT", path, {"name": "Z"})
+    assert (refused.status_code, refused.json()["status"]["description"]) == (
+        404,
+        "entity not found or insufficient privileges",
+    )
+
+
+def test_assertion_acceptance_put(
+    sandbox: BadgrSandbox, client: BadgrClient, token: str, site: IssuerSite
+) -> None:
+    badge = imported(client, token, site, "c4")
+    path = f"/v2/backpack/assertions/{badge}"
+    kept = api(sandbox, token, "PUT", path, {"acceptance": "Accepted", "narrative": "ignored"})
+    assert kept.status_code == 200 and kept.json()["result"][0]["acceptance"] == "Accepted"
+    bad = api(sandbox, token, "PUT", path, {"acceptance": "Maybe"})
+    assert bad.status_code == 400 and bad.json()["fieldErrors"] == {
+        "acceptance": ['"Maybe" is not a valid choice.']
+    }
+    assert api(sandbox, token, "PUT", path, {"acceptance": "Rejected"}).status_code == 200
+    assert client.list_assertions(token) == []
+    assert api(sandbox, token, "PUT", "/v2/backpack/assertions/nope", {}).status_code == 404
