@@ -36,6 +36,7 @@ FIGURES = (
     "intake_1k_traced_mb",
     "intake_1k_export_mb",
     "cold_import_ms",
+    "cold_import_boto3_ms",
     "export_db_10k_rows_per_s",
     "export_db_10k_peak_mb",
     "export_db_10k_dump_rows_per_s",

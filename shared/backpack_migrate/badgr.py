@@ -426,7 +426,7 @@ class BadgrClient:
             first = (
                 result[0] if isinstance(result, list) and result and isinstance(result[0], Mapping) else {}
             )
-            pending = bool(first.get("pending")) or first.get("acceptance") == "Pending"
+            pending = first.get("pending") is True
             entity_id = first.get("entityId")
             return self._result(
                 "pending" if pending else "imported",

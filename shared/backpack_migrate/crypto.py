@@ -12,8 +12,6 @@ import os
 import threading
 from typing import Any
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from .domain import normalize_email
 
 
@@ -68,12 +66,17 @@ class EmailCipher:
     def encrypt(self, email: str, *, learner_id: str, export_id: str, data_key_ciphertext: str) -> str:
         nonce = os.urandom(12)
         key = self._data_key(data_key_ciphertext, export_id)
+        # Imported on first use: functions that never seal or open an email do not load it.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         sealed = AESGCM(key).encrypt(nonce, normalize_email(email).encode(), learner_id.encode())
         return _b64(nonce + sealed)
 
     def decrypt(self, ciphertext: str, *, learner_id: str, export_id: str, data_key_ciphertext: str) -> str:
         raw = base64.b64decode(ciphertext)
         key = self._data_key(data_key_ciphertext, export_id)
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         return AESGCM(key).decrypt(raw[:12], raw[12:], learner_id.encode()).decode()
 
 

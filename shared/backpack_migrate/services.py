@@ -191,13 +191,17 @@ def build_services(settings: Settings) -> Services:
             yield key_bytes(secrets.get(settings.link_secret_arn, max_age=300, force_fetch=True))
 
     def verifier_factory() -> Any:
+        from .observability import trace_http
         from .openbadges import SafeFetcher, Verifier
 
+        trace_http()
         return Verifier(SafeFetcher(allow_loopback=settings.allow_loopback_fetch))
 
     def badgr_factory() -> Any:
         from .badgr import BadgrClient
+        from .observability import trace_http
 
+        trace_http()
         secret = secrets.get(settings.badgr_client_secret_arn, max_age=300)
         client = BadgrClient(settings.badgr_api_url, settings.badgr_client_id, str(secret))
         client.session.hooks["response"].append(count_badgr_answer)
