@@ -402,30 +402,9 @@ def _fill(
     return answer
 
 
-def collection_lines(groups: Sequence[GroupRecord]) -> list[str]:
-    """What became of each group, in plain words, for the status page and the summary email."""
-    lines = []
-    for group in groups:
-        name = collection_name(group)
-        c = group.collection
-        if c is None or c.state == "creating":
-            lines.append(f"“{name}”: the collection is being made.")
-        elif c.state == "skipped":
-            lines.append(f"“{name}”: no collection. {c.problem.message if c.problem else ''}".rstrip())
-        else:
-            count = len(c.assertion_ids)
-            badges = "1 badge" if count == 1 else f"{count} badges"
-            kind = "public" if c.published else "private"
-            lines.append(f"“{name}”: made in Badgr as a {kind} collection with {badges}.")
-        for left in c.badges_left_out if c else []:
-            lines.append(f"    not in it: {left.reason}")
-    return lines
-
-
 __all__ = [
     "LEASE_SECONDS",
     "CollectionBusy",
-    "collection_lines",
     "make_collections",
     "marker_for",
     "plan_collection",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .group_pages import collection_lines
 from .links import sign_link
 from .migration import learner_email
 from .notify import Email, invitation, summary
@@ -34,7 +35,8 @@ def send_notice(svc: Services, job: dict[str, Any]) -> bool:
             expires_on = time.strftime("%d %B %Y", time.gmtime(expires_at))
             email = invitation(to, link, len(badges), expires_on)
         else:
-            email = summary(to, link, badges)
+            groups = svc.store.list_groups(learner.learner_id) if learner.backpack_user_id is not None else []
+            email = summary(to, link, badges, collection_lines(groups, badges))
         svc.rate.wait()
         return svc.sender.send(email)
 

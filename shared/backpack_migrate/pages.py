@@ -115,7 +115,9 @@ def movable_summary(badges: Sequence[BadgeRecord]) -> str | None:
     return None
 
 
-def landing_page(token: str, csrf: str, badges: Sequence[BadgeRecord], requested: bool) -> str:
+def landing_page(
+    token: str, csrf: str, badges: Sequence[BadgeRecord], requested: bool, groups_html: str = ""
+) -> str:
     summary = movable_summary(badges)
     if summary:
         action = (
@@ -132,12 +134,12 @@ def landing_page(token: str, csrf: str, badges: Sequence[BadgeRecord], requested
         "<h1>Your Mozilla Backpack badges</h1>"
         f"<p>We kept {len(badges)} badge{'s' if len(badges) != 1 else ''} from your Backpack. "
         "Each one shows whether it can move to Badgr, and why not if it cannot.</p>"
-        f"{action}{_badge_items(token, badges)}"
+        f"{action}{_badge_items(token, badges)}{groups_html}"
     )
     return _layout("Your badges", body)
 
 
-def status_page(token: str, badges: Sequence[BadgeRecord]) -> str:
+def status_page(token: str, badges: Sequence[BadgeRecord], groups_html: str = "") -> str:
     counts = Counter(badge.state for badge in badges)
     done = sum(counts[state] for state in FINAL_STATES)
     finished = done == len(badges)
@@ -160,7 +162,7 @@ def status_page(token: str, badges: Sequence[BadgeRecord]) -> str:
         )
     body = (
         f"<h1>Your move to Badgr</h1><p class='progress' data-finished='{str(finished).lower()}'>"
-        f"{escape(headline)}</p><ul>{lines}</ul>{again}{_badge_items(token, badges)}"
+        f"{escape(headline)}</p><ul>{lines}</ul>{again}{groups_html}{_badge_items(token, badges)}"
     )
     return _layout("Your move to Badgr", body, refresh=None if finished else 3)
 

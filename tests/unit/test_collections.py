@@ -18,7 +18,8 @@ from backpack_migrate.domain import (
     LearnerRecord,
     Problem,
 )
-from backpack_migrate.groups import LEASE_SECONDS, CollectionBusy, collection_lines, make_collections
+from backpack_migrate.group_pages import collection_lines
+from backpack_migrate.groups import LEASE_SECONDS, CollectionBusy, make_collections
 from backpack_migrate.migration import maybe_send_summary, store_tokens
 from tests.fakes import ScriptedBadgr, fake_services
 
@@ -110,7 +111,7 @@ def test_a_group_becomes_one_filled_collection_and_the_summary_follows() -> None
     assert "revoked" in next(x.reason for x in saved.collection.badges_left_out if x.badge_id == 2)
     assert badgr.collection_calls.count("create_collection") == 1
     assert [job["kind"] for job in queue.take("notify")] == ["summary"]
-    lines = collection_lines(store.list_groups(LEARNER))
+    lines = collection_lines(store.list_groups(LEARNER), store.list_badges(LEARNER))
     assert lines[0].startswith("“Group 7”: made in Badgr as a public collection with 2 badges")
 
 
