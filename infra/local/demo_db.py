@@ -125,9 +125,53 @@ def check_database_world(svc: Any, sandbox: Any, world: DatabaseWorld) -> list[s
                 if b.state == BadgeState.IMPORTED and b.badgr and b.backpack_badge_id in group.badge_ids
             }
             if not imported <= set(held["assertions"]):
-                failures.append(
-                    f"{where}: badges in Badgr but not in its collection: {imported - set(held['assertions'])}"
-                )
+                missing = imported - set(held["assertions"])
+                failures.append(f"{where}: badges in Badgr but not in its collection: {sorted(missing)}")
         if len(made) != filled:
             failures.append(f"user {user_id}: {len(made)} collections in Badgr, {filled} groups filled")
     return failures
+
+
+def run_database_part(
+    run: Any, work: Path, say: Callable[[str], None] = print
+) -> tuple[DatabaseWorld, list[str]]:
+    """On a running demo stack: database -> export-db -> upload -> every learner moves -> checks."""
+    import boto3
+    import requests
+
+    from backpack_migrate.services import get_services
+    from infra.local.demo import forms_of, links_by_email, play_learner
+    from infra.local.issuer_site import IssuerSite
+
+    site_dir = work / "db-site"
+    site_dir.mkdir(parents=True, exist_ok=True)
+    with IssuerSite(site_dir) as site:
+        world = build_database_export(work, site_dir, site.url, say)
+        for contact, (username, password) in world.accounts.items():
+            run.sandbox.add_account(username, password, badgr_emails(world.zip_path, world.users[contact]))
+        bucket = run.stack.resource("ExportsBucket")
+        key = "exports/backpack-db.zip"
+        boto3.client("s3").upload_file(str(world.zip_path), bucket, key)
+        say(
+            f"Uploaded s3://{bucket}/{key}: {len(world.users)} Backpack users, {world.badges} badges, "
+            f"{world.groups} groups; waiting for intake and emails..."
+        )
+        run.stack.wait_idle(timeout=300)
+        links = links_by_email(run.stack)
+        failures = []
+        for contact, (username, password) in world.accounts.items():
+            link = links.get(contact)
+            if link is None:
+                failures.append(
+                    f"no invitation to the contact address of Backpack user {world.users[contact]}"
+                )
+                continue
+            page = requests.get(link, timeout=30)
+            if not any(f["action"].endswith("/connect") for f in forms_of(page.text)):
+                say(f"  Backpack user {world.users[contact]:<3} has nothing to move")
+                continue
+            answer = play_learner(link, username, password)
+            say(f"  Backpack user {world.users[contact]:<3} -> .../l/.../status ({answer.status_code})")
+        run.stack.wait_idle(timeout=300)
+        failures += check_database_world(get_services(), run.sandbox, world)
+    return world, failures
