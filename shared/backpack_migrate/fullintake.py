@@ -410,8 +410,7 @@ def _queue_learners(
 
     for user in _records(reader, users, fullexport.ExportedUser, stats):
         stats.users += 1
-        for part in _learner_parts(svc, export, index, spill, user, stats, seen):
-            size = len(part.model_dump_json())
+        for part, size in _learner_parts(svc, export, index, spill, user, stats, seen):
             if pending and (
                 len(pending) >= svc.settings.learners_per_chunk or pending_bytes + size > MAX_CHUNK_BYTES
             ):
@@ -430,7 +429,8 @@ def _learner_parts(
     user: fullexport.ExportedUser,
     stats: FullStats,
     seen: set[str],
-) -> Iterator[FullChunkLearner]:
+) -> Iterator[tuple[FullChunkLearner, int]]:
+    """The user as chunk-job parts, each with its approximate size in a message."""
     contact = contact_address(user)
     if contact is None:
         stats.add("NO_CONTACT_ADDRESS", f"user {user.id}")
@@ -465,11 +465,11 @@ def _learner_parts(
         problems=list(user.problems),
     )
     own_ids: set[int] = set()
-    badges: list[FullChunkBadge] = []
+    badges: list[tuple[FullChunkBadge, int]] = []  # with the size of its line: a chunk's budget
     for line in spill.rows("badge", user.id):
         row = fullexport.ExportedBadge.model_validate_json(line)
         own_ids.add(row.id)
-        badges.append(_chunk_badge(row, index))
+        badges.append((_chunk_badge(row, index, len(line)), len(line) + 200))
     stats.badges += len(badges)
     groups = [
         _group_record(
@@ -499,37 +499,52 @@ def _learner_parts(
         )
     ]
     stats.grants += len(grants)
-    first = base.model_copy(update={"groups": groups, "grants": grants, "last": False})
-    part, size = first, len(first.model_dump_json())
-    for badge in badges:
-        badge_size = len(badge.model_dump_json())
-        if part.badges and size + badge_size > MAX_CHUNK_BYTES:
-            yield part
-            part, size = base.model_copy(update={"last": False}), len(base.model_dump_json())
-        part = part.model_copy(update={"badges": [*part.badges, badge]})
+    base_size = len(base.model_dump_json())
+    size = base_size + sum(len(g.model_dump_json()) for g in groups) + 300 * len(grants)
+    first = True
+    part: list[FullChunkBadge] = []
+    for badge, badge_size in badges:
+        if part and size + badge_size > MAX_CHUNK_BYTES:
+            yield _part(base, part, groups if first else [], grants if first else [], last=False), size
+            first, part, size = False, [], base_size
+        part.append(badge)
         size += badge_size
-    yield part.model_copy(update={"last": True})
+    yield _part(base, part, groups if first else [], grants if first else [], last=True), size
 
 
-def _chunk_badge(row: fullexport.ExportedBadge, index: MemberIndex) -> FullChunkBadge:
-    file_name = row.image or f"badge-{row.id}"
-    badge = FullChunkBadge(
+def _part(
+    base: FullChunkLearner,
+    badges: list[FullChunkBadge],
+    groups: list[GroupRecord],
+    grants: list[GrantRecord],
+    *,
+    last: bool,
+) -> FullChunkLearner:
+    return base.model_copy(update={"badges": badges, "groups": groups, "grants": grants, "last": last})
+
+
+def _chunk_badge(row: fullexport.ExportedBadge, index: MemberIndex, line_size: int) -> FullChunkBadge:
+    member = index.get(row.image) if row.image else None
+    found = None
+    if row.body is None:
+        # The Backpack's own record of the badge is unusable: it is not moved on a guess.
+        reasons = [p for p in row.problems if p.code.startswith("BODY")]
+        found = reasons[0] if reasons else problem("BODY_NOT_JSON")
+    elif row.image is None or member is None:
+        reasons = [p for p in row.problems if p.code.startswith("IMAGE")]
+        found = reasons[0] if reasons else problem("IMAGE_MISSING", row.image)
+    return FullChunkBadge(
         backpack_badge_id=row.id,
-        file_name=file_name,
+        file_name=row.image or f"badge-{row.id}",
+        member=member,
         media_type=row.media_type,
         body_hash=row.body_hash,
         endpoint=row.endpoint,
         validated_on=row.validated_on,
-        body=row.body,
+        # A body too large for a chunk message stays out of it: the image is what is verified and moved.
+        body=row.body if line_size <= MAX_CHUNK_BYTES // 2 else None,
+        problem=found,
     )
-    if len(json.dumps(row.body or {})) > MAX_CHUNK_BYTES // 2:
-        badge = badge.model_copy(update={"body": None})  # the image is what is verified and moved
-    member = index.get(row.image) if row.image else None
-    if row.image is None or member is None:
-        reasons = [p for p in row.problems if p.code.startswith("IMAGE")]
-        found = reasons[0] if reasons else problem("IMAGE_MISSING", row.image)
-        return badge.model_copy(update={"problem": found})
-    return badge.model_copy(update={"member": member})
 
 
 def _group_record(
@@ -662,8 +677,6 @@ def _extract(reader: Any, export_id: str, learner_id: str, badge: FullChunkBadge
     )
     if badge.problem is not None or badge.member is None:
         return base.model_copy(update={"problem": badge.problem or problem("IMAGE_MISSING")})
-    if badge.body is None:
-        return base.model_copy(update={"problem": problem("BODY_NOT_JSON")})
     try:
         data = read_member(reader, badge.member)
     except ExportError as error:

@@ -19,6 +19,7 @@ from backpack_migrate.intake import ChunkJob, process_chunk, read_export
 from backpack_migrate.migration import import_badge, request_migration, store_tokens, verify_learner
 from backpack_migrate.notices import send_notice
 from backpack_migrate.openbadges import Verifier
+from backpack_migrate.report import export_report, format_report
 from tests.fakes import ScriptedBadgr, fake_services
 from tests.unit.badges import baked, fetcher, hosted_assertion, issuer_documents, make_export
 
@@ -234,6 +235,13 @@ def test_after_the_move_each_group_is_a_collection_or_skipped_with_the_reason() 
     send_notice(w.svc, summary)
     text = w.sender.sent[-1].text
     assert "Work" in text and "collection" in text and "Broken" in text
+    report = export_report(w.store, w.export)
+    assert report["groups_by_collection_state"] == {"filled": 1, "skipped": 1, "waiting": 1}
+    assert {"FOREIGN_BADGE_IN_GROUP", "STALE_BADGE_IN_GROUP", "NO_BADGE_IN_BADGR"} <= set(
+        report["group_problems"]
+    )
+    assert any(p["code"] == "DUPLICATE_USER" for p in report["export_problems"])
+    assert "as Badgr collections: filled 1, skipped 1, waiting 1" in format_report(report)
 
 
 def test_the_2019_zip_is_still_read_as_before() -> None:
