@@ -492,6 +492,7 @@ def _learner_parts(
             permissions=list(grant.permissions),
             access_token_sha256=grant.access_token_sha256,
             refresh_token_sha256=grant.refresh_token_sha256,
+            # As the export has it (the Backpack kept seconds); Connect reads it either way.
             access_time_ms=grant.access_time,
         )
         for grant in (

@@ -15,6 +15,7 @@ creates one, so no group gets a second collection. Filling again is harmless (PU
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -56,9 +57,11 @@ _GONE = Problem(
 class CollectionBusy(Exception):  # noqa: N818 - it is a request, not an error
     """Another worker holds the group, or Badgr could not answer now: SQS brings the job back."""
 
-    def __init__(self, message: str, delay: float | None = None) -> None:
+    def __init__(self, message: str, delay: float | None = None, *, definite: bool = False) -> None:
         super().__init__(message)
         self.delay = delay
+        # Badgr answered (429, 5xx): the call surely did nothing, unlike a timeout or a reset.
+        self.definite = definite
 
 
 def marker_for(learner_id: str, group_id: int) -> str:
@@ -158,9 +161,11 @@ class _Badgr:
                 access_token, refresh_token, version = _tokens(self._svc, self._learner_id)
                 return fn(access_token, *args, **kwargs)
             except BadgrThrottled as error:
-                raise CollectionBusy("Badgr asked us to wait", delay=error.retry_after) from error
+                raise CollectionBusy(
+                    "Badgr asked us to wait", delay=error.retry_after, definite=True
+                ) from error
             except BadgrUnavailable as error:
-                raise CollectionBusy(str(error)) from error
+                raise CollectionBusy(str(error), definite=error.status is not None) from error
             except RetryLater as error:
                 raise CollectionBusy(error.problem.message, delay=error.delay) from error
             except BadgrAuthError as error:
@@ -271,6 +276,8 @@ def _settle(
     current = group.collection
     sources, left_out = plan_collection(group, badges, badgr.existing)
     assertion_ids = list(sources)
+    # Never asked to create before (no marker handed out): no collection of it can exist yet.
+    fresh = current is None or current.marker is None
     if current is None or (current.entity_id is None and current.state != "creating"):
         if not assertion_ids:
             # Nothing reached Badgr: no empty collection, and the reason on record.
@@ -303,11 +310,18 @@ def _settle(
     name, description = collection_name(group), description_for(group, marker)
     entity_id = current.entity_id
     if entity_id is None:
-        entity_id = _find_by_marker(badgr, marker)
+        entity_id = None if fresh else _find_by_marker(badgr, marker)
         if entity_id is None:
-            created = badgr.call(
-                badgr.client.create_collection, name=name, description=description, published=group.public
-            )
+            try:
+                created = badgr.call(
+                    badgr.client.create_collection, name=name, description=description, published=group.public
+                )
+            except CollectionBusy as busy:
+                if busy.definite:
+                    # Badgr made nothing: the next delivery need not wait out the lease.
+                    with contextlib.suppress(CollectionBusy):
+                        _save(svc, group, collection=current.model_copy(update={"lease_until": 0.0}))
+                raise
             entity_id = str(created.get("entityId") or "")
             if not entity_id:
                 raise CollectionBusy("Badgr created a collection without naming it")

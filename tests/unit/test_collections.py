@@ -213,3 +213,26 @@ def test_nothing_is_made_before_every_badge_is_final() -> None:
     svc, store, _queue, badgr = world({1: BadgeState.IMPORTED, 2: BadgeState.QUEUED}, [group(7, [1, 2])])
     assert make_collections(svc, LEARNER) == 0
     assert not badgr.collections and store.list_groups(LEARNER)[0].collection is None
+
+
+def test_a_create_badgr_refused_outright_is_retried_at_once_and_made_once() -> None:
+    from backpack_migrate.badgr import BadgrUnavailable
+
+    badgr = ScriptedBadgr()
+    real_create = badgr.create_collection
+    calls = {"n": 0}
+
+    def create_503_first(access_token: str, **fields: Any) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise BadgrUnavailable("Badgr answered 503", status=503)  # an answer: nothing was made
+        return real_create(access_token, **fields)
+
+    badgr.create_collection = create_503_first  # type: ignore[method-assign]
+    svc, store, _queue, badgr = world({1: BadgeState.IMPORTED}, [group(7, [1])], badgr)
+    clock = Clock()
+    with pytest.raises(CollectionBusy):
+        make_collections(svc, LEARNER, now=clock)
+    assert store.list_groups(LEARNER)[0].collection.lease_until == 0.0  # no lease to wait out
+    make_collections(svc, LEARNER, now=clock)
+    assert len(badgr.collections) == 1 and store.list_groups(LEARNER)[0].collection.state == "filled"
