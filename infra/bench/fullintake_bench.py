@@ -104,22 +104,29 @@ class _CountingStore:
         return self._count("grants", grants)
 
 
-class _ListQueue:
-    def __init__(self) -> None:
-        self.sent: dict[str, list[dict[str, Any]]] = {}
+class _FileQueue:
+    """Chunk jobs go to a file (not memory), so the peak is intake's own; other jobs are counted."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.counts: dict[str, int] = {}
 
     def send(self, queue_url: str, jobs: Iterable[dict[str, Any]]) -> int:
         batch = list(jobs)
+        self.counts[queue_url] = self.counts.get(queue_url, 0) + len(batch)
         if queue_url == "chunk":
-            self.sent.setdefault(queue_url, []).extend(batch)
+            with self.path.open("a", encoding="utf-8") as sink:
+                sink.writelines(json.dumps(job) + "\n" for job in batch)
         return len(batch)
 
     def delay(self, queue_url: str, receipt_handle: str, seconds: int) -> None:
         return None
 
     def take(self, queue_url: str) -> Iterator[dict[str, Any]]:
-        while self.sent.get(queue_url):
-            yield self.sent[queue_url].pop(0)
+        # Jobs sent while these run (continuations) are appended and read in turn.
+        with self.path.open(encoding="utf-8") as source:
+            for line in source:
+                yield json.loads(line)
 
 
 class _LocalKms:
@@ -142,7 +149,7 @@ def child_measure(path: Path) -> int:
     from backpack_migrate.intake import read_export
     from backpack_migrate.services import Services
 
-    store, queue, s3 = _CountingStore(), _ListQueue(), _FileS3(path)
+    store, queue, s3 = _CountingStore(), _FileQueue(path.with_suffix(".jobs")), _FileS3(path)
     settings = Settings.model_validate(
         {"CHUNK_QUEUE_URL": "chunk", "VERIFY_QUEUE_URL": "verify", "NOTIFY_QUEUE_URL": "notify"}
     )

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timeout(900)  # a MariaDB server, export-db and a local stack, on a shared machine
 def test_a_backpack_database_moves_to_badgr_with_its_groups_as_collections(tmp_path: Path) -> None:
     reason = missing_tools() or (None if SCHEMA_SQL.is_file() else "the Backpack's schema is not present")
     if reason:

@@ -101,6 +101,13 @@ FAKES = {
             EVENTS.append(event)
             return {"batchItemFailures": []}
     """,
+    "collections": """
+        EVENTS = []
+
+        def handler(event, context):
+            EVENTS.append(event)
+            return {"batchItemFailures": []}
+    """,
     "web": """
         import base64
         import json
