@@ -22,7 +22,7 @@ browser: $(STAMP)
 database:
 	@bash infra/local/install-mariadb.sh
 
-demo: $(STAMP)
+demo: $(STAMP) database
 	$(BIN)/backpack-migrate demo
 
 local: $(STAMP)

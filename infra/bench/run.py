@@ -44,6 +44,11 @@ FIGURES = (
     "export_db_100k_peak_mb",
     "export_db_100k_dump_rows_per_s",
     "export_db_memory_growth_mb",
+    "fullintake_read_learners_per_s",
+    "fullintake_read_badges_per_s",
+    "fullintake_record_learners_per_s",
+    "fullintake_record_badges_per_s",
+    "fullintake_peak_mb",
 )
 
 
@@ -61,13 +66,15 @@ def _guarded(title: str, build: Callable[[], list[Part]]) -> list[Part]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run every benchmark part.")
-    parser.add_argument("--only", choices=("verify", "cold", "intake", "export-db"), action="append")
+    parser.add_argument(
+        "--only", choices=("verify", "cold", "intake", "export-db", "full-intake"), action="append"
+    )
     parser.add_argument("--badges", type=int, default=10_000, help="badges on the loopback site")
     parser.add_argument("--sample", type=int, default=250, help="badges the reference verifies on loopback")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--runs", type=int, default=5, help="cold-import runs per function")
     args = parser.parse_args(argv)
-    chosen = set(args.only or ("verify", "cold", "intake", "export-db"))
+    chosen = set(args.only or ("verify", "cold", "intake", "export-db", "full-intake"))
 
     from infra.bench import cold_imports, intake_bench, verify_bench
 
@@ -85,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         from infra.bench import export_db_bench
 
         parts += _guarded("export-db", lambda: [export_db_bench.bench_export_db()])
+    if "full-intake" in chosen:
+        from infra.bench import fullintake_bench
+
+        parts += _guarded("full-fidelity intake", lambda: [fullintake_bench.bench_fullintake()])
 
     figures: dict[str, Any] = dict.fromkeys(FIGURES)
     for part in parts:

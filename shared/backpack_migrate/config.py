@@ -18,6 +18,7 @@ class Settings(BaseModel):
     verify_queue_url: str = Field(default="", alias="VERIFY_QUEUE_URL")
     notify_queue_url: str = Field(default="", alias="NOTIFY_QUEUE_URL")
     migrate_queue_url: str = Field(default="", alias="MIGRATE_QUEUE_URL")
+    collections_queue_url: str = Field(default="", alias="COLLECTIONS_QUEUE_URL")
     kms_key_id: str = Field(default="alias/backpack-migrate", alias="KMS_KEY_ID")
     link_secret_arn: str = Field(default="", alias="LINK_SECRET_ARN")
     # Never rotated: a learner's id is an HMAC of the email under it, so re-uploads keep their ids.

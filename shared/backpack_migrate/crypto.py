@@ -78,6 +78,14 @@ class EmailCipher:
         sealed = AESGCM(key).encrypt(nonce, normalize_email(email).encode(), learner_id.encode())
         return _b64(nonce + sealed)
 
+    def encrypt_text(self, text: str, *, learner_id: str, export_id: str, data_key_ciphertext: str) -> str:
+        """Any text (a learner's list of addresses) sealed as emails are, without normalizing it."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        nonce = os.urandom(12)
+        key = self._data_key(data_key_ciphertext, export_id)
+        return _b64(nonce + AESGCM(key).encrypt(nonce, text.encode(), learner_id.encode()))
+
     def decrypt(self, ciphertext: str, *, learner_id: str, export_id: str, data_key_ciphertext: str) -> str:
         raw = base64.b64decode(ciphertext)
         key = self._data_key(data_key_ciphertext, export_id)

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -212,6 +213,12 @@ class BadgeRecord(BaseModel):
     confirmed_by: Confirmation | None = None
     repairs: int = 0  # how often the reconciler sent it back to work
     updated_at: str | None = None
+    # From a full-fidelity export: the Backpack's own ids and data, which third-party sites address.
+    backpack_badge_id: int | None = None
+    body_hash: str | None = None
+    endpoint: str | None = None
+    validated_on: str | None = None
+    backpack_body: dict[str, Any] | None = None  # the stored assertion, as the Displayer API answered it
 
     @property
     def can_move_again(self) -> bool:
@@ -308,6 +315,12 @@ class LearnerRecord(BaseModel):
         """Every learner with a usable address gets one invitation."""
         return not any(problem.code == "INVALID_EMAIL" for problem in self.problems)
 
+    # From a full-fidelity export a learner is a Backpack user with up to three addresses. The
+    # contact address stays in ``email_ciphertext``; all of them, each flagged, are sealed here
+    # as JSON ``[{"address", "verified", "primary"}]`` under the same key and binding.
+    backpack_user_id: int | None = None
+    addresses_ciphertext: str | None = None
+
 
 class ExportStatus(StrEnum):
     READING = "reading"
@@ -329,3 +342,73 @@ class ExportRecord(BaseModel):
     data_key_ciphertext: str = ""  # KMS-encrypted AES key for the learners' emails of this export
     problems: list[Problem] = Field(default_factory=list)
     created_at: str | None = None
+
+
+class LeftOut(BaseModel):
+    """A badge of a group that could not join the group's Badgr collection, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    badge_id: int  # the Backpack's badge id, as the group lists it
+    reason: str
+
+
+CollectionState = Literal["creating", "filled", "skipped"]
+
+
+class CollectionRecord(BaseModel):
+    """What a group became in Badgr: one collection, recorded before it is filled.
+
+    ``creating``: the create was sent (``entity_id`` is set once Badgr's answer is on record);
+    ``filled``: the collection holds ``assertion_ids``; ``skipped``: no collection, ``problem``
+    says why (no badge of the group reached Badgr, for one).
+    """
+
+    entity_id: str | None = None
+    state: CollectionState
+    published: bool = False
+    assertion_ids: list[str] = Field(default_factory=list)
+    problem: Problem | None = None
+    badges_left_out: list[LeftOut] = Field(default_factory=list)
+    marker: str | None = None  # the tag written into the description, to find a create whose answer was lost
+    share_url: str | None = None
+    # While a worker creates the collection, others keep off until this time (epoch seconds):
+    # after it, the creator is taken for dead and the collection is looked up by its marker.
+    lease_until: float | None = None
+
+
+class GroupRecord(BaseModel):
+    """A Backpack group (and its portfolio page), kept with the Backpack's ids."""
+
+    learner_id: str
+    export_id: str
+    group_id: int
+    name: str | None = None
+    url: str | None = None
+    public: bool = False
+    badge_ids: list[int] = Field(default_factory=list)  # as stored: order kept, stale ids kept
+    portfolio_title: str | None = None
+    portfolio_subtitle: str | None = None
+    portfolio_preamble: str | None = None
+    stories: dict[str, str] = Field(default_factory=dict)
+    problems: list[Problem] = Field(default_factory=list)
+    collection: CollectionRecord | None = None
+    # Bumped by every conditional save, so two workers of the same group never both win.
+    version: int = 0
+    # The learner's move request this group's collection was last settled for; the summary
+    # waits until every group is settled for the current request.
+    settled_for: str | None = None
+    updated_at: str | None = None
+
+
+class GrantRecord(BaseModel):
+    """A Backpack Connect grant: tokens only as SHA-256 digests, never the tokens themselves."""
+
+    grant_id: str
+    learner_id: str
+    origin: str
+    permissions: list[str] = Field(default_factory=list)
+    access_token_sha256: str
+    refresh_token_sha256: str
+    access_time_ms: int
+    export_id: str | None = None

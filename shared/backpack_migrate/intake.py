@@ -105,7 +105,10 @@ def read_export(
             export = svc.store.get_export(export_id) or export
     logger.append_keys(export_id=export_id)
     try:
-        stats, chunks = _queue_chunks(svc, export)
+        queued = _queue_by_format(svc, export)
+        if isinstance(queued, ExportRecord):
+            return queued  # a full-fidelity export, read and recorded by fullintake
+        stats, chunks = queued
     except ExportError as error:
         export = export.model_copy(
             update={
@@ -133,6 +136,25 @@ def read_export(
     metrics.add_metric(name="BadgesFound", unit="Count", value=badges)
     logger.info("export read", extra={"learners": learners, "badges": badges, "chunks": chunks})
     return export
+
+
+def _queue_by_format(svc: Services, export: ExportRecord) -> ExportRecord | tuple[PlanStats, int]:
+    """Tell the formats apart by content: a ``format.json`` naming the full-fidelity format, else
+    the 2019 ZIP (its ``manifest.txt``)."""
+    from . import fullintake
+
+    reader = open_export(svc, export)
+    if fullintake.starts_with_format_member(reader):
+        read = fullintake.read_if_full(svc, export, reader)
+        if read is not None:
+            return read
+    try:
+        return _queue_chunks(svc, export)
+    except ExportError as error:
+        read = fullintake.read_if_full(svc, export, reader) if error.code == "NO_MANIFEST" else None
+        if read is None:
+            raise
+        return read
 
 
 def _plan_problems(stats: PlanStats) -> list[Problem]:

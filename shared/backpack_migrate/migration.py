@@ -6,6 +6,7 @@ replayed job can never move a badge backwards or import it twice.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -72,16 +73,37 @@ def learner_email(svc: Services, learner: LearnerRecord, export: ExportRecord | 
     )
 
 
+def learner_recipients(
+    svc: Services, learner: LearnerRecord, export: ExportRecord | None = None
+) -> list[str]:
+    """The addresses a badge of this learner may be issued to: the contact address and, for a
+    Backpack user, every verified address of theirs (an unverified one is never trusted)."""
+    export = export or svc.store.get_export(learner.export_id)
+    email = learner_email(svc, learner, export)
+    if not learner.addresses_ciphertext or export is None:
+        return [email]
+    addresses = json.loads(
+        svc.emails.decrypt(
+            learner.addresses_ciphertext,
+            learner_id=learner.learner_id,
+            export_id=learner.export_id,
+            data_key_ciphertext=export.data_key_ciphertext,
+        )
+    )
+    verified = [a["address"] for a in addresses if a.get("verified") and a.get("address") != email]
+    return [email, *verified]
+
+
 # -- verdicts, worked out ahead --------------------------------------------------------------
 def _verdicts(svc: Services, learner: LearnerRecord, badges: Sequence[BadgeRecord]) -> list[BadgeRecord]:
     """The badges with their full verdicts (against the learner's email), not yet stored."""
     export = svc.store.get_export(learner.export_id)
     if export is None:
         raise LookupError(f"learner {learner.learner_id} belongs to an unknown export")
-    email = learner_email(svc, learner, export)
+    recipients = learner_recipients(svc, learner, export)
     reader = open_export(svc, export)
     images = [read_member(reader, badge.member) if badge.member else b"" for badge in badges]
-    verdicts = svc.verifier.verify_many(images, [email])
+    verdicts = svc.verifier.verify_many(images, recipients)
     checked = now_iso()
     return [
         badge.model_copy(
@@ -468,11 +490,27 @@ def maybe_send_summary(svc: Services, learner_id: str) -> bool:
         return False
     if any(badge.state not in FINAL_STATES for badge in svc.store.list_badges(learner_id)):
         return False
+    if learner.backpack_user_id is not None and not groups_settled(svc, learner_id, requested_at):
+        # A Backpack user's groups become Badgr collections first; that job sends the summary.
+        svc.queue.send(
+            svc.settings.collections_queue_url, [{"learner_id": learner_id, "requested_at": requested_at}]
+        )
+        return False
     svc.queue.send(
         svc.settings.notify_queue_url,
         [{"kind": "summary", "learner_id": learner_id, "requested_at": requested_at}],
     )
     return svc.store.claim_summary(learner_id, requested_at)
+
+
+def groups_settled(svc: Services, learner_id: str, requested_at: str) -> bool:
+    """Every group of the learner has its collection made (or skipped) for this request."""
+    return all(
+        group.settled_for == requested_at
+        and group.collection is not None
+        and group.collection.state != "creating"
+        for group in svc.store.list_groups(learner_id)
+    )
 
 
 __all__ = [

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from .domain import now_iso
+from .group_pages import collection_lines
 from .links import sign_link
 from .migration import learner_email
 from .notify import Email, invitation, summary
@@ -48,7 +49,8 @@ def send_notice(svc: Services, job: dict[str, Any]) -> bool:
             expires_on = time.strftime("%d %B %Y", time.gmtime(expires_at))
             email = invitation(to, link, len(badges), expires_on, svc.settings.support_email)
         else:
-            email = summary(to, link, badges, svc.settings.support_email)
+            groups = svc.store.list_groups(learner.learner_id) if learner.backpack_user_id is not None else []
+            email = summary(to, link, badges, svc.settings.support_email, collection_lines(groups, badges))
         svc.rate.wait()
         return svc.sender.send(email)
 

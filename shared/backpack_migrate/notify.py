@@ -6,7 +6,7 @@ import html
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -126,7 +126,10 @@ def invitation(to: str, link: str, badge_count: int, expires_on: str, support_em
     )
 
 
-def summary(to: str, link: str, badges: Iterable[BadgeRecord], support_email: str) -> Email:
+def summary(
+    to: str, link: str, badges: Iterable[BadgeRecord], support_email: str, collections: Sequence[str] = ()
+) -> Email:
+    """The end of a move; ``collections`` are the lines saying what became of the learner's groups."""
     badges = list(badges)
     counts = Counter(badge.state for badge in badges)
     moved = counts[BadgeState.IMPORTED] + counts[BadgeState.ALREADY_IN_BADGR]
@@ -145,6 +148,7 @@ def summary(to: str, link: str, badges: Iterable[BadgeRecord], support_email: st
         "are in your Badgr backpack.\n\n"
         + "\n".join(lines)
         + (f"\n\n{again}" if again else "")
+        + ("\n\nYour groups as Badgr collections:\n" + "\n".join(collections) if collections else "")
         + f"\n\nEvery badge, with the reason for any that could not move: {link}\n"
     )
     items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
@@ -153,6 +157,13 @@ def summary(to: str, link: str, badges: Iterable[BadgeRecord], support_email: st
         f"<p>Moving your badges to Badgr has finished: {moved} of {counts.total()} are in your "
         f"Badgr backpack.</p><ul>{items}</ul>"
         + (f"<p>{html.escape(again)}</p>" if again else "")
+        + (
+            "<p>Your groups as Badgr collections:</p><ul>"
+            + "".join(f"<li>{html.escape(line.strip())}</li>" for line in collections)
+            + "</ul>"
+            if collections
+            else ""
+        )
         + f'<p><a href="{html.escape(link)}">'
         "See every badge, with the reason for any that could not move</a></p>"
     )

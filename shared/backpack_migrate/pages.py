@@ -262,7 +262,9 @@ def _your_data(ctx: PageContext) -> str:
     )
 
 
-def landing_page(ctx: PageContext, csrf: str, badges: Sequence[BadgeRecord], requested: bool) -> str:
+def landing_page(
+    ctx: PageContext, csrf: str, badges: Sequence[BadgeRecord], requested: bool, groups_html: str = ""
+) -> str:
     who = f"This page is for <strong>{escape(ctx.email)}</strong>." if ctx.email else ""
     until = f" Its link works until {escape(readable_date(ctx.expires_at))}." if ctx.expires_at else ""
     intro = f"<p class='for'>{who}{until}</p>" if who or until else ""
@@ -296,7 +298,7 @@ def landing_page(ctx: PageContext, csrf: str, badges: Sequence[BadgeRecord], req
         f"<h1>Your Mozilla Backpack badges</h1>{intro}"
         f"<p class='kept'>We kept {count} from your Backpack. They are grouped below by what will "
         "happen to them, with the reason for any that cannot move.</p>"
-        f"{badgr}{action}{_groups(ctx, badges)}{_your_data(ctx)}"
+        f"{badgr}{action}{_groups(ctx, badges)}{groups_html}{_your_data(ctx)}"
     )
     return layout("Your badges", body, ctx.support_email)
 
@@ -357,13 +359,14 @@ def status_region(ctx: PageContext, badges: Sequence[BadgeRecord]) -> str:
     )
 
 
-def status_page(ctx: PageContext, badges: Sequence[BadgeRecord]) -> str:
+def status_page(ctx: PageContext, badges: Sequence[BadgeRecord], groups_html: str = "") -> str:
     progress = progress_of(badges)
     # Without script, a link reloads the page; with it, status.js polls status.json instead.
     refresh = "" if progress.finished else f"<p class='refresh'><a href='{ctx.base}/status'>Refresh</a></p>"
     body = (
         f"<h1>Your move to Badgr</h1><div id='live' data-digest='{progress.digest}' "
-        f"data-finished='{str(progress.finished).lower()}'>{status_region(ctx, badges)}</div>{refresh}"
+        f"data-finished='{str(progress.finished).lower()}'>{status_region(ctx, badges)}</div>"
+        f"{groups_html}{refresh}"
     )
     return layout(
         "Your move to Badgr", body, ctx.support_email, script=None if progress.finished else STATUS_SCRIPT

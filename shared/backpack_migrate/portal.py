@@ -14,6 +14,7 @@ from typing import Any
 
 from .domain import LearnerRecord
 from .export import ExportError, read_member
+from .group_pages import groups_after, groups_before
 from .intake import open_export
 from .links import (
     LinkClaims,
@@ -139,11 +140,15 @@ def landing(svc: Services, token: str, session_id: str | None) -> Page:
         session = {**session, "link": token}
         svc.store.put_session(sid, session, SESSION_TTL)
         created = True
+    badges = svc.store.list_badges(claims.learner_id)
+    groups = svc.store.list_groups(claims.learner_id) if learner.backpack_user_id is not None else []
+    groups_html = groups_before(groups, badges)
     body = landing_page(
         _context(svc, token, claims, learner),
         session["csrf"],
-        svc.store.list_badges(claims.learner_id),
+        badges,
         learner.migration_requested_at is not None,
+        groups_html,
     )
     return Page(200, body, session_id=sid if created else None)
 
@@ -252,7 +257,9 @@ def status(svc: Services, token: str) -> Page:
     claims = _claims(svc, token)
     learner = _learner(svc, claims)
     ctx = _context(svc, token, claims, learner)
-    return Page(200, status_page(ctx, svc.store.list_badges(claims.learner_id)))
+    badges = svc.store.list_badges(claims.learner_id)
+    groups_html = groups_after(svc.store.list_groups(claims.learner_id), badges)
+    return Page(200, status_page(ctx, badges, groups_html))
 
 
 def status_json(svc: Services, token: str) -> dict[str, Any]:

@@ -108,6 +108,13 @@ FAKES = {
             EVENTS.append(event)
             return {}
     """,
+    "collections": """
+        EVENTS = []
+
+        def handler(event, context):
+            EVENTS.append(event)
+            return {"batchItemFailures": []}
+    """,
     "web": """
         import base64
         import json

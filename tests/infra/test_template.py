@@ -113,6 +113,7 @@ def test_functions_runtime_architecture_tracing_and_layer(cfn: dict[str, Any]) -
         "Verify",
         "Notify",
         "Migrate",
+        "Collections",
         "Web",
         "Reconcile",
     }
@@ -145,7 +146,7 @@ def test_every_sqs_event_source_reports_batch_item_failures(cfn: dict[str, Any])
     by_queue = {
         m["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]: m["Properties"] for m in mappings.values()
     }
-    assert set(by_queue) == {"ChunkQueue", "VerifyQueue", "NotifyQueue", "MigrateQueue"}
+    assert set(by_queue) == {"ChunkQueue", "VerifyQueue", "NotifyQueue", "MigrateQueue", "CollectionsQueue"}
     for props in by_queue.values():
         assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert 1 <= by_queue["ChunkQueue"]["BatchSize"] <= 5
@@ -182,7 +183,8 @@ def test_every_queue_has_a_dead_letter_queue_encryption_and_a_long_enough_visibi
         if logical_id in dead_letter_targets:
             continue
         assert "RedrivePolicy" in props, f"{logical_id} has no dead-letter queue"
-        expected = 5 if logical_id == "MigrateQueue" else 3
+        # Badgr's answers decide these jobs: they get as many deliveries as the import does.
+        expected = 5 if logical_id in ("MigrateQueue", "CollectionsQueue") else 3
         assert props["RedrivePolicy"]["maxReceiveCount"] == expected
         timeout = functions[consumer[logical_id]]["Properties"]["Timeout"]
         assert props["VisibilityTimeout"] >= 6 * timeout, logical_id
@@ -364,6 +366,7 @@ CALLS: dict[str, frozenset[Grant]] = {
         ("sqs:SendMessage", "MigrateQueue", None),  # run_import_job: a deferred job, sent delayed
         ("sqs:SendMessage", "MigrateDeadLetterQueue", None),  # run_import_job: out of tries
         ("sqs:ChangeMessageVisibility", "MigrateQueue", None),  # SqsJobQueue.delay (backoff)
+        ("sqs:SendMessage", "CollectionsQueue", None),  # maybe_send_summary: groups first
         # DynamoGate: GetItem and UpdateItem on the gate item, covered above.
     },
     "Reconcile": frozenset(
@@ -383,9 +386,26 @@ CALLS: dict[str, frozenset[Grant]] = {
             ("sqs:SendMessage", "MigrateQueue", None),
             ("sqs:SendMessage", "VerifyQueue", None),
             ("sqs:SendMessage", "NotifyQueue", None),
+            ("sqs:SendMessage", "CollectionsQueue", None),  # maybe_send_summary: groups first
             # Dead-lettered imports read and held back, never deleted (kept for a redrive).
             ("sqs:ReceiveMessage", "MigrateDeadLetterQueue", None),
             ("sqs:ChangeMessageVisibility", "MigrateDeadLetterQueue", None),
+        }
+    ),
+    "Collections": frozenset(
+        {
+            # get_learner, get_token; list_badges, list_groups; save_group (conditional puts),
+            # save_token after a refresh; claim_summary. No export is read.
+            ("dynamodb:GetItem", "Table", None),
+            ("dynamodb:Query", "Table", None),
+            ("dynamodb:PutItem", "Table", None),
+            ("dynamodb:UpdateItem", "Table", None),
+            ("kms:Decrypt", "DataKey", None),  # TokenVault.open
+            ("kms:Encrypt", "DataKey", None),  # TokenVault.seal after a refresh
+            ("secretsmanager:GetSecretValue", "BadgrClientSecretSecret", None),  # badgr_factory
+            ("sqs:SendMessage", "NotifyQueue", None),  # maybe_send_summary
+            ("sqs:SendMessage", "CollectionsQueue", None),  # maybe_send_summary, request changed
+            ("sqs:ChangeMessageVisibility", "CollectionsQueue", None),  # backoff
         }
     ),
     "Web": frozenset(
@@ -415,11 +435,12 @@ CALLS: dict[str, frozenset[Grant]] = {
             ("s3:PutObject", DOWNLOADS, None),
             ("s3:GetObject", DOWNLOADS, None),
             ("kms:GenerateDataKey", "DataKey", _via("s3")),
+            ("sqs:SendMessage", "CollectionsQueue", None),  # maybe_send_summary: groups first
         }
     ),
 }
 
-SQS_TRIGGERED = {"Chunk", "Verify", "Notify", "Migrate"}
+SQS_TRIGGERED = {"Chunk", "Verify", "Notify", "Migrate", "Collections"}
 FORBIDDEN_ACTIONS = {
     "dynamodb:Scan",
     "dynamodb:BatchWriteItem",
