@@ -494,7 +494,11 @@ class ScriptedBadgr:
             raise BadgrUnavailable("Badgr answered 503 on /v2/backpack/assertions", status=503)
         if answer == "stale":  # a listing that does not show a badge imported moments ago
             return []
-        return [dict(item) for item in self.backpack.values() if include_pending or not item["pending"]]
+        return [
+            dict(item)
+            for item in self.backpack.values()
+            if item["entityId"] in self.held and (include_pending or not item["pending"])
+        ]
 
     def refresh(self, refresh_token: str) -> Tokens:
         self.refreshes += 1
