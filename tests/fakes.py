@@ -284,6 +284,19 @@ class InMemoryStore:
     def grant_for_refresh_digest(self, digest: str) -> GrantRecord | None:
         return self._grant_by("REFRESH", digest)
 
+    def rotate_grant(self, current: GrantRecord, rotated: GrantRecord) -> bool:
+        with self._lock:
+            self.index.setdefault(
+                f"CONNECT#ACCESS#{rotated.access_token_sha256}", {"grant_id": rotated.grant_id}
+            )
+            self.index.setdefault(
+                f"CONNECT#REFRESH#{rotated.refresh_token_sha256}", {"grant_id": rotated.grant_id}
+            )
+            if self.grants.get(current.grant_id) != current:
+                return False
+            self.grants[rotated.grant_id] = rotated
+            return True
+
 
 class FakeQueue:
     def __init__(self) -> None:

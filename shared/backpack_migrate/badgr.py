@@ -410,7 +410,7 @@ class BadgrClient:
         *,
         url: str | None = None,
         image: str | None = None,
-        assertion: Mapping[str, Any] | None = None,
+        assertion: Mapping[str, Any] | str | None = None,
     ) -> ImportResult:
         """Import one badge by hosted ``url``, baked ``image`` data URI, or ``assertion`` object.
 
@@ -423,7 +423,10 @@ class BadgrClient:
         }
         if len(given) != 1:
             raise ValueError("give exactly one of url, image or assertion")
-        payload = json.dumps(given if assertion is None else {"assertion": dict(assertion)})
+        # A compact JWS goes as the string it is; Badgr takes both.
+        payload = json.dumps(
+            given if assertion is None or isinstance(assertion, str) else {"assertion": dict(assertion)}
+        )
         try:
             response = self.session.post(
                 f"{self.api_url}/v2/backpack/import",

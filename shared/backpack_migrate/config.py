@@ -37,6 +37,9 @@ class Settings(BaseModel):
     # 6 MB, base64 included); a bigger one goes through a short-lived S3 object.
     download_inline_bytes: int = Field(default=4_000_000, alias="DOWNLOAD_INLINE_BYTES", ge=0, le=4_300_000)
     public_base_url: str = Field(default="http://127.0.0.1:3000", alias="PUBLIC_BASE_URL")
+    # The Backpack's old host name, when it points at this service: the base of the URLs the
+    # old APIs hand out (image URLs, Connect's api_root). Empty: public_base_url.
+    legacy_base_url: str = Field(default="", alias="LEGACY_BASE_URL")
     ses_sender: str = Field(default="badges@example.org", alias="SES_SENDER")
     # Days S3 keeps an export: what the erase page tells a learner about the export's own bytes.
     export_retention_days: int = Field(default=90, alias="EXPORT_RETENTION_DAYS", ge=1)

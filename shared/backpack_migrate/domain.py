@@ -219,6 +219,10 @@ class BadgeRecord(BaseModel):
     endpoint: str | None = None
     validated_on: str | None = None
     backpack_body: dict[str, Any] | None = None  # the stored assertion, as the Displayer API answered it
+    # Handed over by a third-party site (issuer.js or Backpack Connect) rather than an export:
+    # the hosted URL or compact JWS as given, and the site's origin.
+    issued_assertion: str | None = None
+    issued_by: str | None = None
 
     @property
     def can_move_again(self) -> bool:

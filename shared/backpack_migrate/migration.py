@@ -403,6 +403,10 @@ def _import_form(svc: Services, badge: BadgeRecord) -> tuple[str, Any]:
     verdict = badge.verdict
     if verdict is not None and verdict.valid and verdict.hosted_url:
         return "url", verdict.hosted_url
+    signed = verdict is not None and verdict.payload_kind == "jws"
+    if badge.member is None and badge.issued_assertion and signed:
+        # Handed over by a third-party site as a signed assertion: sent as it came.
+        return "assertion", badge.issued_assertion
     if badge.member is not None:
         export = svc.store.get_export(badge.export_id)
         try:

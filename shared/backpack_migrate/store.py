@@ -116,6 +116,7 @@ class Store(Protocol):
     def get_grant(self, grant_id: str) -> GrantRecord | None: ...
     def grant_for_access_digest(self, digest: str) -> GrantRecord | None: ...
     def grant_for_refresh_digest(self, digest: str) -> GrantRecord | None: ...
+    def rotate_grant(self, current: GrantRecord, rotated: GrantRecord) -> bool: ...
 
 
 def _is_condition_failure(error: ClientError) -> bool:
@@ -636,3 +637,34 @@ class DynamoStore:
 
     def grant_for_refresh_digest(self, digest: str) -> GrantRecord | None:
         return self._grant_by("REFRESH", digest)
+
+    def rotate_grant(self, current: GrantRecord, rotated: GrantRecord) -> bool:
+        """Replace a grant's tokens, only if nobody rotated it since ``current`` was read: of two
+        refreshes with the same refresh token, exactly one wins."""
+        for kind, digest in (
+            ("ACCESS", rotated.access_token_sha256),
+            ("REFRESH", rotated.refresh_token_sha256),
+        ):
+            self._put_if_absent(
+                {
+                    "PK": f"CONNECT#{kind}#{digest}",
+                    "SK": "META",
+                    "grant_id": rotated.grant_id,
+                    "expires_at": self._expires(),
+                }
+            )
+        try:
+            self._table.put_item(
+                Item={
+                    "PK": f"GRANT#{rotated.grant_id}",
+                    "SK": "META",
+                    "data": rotated.model_dump_json(),
+                    "expires_at": self._expires(),
+                },
+                ConditionExpression=Attr("data").eq(current.model_dump_json()),
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
