@@ -116,6 +116,7 @@ def test_functions_runtime_architecture_tracing_and_layer(cfn: dict[str, Any]) -
         "Collections",
         "Web",
         "Reconcile",
+        "Legacy",
     }
     layers = resources(cfn, "AWS::Lambda::LayerVersion")
     assert len(layers) == 1
@@ -438,6 +439,25 @@ CALLS: dict[str, frozenset[Grant]] = {
             ("sqs:SendMessage", "CollectionsQueue", None),  # maybe_send_summary: groups first
         }
     ),
+    "Legacy": IDEMPOTENT  # svc.once("badgr-import", call) for badges third-party sites hand over
+    | {
+        ("s3:GetObject", EXPORTS, None),  # displayer.badge_image
+        ("s3:GetObjectVersion", EXPORTS, None),
+        # index items, learners, badges, groups, grants, sessions; list_badges, list_groups;
+        # grants, pending requests and issued badges written; transition and claim_summary.
+        ("dynamodb:GetItem", "Table", None),
+        ("dynamodb:PutItem", "Table", None),
+        ("dynamodb:UpdateItem", "Table", None),
+        ("dynamodb:Query", "Table", None),
+        # learner_addresses: the export's data key; TokenVault.open and seal for the import.
+        ("kms:Decrypt", "DataKey", None),
+        ("kms:Encrypt", "DataKey", None),
+        # convert/email: the keyed HMAC of the address, the same key as learner ids.
+        ("secretsmanager:GetSecretValue", "LearnerIdSecret", None),
+        ("secretsmanager:GetSecretValue", "BadgrClientSecretSecret", None),  # badgr_factory
+        ("sqs:SendMessage", "MigrateQueue", None),  # an import Badgr did not answer, retried
+        ("sqs:SendMessage", "NotifyQueue", None),  # maybe_send_summary
+    },
 }
 
 SQS_TRIGGERED = {"Chunk", "Verify", "Notify", "Migrate", "Collections"}
@@ -593,7 +613,8 @@ def test_learner_id_secret_is_separate_and_never_rotated(cfn: dict[str, Any], sa
         for action, resource, _ in calls
         if action == "secretsmanager:GetSecretValue" and resource == "LearnerIdSecret"
     }
-    assert readers == {"Intake"}
+    # Intake derives learner ids; the legacy APIs find a Backpack user by an address's id.
+    assert readers == {"Intake", "Legacy"}
 
 
 def test_traces_leave_out_handler_responses(cfn: dict[str, Any]) -> None:
@@ -651,6 +672,28 @@ def test_http_api_routes(cfn: dict[str, Any]) -> None:
         "GET /l/{token}/erase",
         "POST /l/{token}/erase",
         "X-AMAZON-APIGATEWAY-ANY-METHOD /{proxy+}",
+        # The Backpack's third-party APIs, at their old paths.
+        "POST /displayer/convert/email",
+        "GET /displayer/{userId}/groups",
+        "GET /displayer/{userId}/groups.json",
+        "GET /displayer/{userId}/groups.jsonp",
+        "GET /displayer/{userId}/group/{groupId}",
+        "GET /images/badge/{file}",
+        "GET /issuer.js",
+        "GET /issuer/frame",
+        "POST /issuer/verify",
+        "GET /issuer/requests/{request}",
+        "GET /issuer/consent/{request}",
+        "POST /issuer/consent/{request}",
+        "POST /issuer/frameless",
+        "GET /access",
+        "POST /access",
+        "POST /api/token",
+        "POST /api/issue",
+        "GET /api/identity",
+        "OPTIONS /api/token",
+        "OPTIONS /api/issue",
+        "OPTIONS /api/identity",
     }
 
 
@@ -721,3 +764,17 @@ def test_the_reconciler_runs_on_a_schedule_and_reads_only_what_is_open(cfn: dict
     # Stale means older than any retry takes: five deliveries at most 15 minutes apart.
     assert int(variables["STALE_AFTER_SECONDS"]) > 5 * 900
     assert variables["BADGR_IMPORTS_PER_SECOND"] == {"Ref": "BadgrImportsPerSecond"}
+
+
+def test_the_backpacks_old_host_name_can_point_at_the_api(cfn: dict[str, Any], sam: dict[str, Any]) -> None:
+    assert sam["Parameters"]["LegacyDomainName"]["Default"] == ""
+    assert "HasLegacyDomain" in sam["Conditions"]
+    domain = cfn["Resources"]["LegacyDomain"]
+    assert domain["Type"] == "AWS::ApiGatewayV2::DomainName" and domain["Condition"] == "HasLegacyDomain"
+    assert domain["Properties"]["DomainNameConfigurations"][0]["SecurityPolicy"] == "TLS_1_2"
+    mapping = cfn["Resources"]["LegacyDomainMapping"]
+    assert mapping["Properties"]["ApiId"] == {"Ref": "HttpApi"}
+    assert mapping["Properties"]["DomainName"] == {"Ref": "LegacyDomain"}
+    variables = cfn["Resources"]["LegacyFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["LEGACY_BASE_URL"]["Fn::If"][0] == "HasLegacyDomain"
+    assert sam["Outputs"]["LegacyDomainTarget"]["Condition"] == "HasLegacyDomain"
