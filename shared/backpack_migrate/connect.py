@@ -306,12 +306,13 @@ def access_page(svc: Services, request: AccessRequest, session_id: str | None) -
         "<button type='submit' name='decision' value='deny' class='secondary'>Deny</button>"
         "</form>",
     )
+    # The answer is a redirect to the site: a form may go there, and nowhere else.
     return Reply(
         200,
         body,
         content_type="text/html; charset=utf-8",
         outcome="consent_page",
-        headers={"Content-Security-Policy": PAGE_CSP},
+        headers={"Content-Security-Policy": f"{PAGE_CSP} {request.origin}"},
     )
 
 

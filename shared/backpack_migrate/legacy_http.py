@@ -64,10 +64,16 @@ def text_reply(status: int, text: str, **headers: str) -> Reply:
 
 def wants_json(path: str, accept: str | None) -> bool:
     """The Backpack's rule: ``.json``/``.jsonp`` paths and requests without Accept get JSON;
-    otherwise Accept must name application/json (a bare ``*/*`` does not)."""
+    otherwise Accept must take application/json, as content negotiation reads it (``*/*`` and
+    ``application/*`` do, which is what curl and browsers send)."""
     if path.endswith((".json", ".jsonp")) or not accept:
         return True
-    return any(part.split(";")[0].strip().lower() == "application/json" for part in accept.split(","))
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        refused = any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
+        if media.lower() in ("application/json", "application/*", "*/*") and not refused:
+            return True
+    return False
 
 
 def valid_callback(name: str | None) -> bool:

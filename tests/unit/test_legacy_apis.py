@@ -244,6 +244,9 @@ def test_formats_follow_the_backpacks_accept_rules(world):
     assert refused["text"] == "error: could not find formatter"
     assert groups_call(handler, "7", ".json", headers=html)["statusCode"] == 200
     assert groups_call(handler, "7", headers={"accept": "application/json"})["statusCode"] == 200
+    for accept in ("*/*", "text/html,application/*;q=0.8", "application/json;q=0.5"):
+        assert groups_call(handler, "7", headers={"accept": accept})["statusCode"] == 200, accept
+    assert groups_call(handler, "7", headers={"accept": "application/json;q=0"})["statusCode"] == 400
     assert group_call(handler, "7", "21.jsonp", headers=html)["statusCode"] == 200
 
 
