@@ -174,11 +174,20 @@ def _own_origin() -> str | None:
     return origin_of(_base())
 
 
+def _same_site() -> bool:
+    """A form or call that must come from this service's own pages."""
+    origin, fetch_site = _header("origin"), _header("sec-fetch-site")
+    if connect.same_site_post(origin, fetch_site, _own_origin()):
+        return True
+    logger.warning("cross-site post refused", extra={"origin": origin, "sec_fetch_site": fetch_site})
+    return False
+
+
 @app.post("/issuer/verify")
 def issuer_verify() -> Response:
     started = time.monotonic()
     # Only the frame (this service's own page) may ask: no other site makes us fetch for it.
-    if not connect.same_site_post(_header("origin"), _header("sec-fetch-site"), _own_origin()):
+    if not _same_site():
         return _respond("issuer", json_reply(403, {"error": "cross-site request"}), started, _client())
     try:
         body = json.loads(app.current_event.decoded_body or "{}")
@@ -216,7 +225,7 @@ def issuer_consent(request_id: str) -> Response:
 @app.post("/issuer/consent/<request_id>")
 def issuer_consent_decision(request_id: str) -> Response:
     started = time.monotonic()
-    if not connect.same_site_post(_header("origin"), _header("sec-fetch-site"), _own_origin()):
+    if not _same_site():
         return _respond("issuer", json_reply(403, {"error": "cross-site request"}), started, _client())
     form = {k: v[0] for k, v in _form().items() if v}
     reply = issuer_api.consent_decision(_svc(), request_id, _session_id(), form)
@@ -251,7 +260,7 @@ def access() -> Response:
 @app.post("/access")
 def access_decision() -> Response:
     started = time.monotonic()
-    if not connect.same_site_post(_header("origin"), _header("sec-fetch-site"), _own_origin()):
+    if not _same_site():
         return _respond("connect", json_reply(403, {"error": "cross-site request"}), started, _client())
     form = {k: v[0] for k, v in _form().items() if v}
     reply = connect.access_decision(_svc(), _session_id(), form, f"{_base()}/api")

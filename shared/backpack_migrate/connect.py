@@ -323,9 +323,13 @@ def _with_query(url: str, params: dict[str, str]) -> str:
 
 
 def same_site_post(origin: str | None, fetch_site: str | None, own_origin: str | None) -> bool:
-    """A consent form must be posted by our own page, never by another site."""
-    if fetch_site and fetch_site.lower() not in ("same-origin", "none"):
-        return False
+    """A consent form must be posted by our own page, never by another site.
+
+    Browsers name the initiator in ``Sec-Fetch-Site``; where a browser sends none, the
+    ``Origin`` header must be ours (``null``, as a sandboxed frame sends, is not).
+    """
+    if fetch_site:
+        return fetch_site.lower() == "same-origin"
     return not origin or origin_of(origin) == own_origin
 
 
