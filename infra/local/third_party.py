@@ -98,17 +98,22 @@ def issuer_page(api_url: str, assertions: list[str]) -> str:
 
 
 def connected_page(assertions: list[str]) -> str:
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Connected</title></head><body>
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Connected</title>
+</head><body>
 <h1>Backpack Connect client</h1><button id="send">POST /api/issue</button><pre id="result"></pre>
 <script>
   var query = new URLSearchParams(location.search), assertions = {json.dumps(assertions)};
-  document.getElementById("result").textContent = query.get("error") || "granted: " + !!query.get("access_token");
+  document.getElementById("result").textContent =
+    query.get("error") || "granted: " + !!query.get("access_token");
   document.getElementById("send").onclick = function () {{
     fetch(query.get("api_root") + "/issue", {{
       method: "POST",
-      headers: {{"Authorization": "Bearer " + btoa(query.get("access_token")), "Content-Type": "application/json"}},
+      headers: {{"Authorization": "Bearer " + btoa(query.get("access_token")),
+                 "Content-Type": "application/json"}},
       body: JSON.stringify({{badge: assertions[0]}})
-    }}).then(function (r) {{ return r.text().then(function (t) {{ return {{status: r.status, body: t}}; }}); }})
+    }}).then(function (r) {{
+      return r.text().then(function (t) {{ return {{status: r.status, body: t}}; }});
+    }})
       .then(function (answer) {{
         window.sent = answer;
         document.getElementById("result").textContent = JSON.stringify(answer);
