@@ -34,7 +34,7 @@ PERMISSIONS = frozenset({"issue"})
 REQUEST_TTL = 15 * 60
 # The Backpack's tokens: base64 of 24 random bytes, "_", Date.now() in base 32.
 _TOKEN = re.compile(r"[A-Za-z0-9+/]{32}_([0-9a-v]{8,10})")
-_EARLIEST_MS = 1_325_376_000_000  # 2012: the Backpack issued no token before
+_EARLIEST_MS = 1_293_840_000_000  # 2011: the Backpack issued no token before
 _BACKPACK_REALM = 'Bearer realm="openbadges"'
 
 
@@ -150,6 +150,14 @@ def _lookup(svc: Services, token: str, kind: str) -> GrantRecord | None:
     return grant
 
 
+def issued_ms(access_time: int) -> int:
+    """When an access token was issued, in ms. The Backpack's column is a 32-bit int, so its
+    rows hold seconds; a value at the int's ceiling is a clamped time, taken as long past."""
+    if access_time == 2**31 - 1:
+        return 0
+    return access_time * 1000 if access_time < 10**11 else access_time
+
+
 @dataclass
 class Caller:
     grant: GrantRecord
@@ -169,7 +177,7 @@ def authenticate(
     grant = _lookup(svc, token, "access")
     if grant is None:
         return _unknown_token()
-    if time.time() * 1000 - grant.access_time_ms > ACCESS_TTL_MS:
+    if time.time() * 1000 - issued_ms(grant.access_time_ms) > ACCESS_TTL_MS:
         return _unauthorized("token expired", "expired")
     # Browsers always name the calling page's origin; a server-side client names none.
     given = origin_of(origin) if origin else grant.origin
