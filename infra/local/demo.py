@@ -332,6 +332,16 @@ def run_local(root: Path, port: int = 3000) -> int:
                 print(
                     f"  {learner.email}\n    link: {link}\n    Badgr: {account.username} / {account.password}"
                 )
+        from infra.local.third_party import start_for_local
+
+        trier = next(x for x in run.world.learners if x.email.strip().lower() == "ken@example.org")
+        third_party = start_for_local(run, trier.email)
+        print(
+            "\nA third-party issuer page (another site) using issuer.js and Backpack Connect: "
+            f"{third_party.url}/\n"
+            f"  Open {trier.email}'s link above in the same browser first (and connect Badgr), then\n"
+            "  press OpenBadges.issue there: the frame shows the badges, a window of ours asks to add them."
+        )
         print("\n`backpack-migrate report` in another terminal shows the export's state. Ctrl-C stops.")
         signal.signal(signal.SIGTERM, _stop_on_term)
         try:
@@ -340,6 +350,7 @@ def run_local(root: Path, port: int = 3000) -> int:
         except KeyboardInterrupt:
             print("stopping")
         finally:
+            third_party.stop()
             env_file.unlink(missing_ok=True)
     return 0
 

@@ -166,3 +166,9 @@ class ThirdPartySite(LoopbackServer):
     def url(self) -> str:
         # Another site than the stack's 127.0.0.1: browsers treat it as third party.
         return super().url.replace("127.0.0.1", "localhost", 1)
+
+
+def start_for_local(run: Any, learner_email: str) -> ThirdPartySite:
+    """The third-party site `make local` runs, offering new badges to one demo learner."""
+    assertions = write_issued_badges(run.site.root_dir, run.site.url, [learner_email] * 3, "thirdparty-local")
+    return ThirdPartySite(run.stack.url, assertions).start()
