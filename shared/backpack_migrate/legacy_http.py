@@ -84,7 +84,7 @@ def valid_callback(name: str | None) -> bool:
 def with_jsonp(reply: Reply, callback: str | None) -> Reply:
     """``callback(<json>)`` with status 200, as the Backpack answered; a callback name that is not
     a plain identifier gets a 400 instead of being echoed into a script."""
-    if callback is None:
+    if not callback:  # absent or empty, as the Backpack read it: no JSONP
         return reply
     if not valid_callback(callback):
         return json_reply(400, {"status": "invalid", "error": "invalid `callback` parameter"})
