@@ -25,7 +25,7 @@ from pathlib import Path
 from infra.bench.common import Part
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-FUNCTIONS = ("intake", "chunk", "verify", "notify", "migrate", "web")
+FUNCTIONS = ("intake", "chunk", "verify", "notify", "migrate", "web", "legacy")
 HIDDEN = ("awscrt", "OpenSSL")
 
 _LOADER = r"""
