@@ -139,6 +139,20 @@ FAKES = {
                 "body": json.dumps({"remaining": context.get_remaining_time_in_millis()}),
             }
     """,
+    "collections": """
+        EVENTS = []
+
+        def handler(event, context):
+            EVENTS.append(event)
+            return {"batchItemFailures": []}
+    """,
+    "legacy": """
+        EVENTS = []
+
+        def handler(event, context):
+            EVENTS.append(event)
+            return {"statusCode": 200, "headers": {"Content-Type": "text/plain"}, "body": event["rawPath"]}
+    """,
 }
 
 
