@@ -139,13 +139,6 @@ FAKES = {
                 "body": json.dumps({"remaining": context.get_remaining_time_in_millis()}),
             }
     """,
-    "collections": """
-        EVENTS = []
-
-        def handler(event, context):
-            EVENTS.append(event)
-            return {"batchItemFailures": []}
-    """,
     "legacy": """
         EVENTS = []
 
