@@ -17,11 +17,12 @@ venv: $(STAMP)
 
 browser: $(STAMP)
 	@bash infra/local/install-browser.sh
+	@bash infra/local/install-axe.sh
 
 database:
 	@bash infra/local/install-mariadb.sh
 
-demo: $(STAMP)
+demo: $(STAMP) database
 	$(BIN)/backpack-migrate demo
 
 local: $(STAMP)

@@ -12,13 +12,15 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from backpack_migrate.badgr import ImportResult, Tokens
+from backpack_migrate.badgr import BadgrNotFound, BadgrRefused, BadgrUnavailable, ImportResult, Tokens
 from backpack_migrate.config import Settings
 from backpack_migrate.crypto import EmailCipher, TokenVault
 from backpack_migrate.domain import (
     BadgeRecord,
     BadgeState,
     ExportRecord,
+    GrantRecord,
+    GroupRecord,
     LearnerRecord,
     check_transition,
     now_iso,
@@ -38,6 +40,10 @@ class InMemoryStore:
         # What the store's sparse Open index would hold: learner ids, (learner, badge) -> since.
         self.open_learners: dict[str, str] = {}
         self.reconcile_runs: list[dict[str, Any]] = []
+        self.erased: set[str] = set()
+        self.groups: dict[tuple[str, int], GroupRecord] = {}
+        self.grants: dict[str, GrantRecord] = {}
+        self.index: dict[str, dict[str, Any]] = {}  # PK of an index item -> its values
         self._lock = threading.Lock()
 
     def put_export_if_absent(self, export: ExportRecord) -> bool:
@@ -136,6 +142,15 @@ class InMemoryStore:
     def put_session(self, session_id: str, data: dict[str, str], ttl_seconds: int) -> None:
         self.sessions[session_id] = (dict(data), time.time() + ttl_seconds)
 
+    def remember_session(self, learner_id: str, session_id: str, ttl_seconds: int) -> None:
+        return None
+
+    def is_erased(self, mark: str) -> bool:
+        return mark in self.erased
+
+    def mark_erased(self, mark: str, at: str) -> None:
+        self.erased.add(mark)
+
     def get_session(self, session_id: str) -> dict[str, str] | None:
         found = self.sessions.get(session_id)
         if found is None or found[1] < time.time():
@@ -172,6 +187,115 @@ class InMemoryStore:
 
     def last_reconcile_run(self) -> dict[str, Any] | None:
         return self.reconcile_runs[-1] if self.reconcile_runs else None
+
+    # -- full-fidelity exports ---------------------------------------------------------------
+    def put_groups_if_absent(self, groups: Iterable[GroupRecord]) -> int:
+        written = 0
+        with self._lock:
+            for group in groups:
+                key = (group.learner_id, group.group_id)
+                if key not in self.groups:
+                    self.groups[key] = group
+                    written += 1
+        return written
+
+    def list_groups(self, learner_id: str) -> list[GroupRecord]:
+        found = [group for (lid, _), group in list(self.groups.items()) if lid == learner_id]
+        return sorted(found, key=lambda group: group.group_id)
+
+    def iter_export_groups(self, export_id: str) -> Iterator[GroupRecord]:
+        return (group for group in list(self.groups.values()) if group.export_id == export_id)
+
+    def save_group(self, group: GroupRecord, *, expected_version: int | None = None) -> bool:
+        with self._lock:
+            key = (group.learner_id, group.group_id)
+            if expected_version is not None:
+                current = self.groups.get(key)
+                if (current.version if current else 0) != expected_version:
+                    return False
+                group = group.model_copy(update={"version": expected_version + 1, "updated_at": now_iso()})
+            self.groups[key] = group
+            return True
+
+    def _index_owner(self, pk: str, values: dict[str, Any]) -> bool:
+        with self._lock:
+            current = self.index.setdefault(pk, dict(values))
+            return current.get("learner_id") == values.get("learner_id") and current.get(
+                "badge_id"
+            ) == values.get("badge_id")
+
+    def put_learner_index(
+        self, learner_id: str, backpack_user_id: int, address_ids: Iterable[str]
+    ) -> list[str]:
+        self._index_owner(f"BPUSER#{backpack_user_id}", {"learner_id": learner_id})
+        values = {"learner_id": learner_id, "backpack_user_id": backpack_user_id}
+        return [a for a in address_ids if not self._index_owner(f"ADDRESS#{a}", values)]
+
+    def learner_for_address(self, address_id: str) -> str | None:
+        item = self.index.get(f"ADDRESS#{address_id}")
+        return str(item["learner_id"]) if item else None
+
+    def learner_for_backpack_user(self, user_id: int) -> str | None:
+        item = self.index.get(f"BPUSER#{user_id}")
+        return str(item["learner_id"]) if item else None
+
+    def put_body_hash_index(self, badges: Iterable[BadgeRecord]) -> list[str]:
+        taken = []
+        for badge in badges:
+            if badge.body_hash:
+                values = {"learner_id": badge.learner_id, "badge_id": badge.badge_id}
+                if not self._index_owner(f"BODYHASH#{badge.body_hash}", values):
+                    taken.append(badge.body_hash)
+        return taken
+
+    def badge_for_body_hash(self, body_hash: str) -> BadgeRecord | None:
+        item = self.index.get(f"BODYHASH#{body_hash}")
+        return self.get_badge(str(item["learner_id"]), str(item["badge_id"])) if item else None
+
+    def put_grants_if_absent(self, grants: Iterable[GrantRecord]) -> int:
+        written = 0
+        with self._lock:
+            for grant in grants:
+                self.index.setdefault(
+                    f"CONNECT#ACCESS#{grant.access_token_sha256}", {"grant_id": grant.grant_id}
+                )
+                self.index.setdefault(
+                    f"CONNECT#REFRESH#{grant.refresh_token_sha256}", {"grant_id": grant.grant_id}
+                )
+                if grant.grant_id not in self.grants:
+                    self.grants[grant.grant_id] = grant
+                    written += 1
+        return written
+
+    def get_grant(self, grant_id: str) -> GrantRecord | None:
+        return self.grants.get(grant_id)
+
+    def _grant_by(self, kind: str, digest: str) -> GrantRecord | None:
+        item = self.index.get(f"CONNECT#{kind}#{digest}")
+        grant = self.grants.get(str(item["grant_id"])) if item else None
+        if grant is None:
+            return None
+        current = grant.access_token_sha256 if kind == "ACCESS" else grant.refresh_token_sha256
+        return grant if current == digest else None
+
+    def grant_for_access_digest(self, digest: str) -> GrantRecord | None:
+        return self._grant_by("ACCESS", digest)
+
+    def grant_for_refresh_digest(self, digest: str) -> GrantRecord | None:
+        return self._grant_by("REFRESH", digest)
+
+    def rotate_grant(self, current: GrantRecord, rotated: GrantRecord) -> bool:
+        with self._lock:
+            self.index.setdefault(
+                f"CONNECT#ACCESS#{rotated.access_token_sha256}", {"grant_id": rotated.grant_id}
+            )
+            self.index.setdefault(
+                f"CONNECT#REFRESH#{rotated.refresh_token_sha256}", {"grant_id": rotated.grant_id}
+            )
+            if self.grants.get(current.grant_id) != current:
+                return False
+            self.grants[rotated.grant_id] = rotated
+            return True
 
 
 class FakeQueue:
@@ -295,6 +419,7 @@ def fake_services(
             "VERIFY_QUEUE_URL": "verify",
             "NOTIFY_QUEUE_URL": "notify",
             "MIGRATE_QUEUE_URL": "migrate",
+            "COLLECTIONS_QUEUE_URL": "collections",
             "LEARNERS_PER_CHUNK": 3,
             "PUBLIC_BASE_URL": "https://badges.example.org",
         }
@@ -334,15 +459,21 @@ class ScriptedBadgr:
         self.listings = 0
         self.refreshes = 0
         self.backpack: dict[str, dict[str, Any]] = {}  # openBadgeId -> listed assertion
+        # Collections, answered as the real server does (see ../shared/docs/badgr-api.md).
+        self.held: list[str] = []  # entity ids of the assertions in the learner's backpack
+        self.collections: dict[str, dict[str, Any]] = {}
+        self.collection_calls: list[str] = []
+        # Faults, one taken per call of that kind: "lost" (done, answer lost), "down" (not done).
+        self.faults: dict[str, list[str]] = {}
 
     def hold(self, open_badge_id: str, pending: bool = False) -> None:
         """Put a badge into the backpack (as the learner or an earlier import would have)."""
-        self.backpack[open_badge_id] = {
-            "entityId": f"E{len(self.backpack) + 1}",
-            "openBadgeId": open_badge_id,
-            "pending": pending,
-            "acceptance": "Pending" if pending else "Accepted",
-        }
+        self._new_assertion(open_badge_id, pending)
+
+    def _fault(self, call: str) -> str | None:
+        self.collection_calls.append(call)
+        pending = self.faults.get(call)
+        return pending.pop(0) if pending else None
 
     def import_badge(self, access_token: str, **form: Any) -> ImportResult:
         self.imports.append({"token": access_token, **form})
@@ -357,11 +488,11 @@ class ScriptedBadgr:
             return ImportResult(outcome="retry", status=0, reason="reason for retry")
         status = {"imported": 201, "pending": 201, "already_in_badgr": 400, "rejected": 400}.get(outcome, 503)
         codes = {"already_in_badgr": ["DUPLICATE_BADGE"], "rejected": ["VERIFY_RECIPIENT_IDENTIFIER"]}
-        entity = self.backpack[form["url"]]["entityId"] if form.get("url") in self.backpack else "E-image"
+        entity = self.backpack[form["url"]]["entityId"] if form.get("url") in self.backpack else None
         return ImportResult(
             outcome=outcome,  # type: ignore[arg-type]
             status=401 if outcome == "unauthorized" else status,
-            entity_id=entity if status == 201 else None,
+            entity_id=(entity or self._new_assertion()) if status == 201 else None,
             codes=codes.get(outcome, []),
             reason=f"reason for {outcome}",
         )
@@ -369,13 +500,19 @@ class ScriptedBadgr:
     def list_assertions(self, access_token: str, include_pending: bool = True) -> list[dict[str, Any]]:
         from backpack_migrate.badgr import BadgrUnavailable
 
+        if self._fault("list_assertions") == "down":
+            raise BadgrUnavailable("down")
         self.listings += 1
         answer = self.listing.pop(0) if self.listing else "ok"
         if answer == "fail":
             raise BadgrUnavailable("Badgr answered 503 on /v2/backpack/assertions", status=503)
         if answer == "stale":  # a listing that does not show a badge imported moments ago
             return []
-        return [dict(item) for item in self.backpack.values() if include_pending or not item["pending"]]
+        return [
+            dict(item)
+            for item in self.backpack.values()
+            if item["entityId"] in self.held and (include_pending or not item["pending"])
+        ]
 
     def refresh(self, refresh_token: str) -> Tokens:
         self.refreshes += 1
@@ -385,3 +522,70 @@ class ScriptedBadgr:
             expires_at=0,
             scope="rw:backpack",
         )
+
+    def _new_assertion(self, open_badge_id: str | None = None, pending: bool = False) -> str:
+        entity_id = f"E{len(self.held) + 1}"
+        self.held.append(entity_id)
+        open_badge_id = open_badge_id or f"https://issuer.example/{entity_id}"
+        self.backpack[open_badge_id] = {
+            "entityId": entity_id,
+            "openBadgeId": open_badge_id,
+            "pending": pending,
+            "acceptance": "Pending" if pending else "Accepted",
+        }
+        return entity_id
+
+    def list_collections(self, access_token: str) -> list[dict[str, Any]]:
+        if self._fault("list_collections") == "down":
+            raise BadgrUnavailable("down")
+        return [dict(c) for c in self.collections.values()]
+
+    def create_collection(
+        self, access_token: str, *, name: str, description: str, published: bool
+    ) -> dict[str, Any]:
+        fault = self._fault("create_collection")
+        if fault == "down":
+            raise BadgrUnavailable("down")
+        if not name:
+            raise BadgrRefused("bad request", status=400, field_errors={"name": ["This field is required."]})
+        entity_id = f"C{len(self.collections) + 1}"
+        self.collections[entity_id] = {
+            "entityId": entity_id,
+            "name": name,
+            "description": description,
+            "published": published,
+            "assertions": [],
+            "share_url": f"https://badgr.example/c/{entity_id}" if published else None,
+        }
+        if fault == "lost":
+            raise BadgrUnavailable("answer lost")
+        return dict(self.collections[entity_id])
+
+    def put_collection(
+        self,
+        access_token: str,
+        entity_id: str,
+        *,
+        name: str,
+        description: str,
+        published: bool,
+        assertions: Any,
+    ) -> dict[str, Any]:
+        fault = self._fault("put_collection")
+        if fault == "down":
+            raise BadgrUnavailable("down")
+        if entity_id not in self.collections:
+            raise BadgrNotFound("entity not found or insufficient privileges", status=404)
+        if not name:
+            raise BadgrRefused("bad request", status=400, field_errors={"name": ["This field is required."]})
+        unknown = [a for a in assertions if a not in self.held]
+        if unknown:
+            raise BadgrRefused(
+                "bad request", status=400, field_errors={"assertions": [f"Invalid id {unknown[0]}"]}
+            )
+        self.collections[entity_id].update(
+            {"name": name, "description": description, "published": published, "assertions": list(assertions)}
+        )
+        if fault == "lost":
+            raise BadgrUnavailable("answer lost")
+        return dict(self.collections[entity_id])

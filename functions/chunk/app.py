@@ -1,7 +1,8 @@
-"""SQS chunk jobs: extract the badges of a range of learners."""
+"""SQS chunk jobs: extract the badges of a range of learners (of a 2019 ZIP or a full-fidelity export)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -9,6 +10,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from backpack_migrate.batch import run_sqs_batch
+from backpack_migrate.fullintake import FullChunkJob, process_full_chunk
 from backpack_migrate.intake import ChunkJob, process_chunk
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.services import Services
@@ -19,6 +21,11 @@ from backpack_migrate.services import Services
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     def handle(svc: Services, record: SQSRecord) -> None:
+        if json.loads(record.body).get("kind") == "full":
+            full = FullChunkJob.model_validate_json(record.body)
+            logger.append_keys(export_id=full.export_id, chunk=full.chunk)
+            process_full_chunk(svc, full, context.get_remaining_time_in_millis)
+            return
         job = ChunkJob.model_validate_json(record.body)
         logger.append_keys(export_id=job.export_id, chunk=job.chunk)
         process_chunk(svc, job, context.get_remaining_time_in_millis)

@@ -25,7 +25,7 @@ from pathlib import Path
 from infra.bench.common import Part
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-FUNCTIONS = ("intake", "chunk", "verify", "notify", "migrate", "web")
+FUNCTIONS = ("intake", "chunk", "verify", "notify", "migrate", "web", "legacy")
 HIDDEN = ("awscrt", "OpenSSL")
 
 _LOADER = r"""
@@ -102,43 +102,73 @@ def median_ms(target: str, mode: str, env: dict[str, str], runs: int) -> float:
 
 
 def bench_cold_imports(runs: int = 5) -> Part:
+    """Each function's import, beside a bare ``import boto3`` timed in the same rounds.
+
+    Every round times ``boto3`` and then each function once, so a busy machine slows both alike;
+    "over boto3" is what the function costs beyond the AWS SDK every function needs anyway.
+    """
     part = Part(
         f"cold imports: functions/<name>/app.py in a fresh interpreter (median of {runs})",
-        headers=["function", "median ms", "min ms", "max ms"],
-        figures={"cold_import_ms": {}},
+        headers=["function", "median ms", "min ms", "max ms", "over boto3 ms", "x boto3"],
+        figures={"cold_import_ms": {}, "cold_import_boto3_ms": None},
     )
+    apps = {name: PROJECT_ROOT / "functions" / name / "app.py" for name in FUNCTIONS}
     figures: dict[str, float | None] = {}
+    samples: dict[str, list[float]] = {name: [] for name in FUNCTIONS if apps[name].is_file()}
     for name in FUNCTIONS:
-        app = PROJECT_ROOT / "functions" / name / "app.py"
-        if not app.is_file():
+        if name not in samples:
             figures[name] = None
             part.notes.append(f"{name}: skipped: functions/{name}/app.py does not exist yet")
-            continue
-        env = lambda_env(name)
-        try:
-            time_once(str(app), "file", env)
-            samples = [time_once(str(app), "file", env) for _ in range(runs)]
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+    bare_env = lambda_env("bench")
+    boto3_samples: list[float] = []
+    failed: dict[str, str] = {}
+    try:
+        time_once("boto3", "module", bare_env)  # writes the .pyc files; not counted
+        for name in samples:
+            _warm(name, apps[name], failed)
+        for _ in range(runs):
+            boto3_samples.append(time_once("boto3", "module", bare_env))
+            for name, taken in samples.items():
+                if name not in failed:
+                    try:
+                        taken.append(time_once(str(apps[name]), "file", lambda_env(name)))
+                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                        failed[name] = str(exc)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        part.notes.append(f"boto3 alone: not measured: {exc}")
+    boto3_ms = round(statistics.median(boto3_samples), 1) if boto3_samples else None
+    for name, taken in samples.items():
+        if name in failed or not taken:
             figures[name] = None
-            part.notes.append(f"{name}: failed to import: {exc}")
+            part.notes.append(f"{name}: failed to import: {failed.get(name, 'no sample')}")
             continue
-        figures[name] = round(statistics.median(samples), 1)
-        part.rows.append([name, f"{figures[name]:.1f}", f"{min(samples):.1f}", f"{max(samples):.1f}"])
+        median = figures[name] = round(statistics.median(taken), 1)
+        over = f"{median - boto3_ms:.1f}" if boto3_ms else "-"
+        times = f"{median / boto3_ms:.2f}" if boto3_ms else "-"
+        part.rows.append([name, f"{median:.1f}", f"{min(taken):.1f}", f"{max(taken):.1f}", over, times])
+    if boto3_ms is not None:
+        part.rows.append(["(boto3 alone)", f"{boto3_ms:.1f}", f"{min(boto3_samples):.1f}",
+                          f"{max(boto3_samples):.1f}", "0.0", "1.00"])  # fmt: skip
     part.figures["cold_import_ms"] = figures
-    env = lambda_env("bench")
-    for module, label in (
-        ("aws_xray_sdk.core", "aws_xray_sdk.core (the Tracer's, included above)"),
-        ("boto3", "boto3 alone"),
-    ):
-        try:
-            part.notes.append(f"{label}: {median_ms(module, 'module', env, runs):.1f} ms")
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            part.notes.append(f"{label}: not measured: {exc}")
+    part.figures["cold_import_boto3_ms"] = boto3_ms
+    try:
+        xray = median_ms("aws_xray_sdk.core", "module", bare_env, runs)
+        part.notes.append(f"aws_xray_sdk.core (the Tracer's, included above): {xray:.1f} ms")
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        part.notes.append(f"aws_xray_sdk.core: not measured: {exc}")
     part.notes.append(
         "Lambda-like env (AWS_LAMBDA_FUNCTION_NAME set, Tracer on); dev-only awscrt/OpenSSL hidden; "
         "warm .pyc; this machine's CPU -- expect 2-3x at 512 MB in Lambda"
     )
     return part
+
+
+def _warm(name: str, app: Path, failed: dict[str, str]) -> None:
+    """One untimed import that writes the function's .pyc files."""
+    try:
+        time_once(str(app), "file", lambda_env(name))
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        failed[name] = str(exc)
 
 
 def main(argv: list[str] | None = None) -> int:

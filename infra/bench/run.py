@@ -45,6 +45,7 @@ FIGURES = (
     "e2e_of_ideal",
     "e2e_rss_start_mb",
     "e2e_rss_peak_mb",
+    "cold_import_boto3_ms",
     "export_db_10k_rows_per_s",
     "export_db_10k_peak_mb",
     "export_db_10k_dump_rows_per_s",
@@ -52,6 +53,11 @@ FIGURES = (
     "export_db_100k_peak_mb",
     "export_db_100k_dump_rows_per_s",
     "export_db_memory_growth_mb",
+    "fullintake_read_learners_per_s",
+    "fullintake_read_badges_per_s",
+    "fullintake_record_learners_per_s",
+    "fullintake_record_badges_per_s",
+    "fullintake_peak_mb",
 )
 
 
@@ -69,7 +75,9 @@ def _guarded(title: str, build: Callable[[], list[Part]]) -> list[Part]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run every benchmark part.")
-    parser.add_argument("--only", choices=("verify", "cold", "intake", "export-db", "e2e"), action="append")
+    parser.add_argument(
+        "--only", choices=("verify", "cold", "intake", "export-db", "full-intake", "e2e"), action="append"
+    )
     parser.add_argument("--badges", type=int, default=10_000, help="badges on the loopback site")
     parser.add_argument("--sample", type=int, default=250, help="badges the reference verifies on loopback")
     parser.add_argument("--workers", type=int, default=16)
@@ -79,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "--migrate-workers", type=int, default=8, help="migrate workers of the end-to-end run"
     )
     args = parser.parse_args(argv)
-    chosen = set(args.only or ("verify", "cold", "intake", "export-db", "e2e"))
+    chosen = set(args.only or ("verify", "cold", "intake", "export-db", "full-intake", "e2e"))
 
     from infra.bench import cold_imports, intake_bench, verify_bench
 
@@ -103,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         parts += _guarded(
             "end to end", lambda: [e2e_bench.bench_end_to_end(args.learners, args.migrate_workers)]
         )
+    if "full-intake" in chosen:
+        from infra.bench import fullintake_bench
+
+        parts += _guarded("full-fidelity intake", lambda: [fullintake_bench.bench_fullintake()])
 
     figures: dict[str, Any] = dict.fromkeys(FIGURES)
     for part in parts:

@@ -1,5 +1,8 @@
 """`make demo` and `make local`: the whole migration on this machine, as its users would see it.
 
+The demo moves a 2019 ZIP export, then the Backpack's own database (``demo_db``: MariaDB,
+export-db, groups as Badgr collections) through the same stack.
+
 The demo builds an export of about twenty learners and a hundred really baked badges, serves
 their issuers' sites on loopback, starts the Badgr sandbox and the local stack (moto in server
 mode, resources from template.yaml), uploads the export, plays every learner's clicks through
@@ -237,6 +240,10 @@ def run_demo(root: Path) -> int:
         print("Expected outcomes:", dict(Counter(str(b.state.value) for b in world.expected)))
         failures = check(run)
         dead = run.stack.dlq_messages("MigrateQueue")
+    # The database holds some of the same people as the ZIP: it runs on a stack of its own, as
+    # a Backpack's operator would move one source or the other.
+    print("\nThe Backpack's own database (MariaDB), exported with export-db, on a fresh stack:")
+    failures += run_database_demo(root, work / "database")
     elapsed = time.monotonic() - started
     if failures:
         print(f"\nDEMO FAILED ({len(failures)} problems, {elapsed:.0f}s):")
@@ -244,10 +251,39 @@ def run_demo(root: Path) -> int:
             print("  -", failure)
         return 1
     print(
-        f"\nDemo passed in {elapsed:.0f}s: every badge reached a recorded final state, "
-        f"Badgr holds exactly the badges it should, {len(dead)} jobs in the dead-letter queue."
+        f"\nDemo passed in {elapsed:.0f}s: every badge and group reached a recorded final state, "
+        f"Badgr holds exactly the badges and collections it should, {len(dead)} dead-lettered jobs."
     )
     return 0
+
+
+def run_database_demo(root: Path, work: Path) -> list[str]:
+    """The database path: MariaDB, export-db, upload, every Backpack user moves; the failures."""
+    from backpack_migrate.services import get_services
+    from infra.local.demo_db import run_database_part
+
+    with running(root, work) as run:
+        try:
+            db_world, failures = run_database_part(run, work)
+        except RuntimeError as error:
+            return [str(error)]
+        svc = get_services()
+        groups = [
+            group
+            for learner_id in map(svc.store.learner_for_backpack_user, db_world.users.values())
+            if learner_id
+            for group in svc.store.list_groups(learner_id)
+        ]
+        states = Counter(g.collection.state if g.collection else "none" for g in groups)
+        print(f"Groups: {len(groups)}; as Badgr collections: {dict(states)}")
+        print("\nOperator's report:")
+        for export in svc.store.list_exports():
+            print(format_report(export_report(svc.store, export)))
+        summaries = [e for e in run.stack.sent_emails() if "have moved" in (e["subject"] or "")]
+        print(f"\nSummary emails sent: {len(summaries)}")
+        dead = run.stack.dlq_messages("MigrateQueue") + run.stack.dlq_messages("CollectionsQueue")
+        failures += [f"a job in a dead-letter queue: {message.get('Body', message)}" for message in dead]
+    return failures
 
 
 def _stop_on_term(signum: int, frame: object) -> None:
@@ -296,6 +332,16 @@ def run_local(root: Path, port: int = 3000) -> int:
                 print(
                     f"  {learner.email}\n    link: {link}\n    Badgr: {account.username} / {account.password}"
                 )
+        from infra.local.third_party import start_for_local
+
+        trier = next(x for x in run.world.learners if x.email.strip().lower() == "ken@example.org")
+        third_party = start_for_local(run, trier.email)
+        print(
+            "\nA third-party issuer page (another site) using issuer.js and Backpack Connect: "
+            f"{third_party.url}/\n"
+            f"  Open {trier.email}'s link above in the same browser first (and connect Badgr), then\n"
+            "  press OpenBadges.issue there: the frame shows the badges, a window of ours asks to add them."
+        )
         print("\n`backpack-migrate report` in another terminal shows the export's state. Ctrl-C stops.")
         signal.signal(signal.SIGTERM, _stop_on_term)
         try:
@@ -304,6 +350,7 @@ def run_local(root: Path, port: int = 3000) -> int:
         except KeyboardInterrupt:
             print("stopping")
         finally:
+            third_party.stop()
             env_file.unlink(missing_ok=True)
     return 0
 

@@ -65,6 +65,18 @@ class BadgrThrottled(BadgrError):  # noqa: N818 - the name callers know
         self.retry_after = retry_after
 
 
+class BadgrRefused(BadgrError):  # noqa: N818 - Badgr's own word for it
+    """Badgr answered 400 to a collection call; ``field_errors`` name the fields it refused."""
+
+    def __init__(self, message: str, *, status: int, field_errors: Mapping[str, list[str]]) -> None:
+        super().__init__(message, status=status)
+        self.field_errors = dict(field_errors)
+
+
+class BadgrNotFound(BadgrError):  # noqa: N818 - the name callers know
+    """Badgr has no such entity for this learner (or the token may not see it)."""
+
+
 class BadgrUnavailable(BadgrError):  # noqa: N818 - the name callers know
     """Badgr did not answer usefully for now: 5xx, timeout, connection error, garbled answer."""
 
@@ -268,6 +280,14 @@ def _wait(response: requests.Response, body: Any) -> float:
     return 1.0 if value is None else value
 
 
+def _first(body: Any, what: str) -> dict[str, Any]:
+    """``result[0]`` of a v2 envelope."""
+    result = body.get("result") if isinstance(body, Mapping) else None
+    if not isinstance(result, list) or not result or not isinstance(result[0], Mapping):
+        raise BadgrUnavailable(f"Badgr gave no {what}", status=200)
+    return dict(result[0])
+
+
 def _json(response: requests.Response) -> Any:
     try:
         return response.json()
@@ -390,7 +410,7 @@ class BadgrClient:
         *,
         url: str | None = None,
         image: str | None = None,
-        assertion: Mapping[str, Any] | None = None,
+        assertion: Mapping[str, Any] | str | None = None,
     ) -> ImportResult:
         """Import one badge by hosted ``url``, baked ``image`` data URI, or ``assertion`` object.
 
@@ -403,7 +423,10 @@ class BadgrClient:
         }
         if len(given) != 1:
             raise ValueError("give exactly one of url, image or assertion")
-        payload = json.dumps(given if assertion is None else {"assertion": dict(assertion)})
+        # A compact JWS goes as the string it is; Badgr takes both.
+        payload = json.dumps(
+            given if assertion is None or isinstance(assertion, str) else {"assertion": dict(assertion)}
+        )
         try:
             response = self.session.post(
                 f"{self.api_url}/v2/backpack/import",
@@ -426,7 +449,7 @@ class BadgrClient:
             first = (
                 result[0] if isinstance(result, list) and result and isinstance(result[0], Mapping) else {}
             )
-            pending = bool(first.get("pending")) or first.get("acceptance") == "Pending"
+            pending = first.get("pending") is True
             entity_id = first.get("entityId")
             return self._result(
                 "pending" if pending else "imported",
@@ -515,6 +538,97 @@ class BadgrClient:
             raise BadgrUnavailable(f"Badgr answered {status} on {path}", status=status)
         return body
 
+    # ----------------------------------------------------------------- collections
+    # Badgr crashes (500) on a POST that carries ``assertions``: a collection is created empty
+    # and then filled by a PUT of the whole object (``name`` required; the list is replaced).
+
+    def list_collections(self, access_token: str) -> list[dict[str, Any]]:
+        body = self._get("/v2/backpack/collections", access_token, {})
+        result = body.get("result")
+        return (
+            [dict(item) for item in result if isinstance(item, Mapping)] if isinstance(result, list) else []
+        )
+
+    def get_collection(self, access_token: str, entity_id: str) -> dict[str, Any] | None:
+        """The collection, or None when Badgr has none by that id (deleted by the learner)."""
+        try:
+            body = self._get(f"/v2/backpack/collections/{entity_id}", access_token, {})
+        except BadgrAuthError as error:
+            if error.status == 404:
+                return None
+            raise
+        return _first(body, "collection")
+
+    def create_collection(
+        self, access_token: str, *, name: str, description: str, published: bool
+    ) -> dict[str, Any]:
+        """Create an empty collection; returns it (``entityId``, ``share_url`` ...)."""
+        body = {"name": name, "description": description, "published": published}
+        return self._send("POST", "/v2/backpack/collections", access_token, body, expect=(200, 201))
+
+    def put_collection(
+        self,
+        access_token: str,
+        entity_id: str,
+        *,
+        name: str,
+        description: str,
+        published: bool,
+        assertions: Sequence[str],
+    ) -> dict[str, Any]:
+        """Replace the whole collection, its list of assertion entity ids included.
+
+        Raises :class:`BadgrRefused` (400) naming the field, e.g. ``assertions`` for an id that is
+        not in the learner's backpack, and :class:`BadgrNotFound` for an unknown collection.
+        """
+        body = {
+            "name": name,
+            "description": description,
+            "published": published,
+            "assertions": list(assertions),
+        }
+        return self._send("PUT", f"/v2/backpack/collections/{entity_id}", access_token, body, expect=(200,))
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        access_token: str,
+        payload: Mapping[str, Any],
+        *,
+        expect: tuple[int, ...],
+    ) -> dict[str, Any]:
+        try:
+            response = self.session.request(
+                method,
+                f"{self.api_url}{path}",
+                data=json.dumps(payload).encode("utf-8"),
+                headers={**self._auth(access_token), "Content-Type": "application/json"},
+                timeout=self.timeout,
+            )
+        except requests.Timeout:
+            raise BadgrUnavailable(f"Badgr timed out on {method} {path}") from None
+        except requests.RequestException as exc:
+            raise BadgrUnavailable(f"Badgr unreachable on {method} {path} ({type(exc).__name__})") from None
+        status = response.status_code
+        body = _json(response)
+        if status in expect:
+            return _first(body, "collection") if isinstance(body, Mapping) else {}
+        if status == 429:
+            raise BadgrThrottled(_wait(response, body))
+        if status >= 500:
+            raise BadgrUnavailable(f"Badgr answered {status} on {method} {path}", status=status)
+        if status == 401:
+            raise BadgrAuthError("unauthorized", _describe(body, "no valid auth token found"), status=status)
+        if status == 404:
+            raise BadgrNotFound(_describe(body, "entity not found or insufficient privileges"), status=status)
+        if status == 403:
+            raise BadgrAuthError("insufficient_scope", _describe(body, "forbidden"), status=status)
+        fields: dict[str, list[str]] = {}
+        if isinstance(body, Mapping) and isinstance(body.get("fieldErrors"), Mapping):
+            fields = {str(k): [str(m) for m in _iter_items(v)] for k, v in body["fieldErrors"].items()}
+        raise BadgrRefused(_describe(body, f"HTTP {status}"), status=status, field_errors=fields)
+
     @staticmethod
     def _auth(access_token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
@@ -525,6 +639,8 @@ __all__ = [
     "BadgrAuthError",
     "BadgrClient",
     "BadgrError",
+    "BadgrNotFound",
+    "BadgrRefused",
     "BadgrThrottled",
     "BadgrUnavailable",
     "ImportResult",

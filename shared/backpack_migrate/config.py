@@ -19,6 +19,7 @@ class Settings(BaseModel):
     verify_queue_url: str = Field(default="", alias="VERIFY_QUEUE_URL")
     notify_queue_url: str = Field(default="", alias="NOTIFY_QUEUE_URL")
     migrate_queue_url: str = Field(default="", alias="MIGRATE_QUEUE_URL")
+    collections_queue_url: str = Field(default="", alias="COLLECTIONS_QUEUE_URL")
     kms_key_id: str = Field(default="alias/backpack-migrate", alias="KMS_KEY_ID")
     link_secret_arn: str = Field(default="", alias="LINK_SECRET_ARN")
     # Never rotated: a learner's id is an HMAC of the email under it, so re-uploads keep their ids.
@@ -29,8 +30,20 @@ class Settings(BaseModel):
     badgr_authorize_url: str = Field(
         default="https://badgr.com/auth/oauth2/authorize", alias="BADGR_AUTHORIZE_URL"
     )
+    # The Badgr web app learners use (their backpack, their account's addresses, signing up).
+    badgr_web_url: str = Field(default="https://badgr.com", alias="BADGR_WEB_URL")
+    # Where learners write for help: named in every email and on every error page.
+    support_email: str = Field(default="support@example.org", alias="SUPPORT_EMAIL")
+    # A "Download my badges" ZIP up to this size is answered directly (Lambda answers at most
+    # 6 MB, base64 included); a bigger one goes through a short-lived S3 object.
+    download_inline_bytes: int = Field(default=4_000_000, alias="DOWNLOAD_INLINE_BYTES", ge=0, le=4_300_000)
     public_base_url: str = Field(default="http://127.0.0.1:3000", alias="PUBLIC_BASE_URL")
+    # The Backpack's old host name, when it points at this service: the base of the URLs the
+    # old APIs hand out (image URLs, Connect's api_root). Empty: public_base_url.
+    legacy_base_url: str = Field(default="", alias="LEGACY_BASE_URL")
     ses_sender: str = Field(default="badges@example.org", alias="SES_SENDER")
+    # Days S3 keeps an export: what the erase page tells a learner about the export's own bytes.
+    export_retention_days: int = Field(default=90, alias="EXPORT_RETENTION_DAYS", ge=1)
     link_ttl_days: int = Field(default=30, alias="LINK_TTL_DAYS", ge=1, le=365)
     emails_per_second: float = Field(default=10.0, alias="EMAILS_PER_SECOND", gt=0)  # in all
     notify_concurrency: int = Field(default=1, alias="NOTIFY_CONCURRENCY", ge=1)

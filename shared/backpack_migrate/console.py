@@ -77,6 +77,16 @@ def report_tables(report: dict[str, Any]) -> RenderableType:
         problems.add_row("learner", code, str(count), f"manifest entries {_entries(where)}" if where else "")
     for code, count in report["badge_problems"].items():
         problems.add_row("badge", code, str(count), "")
+    for code, count in report.get("group_problems", {}).items():
+        problems.add_row("group", code, str(count), "")
+    if report.get("groups_by_collection_state"):
+        groups = Table(show_header=True)
+        groups.add_column("groups as Badgr collections")
+        groups.add_column("groups", justify="right")
+        for state, count in report["groups_by_collection_state"].items():
+            groups.add_row(state, str(count))
+        groups.add_row("badges left out of a collection", str(report["badges_left_out_of_collections"]))
+        parts.append(groups)
     if problems.row_count:
         parts.append(problems)
     return Group(*parts)

@@ -12,8 +12,6 @@ import os
 import threading
 from typing import Any
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from .domain import normalize_email
 
 
@@ -21,6 +19,12 @@ def learner_id_for(email: str, secret: bytes) -> str:
     """A stable, unguessable id for a learner: the same email in a re-upload gets the same id."""
     digest = hmac.new(secret, b"learner:" + normalize_email(email).encode(), hashlib.sha256)
     return digest.hexdigest()[:32]
+
+
+def erasure_mark(learner_id: str) -> str:
+    """What marks an erased learner: a digest of their id (itself an HMAC of the email), so the
+    mark names no one and holds no id, yet the same learner in any later export is known by it."""
+    return hashlib.sha256(b"erased:" + learner_id.encode()).hexdigest()[:32]
 
 
 def badge_id_for(learner_id: str, export_id: str, file_name: str) -> str:
@@ -70,12 +74,25 @@ class EmailCipher:
     def encrypt(self, email: str, *, learner_id: str, export_id: str, data_key_ciphertext: str) -> str:
         nonce = os.urandom(12)
         key = self._data_key(data_key_ciphertext, export_id)
+        # Imported on first use: functions that never seal or open an email do not load it.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         sealed = AESGCM(key).encrypt(nonce, normalize_email(email).encode(), learner_id.encode())
         return _b64(nonce + sealed)
+
+    def encrypt_text(self, text: str, *, learner_id: str, export_id: str, data_key_ciphertext: str) -> str:
+        """Any text (a learner's list of addresses) sealed as emails are, without normalizing it."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        nonce = os.urandom(12)
+        key = self._data_key(data_key_ciphertext, export_id)
+        return _b64(nonce + AESGCM(key).encrypt(nonce, text.encode(), learner_id.encode()))
 
     def decrypt(self, ciphertext: str, *, learner_id: str, export_id: str, data_key_ciphertext: str) -> str:
         raw = base64.b64decode(ciphertext)
         key = self._data_key(data_key_ciphertext, export_id)
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         return AESGCM(key).decrypt(raw[:12], raw[12:], learner_id.encode()).decode()
 
 

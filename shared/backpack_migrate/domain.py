@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -212,6 +213,16 @@ class BadgeRecord(BaseModel):
     confirmed_by: Confirmation | None = None
     repairs: int = 0  # how often the reconciler sent it back to work
     updated_at: str | None = None
+    # From a full-fidelity export: the Backpack's own ids and data, which third-party sites address.
+    backpack_badge_id: int | None = None
+    body_hash: str | None = None
+    endpoint: str | None = None
+    validated_on: str | None = None
+    backpack_body: dict[str, Any] | None = None  # the stored assertion, as the Displayer API answered it
+    # Handed over by a third-party site (issuer.js or Backpack Connect) rather than an export:
+    # the hosted URL or compact JWS as given, and the site's origin.
+    issued_assertion: str | None = None
+    issued_by: str | None = None
 
     @property
     def can_move_again(self) -> bool:
@@ -223,34 +234,71 @@ class BadgeRecord(BaseModel):
         )
 
 
-WAITING_STATES = frozenset(
-    {
-        BadgeState.EXTRACTED,
-        BadgeState.VERIFIED,
-        BadgeState.QUEUED,
-        BadgeState.FAILED_RETRYABLE,
-        BadgeState.DEAD_LETTERED,
-    }
-)
+class BadgeGroup(StrEnum):
+    """What will happen to a badge, as the learner's pages group them: every badge is in one."""
+
+    MOVED = "moved"  # in the learner's Badgr backpack
+    NEEDS_YOU = "needs_you"  # waits for the learner to confirm or add an address in Badgr
+    MOVING = "moving"  # an import job is on its way
+    READY = "ready"  # would move now
+    MAYBE = "maybe"  # may move: a note says why it might not
+    CHECKING = "checking"  # our check has not finished yet
+    CANNOT = "cannot"  # will not move, and why
+
+
+GROUP_WORDS: dict[BadgeGroup, str] = {
+    BadgeGroup.MOVED: "In your Badgr backpack",
+    BadgeGroup.NEEDS_YOU: "Waiting for you in Badgr",
+    BadgeGroup.MOVING: "Moving to Badgr now",
+    BadgeGroup.READY: "Ready to move",
+    BadgeGroup.MAYBE: "May move",
+    BadgeGroup.CHECKING: "Still being checked",
+    BadgeGroup.CANNOT: "Cannot be moved",
+}
+
+
+def badge_group(badge: BadgeRecord) -> BadgeGroup:
+    """The one group a badge belongs to, from its state and our verdict."""
+    state, verdict = badge.state, badge.verdict
+    if state in (BadgeState.IMPORTED, BadgeState.ALREADY_IN_BADGR):
+        return BadgeGroup.MOVED
+    if state == BadgeState.PENDING or badge.can_move_again:
+        return BadgeGroup.NEEDS_YOU
+    if state in (BadgeState.UNREADABLE, BadgeState.REJECTED):
+        return BadgeGroup.CANNOT
+    # Not final: a badge our verifier found certain to fail is never sent, whatever its state.
+    if verdict is not None and verdict.certain_to_fail:
+        return BadgeGroup.CANNOT
+    if state in (BadgeState.QUEUED, BadgeState.FAILED_RETRYABLE):
+        return BadgeGroup.MOVING
+    if state == BadgeState.DEAD_LETTERED:
+        return BadgeGroup.MAYBE
+    if state == BadgeState.EXTRACTED or verdict is None:
+        return BadgeGroup.CHECKING
+    if not verdict.valid and verdict.errors:
+        return BadgeGroup.MAYBE
+    return BadgeGroup.READY
+
+
+def is_settled(badge: BadgeRecord) -> bool:
+    """Its outcome is known: a final state, or certain to fail before anything is sent."""
+    return badge.state in FINAL_STATES or badge_group(badge) == BadgeGroup.CANNOT
 
 
 def movable_counts(badges: Iterable[BadgeRecord]) -> tuple[int, int]:
-    """How many badges a move would send to Badgr now: (ready, uncertain)."""
+    """How many badges a move would send to Badgr now: (ready, uncertain).
+
+    Ready badges are the READY group; uncertain ones are those that may move (MAYBE), are still
+    being checked (CHECKING), or were refused for an address the learner can add to Badgr.
+    """
     ready = uncertain = 0
     for b in badges:
-        # Queued and retrying badges count too: a move whose jobs were lost can always be asked again.
-        waiting = b.state in WAITING_STATES
-        if not (b.can_move_again or (waiting and not (b.verdict and b.verdict.certain_to_fail))):
-            continue
-        # Refused or given up on once already, or with a "may not move" line beside it.
-        if (
-            b.can_move_again
-            or b.state == BadgeState.DEAD_LETTERED
-            or (b.verdict and not b.verdict.valid and b.verdict.errors)
-        ):
-            uncertain += 1
-        else:
+        group = badge_group(b)
+        # Moving badges count too: a move whose jobs were lost can always be asked again.
+        if group in (BadgeGroup.READY, BadgeGroup.MOVING):
             ready += 1
+        elif group in (BadgeGroup.MAYBE, BadgeGroup.CHECKING) or b.can_move_again:
+            uncertain += 1
     return ready, uncertain
 
 
@@ -270,6 +318,12 @@ class LearnerRecord(BaseModel):
     def expects_invitation(self) -> bool:
         """Every learner with a usable address gets one invitation."""
         return not any(problem.code == "INVALID_EMAIL" for problem in self.problems)
+
+    # From a full-fidelity export a learner is a Backpack user with up to three addresses. The
+    # contact address stays in ``email_ciphertext``; all of them, each flagged, are sealed here
+    # as JSON ``[{"address", "verified", "primary"}]`` under the same key and binding.
+    backpack_user_id: int | None = None
+    addresses_ciphertext: str | None = None
 
 
 class ExportStatus(StrEnum):
@@ -292,3 +346,73 @@ class ExportRecord(BaseModel):
     data_key_ciphertext: str = ""  # KMS-encrypted AES key for the learners' emails of this export
     problems: list[Problem] = Field(default_factory=list)
     created_at: str | None = None
+
+
+class LeftOut(BaseModel):
+    """A badge of a group that could not join the group's Badgr collection, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    badge_id: int  # the Backpack's badge id, as the group lists it
+    reason: str
+
+
+CollectionState = Literal["creating", "filled", "skipped"]
+
+
+class CollectionRecord(BaseModel):
+    """What a group became in Badgr: one collection, recorded before it is filled.
+
+    ``creating``: the create was sent (``entity_id`` is set once Badgr's answer is on record);
+    ``filled``: the collection holds ``assertion_ids``; ``skipped``: no collection, ``problem``
+    says why (no badge of the group reached Badgr, for one).
+    """
+
+    entity_id: str | None = None
+    state: CollectionState
+    published: bool = False
+    assertion_ids: list[str] = Field(default_factory=list)
+    problem: Problem | None = None
+    badges_left_out: list[LeftOut] = Field(default_factory=list)
+    marker: str | None = None  # the tag written into the description, to find a create whose answer was lost
+    share_url: str | None = None
+    # While a worker creates the collection, others keep off until this time (epoch seconds):
+    # after it, the creator is taken for dead and the collection is looked up by its marker.
+    lease_until: float | None = None
+
+
+class GroupRecord(BaseModel):
+    """A Backpack group (and its portfolio page), kept with the Backpack's ids."""
+
+    learner_id: str
+    export_id: str
+    group_id: int
+    name: str | None = None
+    url: str | None = None
+    public: bool = False
+    badge_ids: list[int] = Field(default_factory=list)  # as stored: order kept, stale ids kept
+    portfolio_title: str | None = None
+    portfolio_subtitle: str | None = None
+    portfolio_preamble: str | None = None
+    stories: dict[str, str] = Field(default_factory=dict)
+    problems: list[Problem] = Field(default_factory=list)
+    collection: CollectionRecord | None = None
+    # Bumped by every conditional save, so two workers of the same group never both win.
+    version: int = 0
+    # The learner's move request this group's collection was last settled for; the summary
+    # waits until every group is settled for the current request.
+    settled_for: str | None = None
+    updated_at: str | None = None
+
+
+class GrantRecord(BaseModel):
+    """A Backpack Connect grant: tokens only as SHA-256 digests, never the tokens themselves."""
+
+    grant_id: str
+    learner_id: str
+    origin: str
+    permissions: list[str] = Field(default_factory=list)
+    access_token_sha256: str
+    refresh_token_sha256: str
+    access_time_ms: int
+    export_id: str | None = None

@@ -29,9 +29,9 @@ import tempfile
 import weakref
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -49,12 +49,24 @@ MESSAGES: dict[str, str] = {
     "NO_MANIFEST": "The ZIP archive has no manifest.txt at its root, so it is not a Mozilla Backpack export.",
     "MANIFEST_NOT_JSON": "The manifest.txt of the export is not valid JSON.",
     "MANIFEST_BAD_SHAPE": "The manifest.txt of the export does not map emails to lists of badge files.",
+    "MANIFEST_ENTRY_REFUSED": (
+        "This learner's entry in the manifest is not a list of badge file names, "
+        "so what it holds instead was not read."
+    ),
+    "MANIFEST_ENTRIES_REFUSED": (
+        "Entries of the manifest without a valid email address were not lists of badge file names, "
+        "so they were not read."
+    ),
     "EXPORT_CHANGED": "The export file was replaced while it was being read; it will be read again.",
     "EXPORT_GONE": "The export file is no longer in storage.",
     # One learner or one file
     "INVALID_EMAIL": "This entry of the manifest is not a valid email address.",
     "DUPLICATE_EMAIL": "This email address appears more than once in the manifest; its badges were merged.",
     "FILE_MISSING": "The manifest lists this file, but it is not in the ZIP archive.",
+    "AMBIGUOUS_FILE": (
+        "The ZIP archive holds two different files under this name, so we cannot know which one "
+        "was meant; neither was read."
+    ),
     "FILE_CUT_OFF": "This file was in the part of the export that was cut off.",
     "ZIP_CUT_SHORT": "The end of the ZIP archive is missing or damaged: the files before it were read.",
     "EMPTY_FILE": "This file is empty.",
@@ -663,14 +675,19 @@ CREATE TABLE members (
     size INTEGER NOT NULL,
     crc INTEGER NOT NULL,
     method INTEGER NOT NULL,
-    listed INTEGER NOT NULL DEFAULT 0
+    listed INTEGER NOT NULL DEFAULT 0,
+    ambiguous INTEGER NOT NULL DEFAULT 0
 );
 """
 _INSERT_MEMBER = (
     "INSERT OR IGNORE INTO members (name, header, csize, size, crc, method) VALUES (?, ?, ?, ?, ?, ?)"
 )
-_REPLACE_MEMBER = "UPDATE members SET header = ?, csize = ?, size = ?, crc = ?, method = ? WHERE name = ?"
-_FIND_MEMBER = "SELECT seq, header, csize, size, crc, method FROM members WHERE name = ?"
+# The later entry wins; a name whose entries differ in size or CRC becomes ambiguous for good.
+_REPLACE_MEMBER = (
+    "UPDATE members SET ambiguous = (ambiguous OR size <> ?3 OR crc <> ?4),"
+    " header = ?1, csize = ?2, size = ?3, crc = ?4, method = ?5 WHERE name = ?6"
+)
+_FIND_MEMBER = "SELECT seq, header, csize, size, crc, method, ambiguous FROM members WHERE name = ?"
 
 
 class MemberIndex(Mapping[str, MemberLocation]):
@@ -682,13 +699,15 @@ class MemberIndex(Mapping[str, MemberLocation]):
     database; garbage collection and interpreter exit do too, as a backstop.
 
     Iteration follows the central directory. When a name appears twice the later entry wins (as
-    in ``zipfile``) and keeps the first one's place. Not thread-safe: use an index from one thread
-    at a time (intake uses one thread).
+    in ``zipfile``) and keeps the first one's place; when the two differ (in size or CRC) the name
+    is :meth:`ambiguous`, since nothing tells which of them a listing meant. Not thread-safe: use
+    an index from one thread at a time (intake uses one thread).
     """
 
     def __init__(self, members: Iterable[MemberLocation] = (), *, memory_entries: int | None = None) -> None:
         self.memory_entries = IN_MEMORY_ENTRIES if memory_entries is None else memory_entries
         self._packed: dict[str, bytes] = {}
+        self._ambiguous: set[str] = set()  # while in memory
         self._db: _TempDatabase | None = None
         self._pending: list[_MemberRow] = []
         self._count = 0  # members in the database
@@ -715,7 +734,12 @@ class MemberIndex(Mapping[str, MemberLocation]):
     def _add(self, name: str, header: int, csize: int, size: int, crc: int, method: int) -> None:
         method &= 0xFFFF
         if self._db is None:
-            if len(self._packed) < self.memory_entries or name in self._packed:
+            earlier = self._packed.get(name)
+            if earlier is not None:
+                _h, _c, earlier_size, earlier_crc, _m = _INDEX.unpack(earlier)
+                if (earlier_size, earlier_crc) != (size, crc):
+                    self._ambiguous.add(name)
+            if len(self._packed) < self.memory_entries or earlier is not None:
                 self._packed[name] = _INDEX.pack(header, csize, size, crc, method)
                 return
             self._spill()
@@ -730,6 +754,9 @@ class MemberIndex(Mapping[str, MemberLocation]):
             header, csize, size, crc, method = _INDEX.unpack(value)
             self._pending.append((name, _signed(header), _signed(csize), _signed(size), crc, method))
         self._flush()
+        ambiguous, self._ambiguous = self._ambiguous, set()
+        if ambiguous:
+            self._db.write("UPDATE members SET ambiguous = 1 WHERE name = ?", [(n,) for n in ambiguous])
 
     def _flush(self) -> None:
         if not self._pending:
@@ -774,11 +801,18 @@ class MemberIndex(Mapping[str, MemberLocation]):
 
     def _find(self, name: object) -> tuple[MemberLocation, int] | None:
         """The location of ``name`` and its row in the database (-1 when in memory)."""
+        found = self._find_member(name)
+        return None if found is None else (found[0], found[1])
+
+    def _find_member(self, name: object) -> tuple[MemberLocation, int, bool] | None:
+        """As :meth:`_find`, and whether the name is ambiguous."""
         if not isinstance(name, str):
             return None
         if self._db is None:
             value = self._packed.get(name)
-            return None if value is None else (_location(name, *_INDEX.unpack(value)), -1)
+            if value is None:
+                return None
+            return _location(name, *_INDEX.unpack(value)), -1, name in self._ambiguous
         self._flush()
         try:
             row = self._database().conn.execute(_FIND_MEMBER, (name,)).fetchone()
@@ -786,8 +820,14 @@ class MemberIndex(Mapping[str, MemberLocation]):
             return None
         if row is None:
             return None
-        seq, header, csize, size, crc, method = row
-        return _location(name, _unsigned(header), _unsigned(csize), _unsigned(size), crc, method), seq
+        seq, header, csize, size, crc, method, ambiguous = row
+        location = _location(name, _unsigned(header), _unsigned(csize), _unsigned(size), crc, method)
+        return location, seq, bool(ambiguous)
+
+    def ambiguous(self, name: str) -> bool:
+        """Whether the ZIP holds two different members called ``name``."""
+        found = self._find_member(name)
+        return found is not None and found[2]
 
     def __getitem__(self, name: str) -> MemberLocation:
         found = self._find(name)
@@ -948,6 +988,9 @@ def read_badge_image(
 
 _WS = re.compile(r"[ \t\n\r]*")
 _MAX_TOKEN = 64 * 1024  # characters in one email or file name
+_MAX_SKIPPED_DEPTH = 256  # nesting of a value skipped over as not a list of file names
+_LITERAL = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null")
+_LITERAL_RUN = re.compile(r"[-+.0-9a-zA-Z]*")
 _JSON_KINDS = {
     "{": "an object",
     "[": "a list",
@@ -1108,6 +1151,78 @@ class _Scanner:
             assert isinstance(value, str)
             return value
 
+    def literal(self, where: str) -> None:
+        """Consume a number, ``true``, ``false`` or ``null``."""
+        while True:
+            # The whole run of literal characters must be in the buffer before it is judged.
+            run = _LITERAL_RUN.match(self.buf, self.pos)
+            end = run.end() if run else self.pos
+            if end < len(self.buf) or self.eof:
+                if _LITERAL.fullmatch(self.buf, self.pos, end):
+                    self.pos = end
+                    return
+                break
+            if end - self.pos > _MAX_TOKEN or not self._more():
+                if self.eof and _LITERAL.fullmatch(self.buf, self.pos, len(self.buf)):
+                    self.pos = len(self.buf)
+                    return
+                break
+        raise ExportError("MANIFEST_NOT_JSON", f"The manifest.txt of the export is not valid JSON ({where}).")
+
+    def skip_value(self, where: str) -> str:
+        """Consume one JSON value of any shape, checking it is JSON; returns what kind it was."""
+        kind = _kind(self.peek())
+        if kind is None or self.peek() in ",:]}":
+            raise self._unexpected(self.peek(), where)
+        open_containers: list[str] = []  # the closing character of each container we are in
+        want_value = True
+        while True:
+            if want_value:
+                ch = self.peek()
+                if ch in ("{", "["):
+                    self.pos += 1
+                    if len(open_containers) >= _MAX_SKIPPED_DEPTH:
+                        raise ExportError(
+                            "MANIFEST_BAD_SHAPE",
+                            f"{MESSAGES['MANIFEST_BAD_SHAPE']} ({where}, nested too deeply)",
+                        )
+                    close = "}" if ch == "{" else "]"
+                    open_containers.append(close)
+                    if self.peek() == close:
+                        self.pos += 1
+                        open_containers.pop()
+                        want_value = False
+                    elif close == "}":
+                        self.string(where, is_key=True)
+                        self.expect(":", where)
+                    continue
+                if ch == '"':
+                    self.string(where)
+                elif _kind(ch) is not None:
+                    self.literal(where)
+                else:
+                    self.expect("", where)  # raises: not JSON, or ends too early
+                want_value = False
+            if not open_containers:
+                return kind or "a value"
+            close = open_containers[-1]
+            if self.expect("," + close, where) == close:
+                open_containers.pop()
+                continue
+            if close == "}":
+                self.string(where, is_key=True)
+                self.expect(":", where)
+            want_value = True
+
+
+class ManifestEntry(NamedTuple):
+    """One key of the manifest: the email as written (stripped), its file names, and what in its
+    value was not a file name (one sentence-part each, empty for a well-formed entry)."""
+
+    email: str
+    files: list[str]
+    refused: list[str] = []
+
 
 def iter_manifest(
     reader: RangeReader,
@@ -1115,12 +1230,15 @@ def iter_manifest(
     *,
     block_size: int = BLOCK_SIZE,
     max_files_per_learner: int = 100_000,
-) -> Iterator[tuple[str, list[str]]]:
-    """Yield ``(email, files)`` for every key of ``manifest.txt``, in order, parsing as it reads.
+) -> Iterator[ManifestEntry]:
+    """Yield a :class:`ManifestEntry` for every key of ``manifest.txt``, in order, parsing as it reads.
 
     Memory stays bounded by one block plus one learner's entry. The email is only stripped
     of surrounding whitespace; duplicate keys are yielded as they come. A manifest that is not
-    JSON raises ``MANIFEST_NOT_JSON``; JSON of another shape raises ``MANIFEST_BAD_SHAPE``.
+    JSON raises ``MANIFEST_NOT_JSON``; one that is not a JSON object raises ``MANIFEST_BAD_SHAPE``.
+    A value that is not a list of file names (a string, a number, an object, null) costs only its
+    own entry: it is skipped and named in ``refused``, and so is each item of a list that is not a
+    file name, so one bad entry never fails the learners around it.
     """
     scan = _Scanner(_manifest_text(reader, location, block_size))
     ch = scan.peek()
@@ -1135,14 +1253,21 @@ def iter_manifest(
             index += 1
             email = scan.string(f"key #{index} must be an email string", is_key=True)
             scan.expect(":", f"after key #{index}")
-            scan.expect("[", f"the value of key #{index} must be a list of file names", value=True)
             files: list[str] = []
-            if scan.peek() == "]":
+            refused: list[str] = []
+            where = f"the value of key #{index}"
+            if scan.peek() != "[":
+                refused.append(f"its value is {scan.skip_value(where)}, not a list of file names")
+            elif scan.expect("[", where) and scan.peek() == "]":
                 scan.pos += 1
             else:
                 while True:
-                    files.append(scan.string(f"the list of key #{index} must hold file-name strings"))
-                    if len(files) > max_files_per_learner:
+                    if scan.peek() == '"':
+                        files.append(scan.string(f"the list of key #{index}"))
+                    else:
+                        kind = scan.skip_value(f"the list of key #{index}")
+                        refused.append(f"its list holds {kind} where a file name should be")
+                    if len(files) + len(refused) > max_files_per_learner:
                         raise ExportError(
                             "MANIFEST_BAD_SHAPE",
                             f"{MESSAGES['MANIFEST_BAD_SHAPE']} (key #{index} lists more than "
@@ -1150,7 +1275,7 @@ def iter_manifest(
                         )
                     if scan.expect(",]", f"in the list of key #{index}") == "]":
                         break
-            yield email.strip(), files
+            yield ManifestEntry(email.strip(), files, refused)
             if scan.expect(",}", f"after the value of key #{index}") == "}":
                 break
     if scan.peek() != "":
@@ -1210,6 +1335,15 @@ class PlanStats(BaseModel):
     unlisted_members: int = 0  # files in the ZIP no learner lists
     cut_short: bool = False  # the archive's end was missing: files past the cut are FILE_CUT_OFF
     unlisted_examples: list[str] = Field(default_factory=list)
+    # Manifest entries whose email is not valid and whose value was not (only) file names: said
+    # on the export's report, since there is no learner to say it to.
+    refused_entries: int = 0
+    refused_examples: list[str] = Field(default_factory=list)
+
+
+# (file name, its member, the learner's email as listed) -> (a refusal of this listing, a note
+# for the learner): a check one listing cannot make alone, such as whose a shared file is.
+ListingReview = Callable[[str, MemberLocation, str], tuple[Problem | None, Problem | None]]
 
 
 class ExportPlan(BaseModel):
@@ -1268,13 +1402,14 @@ class _Listing:
         assert self._members is not None
         return self._members._database()
 
-    def find(self, name: str) -> tuple[MemberLocation | None, int]:
-        """The member called ``name`` (None if there is none) and its row (-1 if not in SQLite)."""
+    def find(self, name: str) -> tuple[MemberLocation | None, int, bool]:
+        """The member called ``name`` (None if there is none), its row (-1 if not in SQLite), and
+        whether two different members carry that name."""
         if name == MANIFEST_NAME:
-            return None, -1
+            return None, -1, False
         if self._members is None:
-            return self._index.get(name), -1
-        return self._members._find(name) or (None, -1)
+            return self._index.get(name), -1, False
+        return self._members._find_member(name) or (None, -1, False)
 
     def mark(self, name: str, row: int) -> None:
         if row < 0:
@@ -1365,13 +1500,15 @@ def iter_learners(
     sniff: bool = False,
     max_size: int = DEFAULT_MAX_SIZE,
     stats: PlanStats | None = None,
+    review: ListingReview | None = None,
 ) -> Iterator[LearnerEntry]:
     """Stream the manifest joined with the members, one :class:`LearnerEntry` per manifest key.
 
     A key whose normalized email was seen before is yielded again with ``duplicate=True`` and a
     ``DUPLICATE_EMAIL`` problem: the caller merges it into the learner with the same id. With
     ``sniff`` each listed file's first bytes are read to check it is a PNG or SVG (one ranged
-    read per file). ``stats`` is filled as the stream goes and is complete at its end.
+    read per file). ``stats`` is filled as the stream goes and is complete at its end. ``review``
+    is asked about every listing of a present file that has no problem of its own.
 
     Memory does not grow with the export: the member index, the listed marks and the emails met
     so far go to temporary SQLite databases past :data:`IN_MEMORY_ENTRIES` entries. Those are
@@ -1392,11 +1529,19 @@ def iter_learners(
         stats.cut_short = index.cut_short
         listing = _Listing(index)
         seen = _SeenEmails(IN_MEMORY_ENTRIES)
-        for position, (email, names) in enumerate(iter_manifest(reader, manifest), start=1):
+        for position, (email, names, refused) in enumerate(iter_manifest(reader, manifest), start=1):
             normalized = normalize_email(email)
             entry = LearnerEntry(email=email, normalized_email=normalized, position=position)
-            if not is_valid_email(email):
+            valid_email = is_valid_email(email)
+            if not valid_email:
                 entry.problems.append(problem("INVALID_EMAIL"))
+            if refused:
+                detail = "; ".join(dict.fromkeys(refused))
+                entry.problems.append(problem("MANIFEST_ENTRY_REFUSED", detail))
+                if not valid_email:
+                    stats.refused_entries += 1
+                    if len(stats.refused_examples) < _UNLISTED_EXAMPLES:
+                        stats.refused_examples.append(f"entry #{position}: {detail}")
             if seen.add(normalized):
                 stats.distinct_learners += 1
             else:
@@ -1407,10 +1552,20 @@ def iter_learners(
                 if name in local:
                     continue
                 local.add(name)
-                loc, row = listing.find(name)
-                file_entry = _file_entry(
-                    reader, name, loc, sniff=sniff, max_size=max_size, cut_short=index.cut_short
-                )
+                loc, row, ambiguous = listing.find(name)
+                if ambiguous:
+                    # Two different files under one name: reading either could be the wrong one.
+                    file_entry = FileEntry(name=name, problem=problem("AMBIGUOUS_FILE"))
+                else:
+                    file_entry = _file_entry(
+                        reader, name, loc, sniff=sniff, max_size=max_size, cut_short=index.cut_short
+                    )
+                if review is not None and loc is not None and file_entry.problem is None:
+                    refusal, note = review(name, loc, email)
+                    if refusal is not None:  # someone else's badge: never read for this learner
+                        file_entry = FileEntry(name=name, problem=refusal)
+                    if note is not None and note not in entry.problems:
+                        entry.problems.append(note)
                 entry.files.append(file_entry)
                 stats.listed_files += 1
                 if loc is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .crypto import badge_id_for
+from .crypto import badge_id_for, erasure_mark
 from .domain import (
     BadgeRecord,
     BadgeState,
@@ -32,12 +32,14 @@ from .export import (
     ExportError,
     PlanStats,
     S3RangeReader,
+    find_manifest,
     iter_learners,
     read_member,
     sniff_media_type,
 )
 from .observability import logger, metrics
 from .services import Services
+from .shared_files import find_shared_files
 
 # A chunk message stays far below SQS's 256 KiB; a learner with thousands of badges spans chunks.
 MAX_FILES_PER_CHUNK = 400
@@ -145,7 +147,10 @@ def _intake(
 ) -> ExportRecord:
     logger.append_keys(export_id=export.export_id)
     try:
-        stats, chunks, rest = _queue_chunks(svc, export, start, remaining_ms)
+        queued = _queue_by_format(svc, export, start, remaining_ms)
+        if isinstance(queued, ExportRecord):
+            return queued  # a full-fidelity export, read and recorded by fullintake
+        stats, chunks, rest = queued
     except ExportError as error:
         export = export.model_copy(
             update={
@@ -179,6 +184,30 @@ def _intake(
     return export
 
 
+def _queue_by_format(
+    svc: Services, export: ExportRecord, start: IntakeJob, remaining_ms: Callable[[], int]
+) -> ExportRecord | tuple[PlanStats, int, IntakeJob | None]:
+    """Tell the formats apart by content: a ``format.json`` naming the full-fidelity format, else
+    the 2019 ZIP (its ``manifest.txt``)."""
+    from . import fullintake
+
+    if start.entries_done == 0 and start.chunks_done == 0:
+        reader = open_export(svc, export)
+        if fullintake.starts_with_format_member(reader):
+            read = fullintake.read_if_full(svc, export, reader)
+            if read is not None:
+                return read
+    try:
+        return _queue_chunks(svc, export, start, remaining_ms)
+    except ExportError as error:
+        if error.code != "NO_MANIFEST":
+            raise
+        read = fullintake.read_if_full(svc, export, open_export(svc, export))
+        if read is None:
+            raise
+        return read
+
+
 def _plan_problems(stats: PlanStats) -> list[Problem]:
     """What the operator should know about the export as a whole (per-badge detail is on each badge)."""
     found = []
@@ -193,6 +222,15 @@ def _plan_problems(stats: PlanStats) -> list[Problem]:
                 f"(for example {examples}).",
             )
         )
+    if stats.refused_entries:
+        examples = "; ".join(stats.refused_examples[:5])
+        found.append(
+            Problem(
+                code="MANIFEST_ENTRIES_REFUSED",
+                message=f"{MESSAGES['MANIFEST_ENTRIES_REFUSED']} ({stats.refused_entries} entries, "
+                f"for example {examples})",
+            )
+        )
     for code, count in sorted(stats.file_problems.items()):
         files = "1 listed file" if count == 1 else f"{count} listed files"
         found.append(Problem(code=code, message=f"{files}: {MESSAGES.get(code, code)}"))
@@ -205,9 +243,19 @@ def _chunk_learners(
     """(manifest entry number, learner) for each entry from ``skip`` on; the entries before it are
     only read (the stream and ``stats`` cover the whole manifest), never sealed or queued again."""
     reader = open_export(svc, export)
+    _manifest, index = find_manifest(reader)
+    with index:
+        # A file listed under two learners is decided by the badge inside before any is queued.
+        shared = find_shared_files(reader, index)
+        yield from _learners(svc, export, stats, reader, index, shared.reviewer(reader), skip)
+
+
+def _learners(
+    svc: Services, export: ExportRecord, stats: PlanStats, reader: Any, index: Any, review: Any, skip: int
+) -> Iterator[tuple[int, ChunkLearner]]:
     # Streamed: the manifest and the central directory are never held whole, whatever their size.
-    for index, entry in enumerate(iter_learners(reader, stats=stats)):
-        if index < skip:
+    for number, entry in enumerate(iter_learners(reader, index=index, stats=stats, review=review)):
+        if number < skip:
             continue
         learner_id = svc.learner_id(entry.email)
         ciphertext = svc.emails.encrypt(
@@ -221,7 +269,7 @@ def _chunk_learners(
         place = entry.position or None
         if not files:
             yield (
-                index,
+                number,
                 ChunkLearner(
                     learner_id=learner_id,
                     email_ciphertext=ciphertext,
@@ -231,7 +279,7 @@ def _chunk_learners(
             )
         for start in range(0, len(files), MAX_FILES_PER_CHUNK):
             yield (
-                index,
+                number,
                 ChunkLearner(
                     learner_id=learner_id,
                     email_ciphertext=ciphertext,
@@ -306,6 +354,11 @@ def process_chunk(svc: Services, job: ChunkJob, remaining_ms: Callable[[], int])
         if remaining_ms() < RESERVE_MS:
             left = job.model_copy(update={"learners": job.learners[index:]})
             break
+        if svc.store.is_erased(erasure_mark(learner.learner_id)):
+            # They asked to be forgotten: a replayed or re-uploaded export records and emails nothing.
+            logger.info("learner erased before; skipped")
+            metrics.add_metric(name="ErasedLearnersSkipped", unit="Count", value=1)
+            continue
         done = _extract_learner(svc, reader, job.export_id, learner, remaining_ms)
         if done < len(learner.files):
             # Its follow-ups go out with the job that finishes it.

@@ -9,6 +9,10 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
 LINK_VERSION = "v1"
 
@@ -89,7 +93,7 @@ def verify_link(
     if expires_at < (now if now is not None else time.time()):
         raise LinkError(
             "LINK_EXPIRED",
-            "This link has expired. Write to the address in your email to receive a new one.",
+            "This link has expired.",
         )
     return LinkClaims(learner_id=learner_id, export_id=export_id, expires_at=expires_at)
 
@@ -102,3 +106,64 @@ def tokens_match(expected: str | None, given: str | None) -> bool:
     if not expected or not given:
         return False
     return hmac.compare_digest(expected.encode(), given.encode())
+
+
+# ------------------------------------------------------------------------------------------
+# What a browser names in a request, checked at the edge before anything is looked up: a key
+# past DynamoDB's limits (2048 bytes for a partition key, 1024 for a sort key) would make the
+# lookup itself fail. Everything this service issues is far shorter and in these alphabets.
+
+SESSION_ID_MAX = 128  # new_secret_token() gives 43 characters
+BADGE_ID_MAX = 64  # badge ids are 24 hex digits
+
+SessionId = Annotated[
+    str, StringConstraints(min_length=1, max_length=SESSION_ID_MAX, pattern=r"^[A-Za-z0-9_-]+$")
+]
+BadgeId = Annotated[str, StringConstraints(min_length=1, max_length=BADGE_ID_MAX, pattern=r"^[0-9a-f]+$")]
+
+
+class BrowserSession(BaseModel):
+    """The session cookie a browser sent, if any."""
+
+    model_config = ConfigDict(frozen=True)
+
+    session_id: SessionId | None = None
+
+
+class BadgeRef(BaseModel):
+    """A badge named in a path."""
+
+    model_config = ConfigDict(frozen=True)
+
+    badge_id: BadgeId
+
+
+def _origin_of(url: str) -> str | None:
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    default = {"http": 80, "https": 443}[parts.scheme]
+    host = parts.hostname.lower()
+    return f"{parts.scheme}://{host}" if port in (None, default) else f"{parts.scheme}://{host}:{port}"
+
+
+def from_another_site(origin: str | None, fetch_site: str | None, own: Iterable[str]) -> bool:
+    """Whether a form POST says it was sent from a page of another site.
+
+    A browser sends ``Sec-Fetch-Site`` on every request (``same-origin`` for our own form) and
+    ``Origin`` on a POST. Our pages send no referrer, so a browser may write ``Origin: null`` for
+    our own form: that value says nothing either way. A request with neither header (an old
+    browser, a tool) is left to the CSRF token, which every form carries anyway.
+    """
+    site = (fetch_site or "").strip().lower()
+    if site and site not in ("same-origin", "none"):
+        return True
+    given = (origin or "").strip()
+    if not given or given.lower() == "null":
+        return False
+    ours = {o for o in (_origin_of(u) for u in own) if o}
+    return _origin_of(given) not in ours

@@ -6,6 +6,7 @@ replayed job can never move a badge backwards or import it twice.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -72,6 +73,27 @@ def learner_email(svc: Services, learner: LearnerRecord, export: ExportRecord | 
     )
 
 
+def learner_recipients(
+    svc: Services, learner: LearnerRecord, export: ExportRecord | None = None
+) -> list[str]:
+    """The addresses a badge of this learner may be issued to: the contact address and, for a
+    Backpack user, every verified address of theirs (an unverified one is never trusted)."""
+    export = export or svc.store.get_export(learner.export_id)
+    email = learner_email(svc, learner, export)
+    if not learner.addresses_ciphertext or export is None:
+        return [email]
+    addresses = json.loads(
+        svc.emails.decrypt(
+            learner.addresses_ciphertext,
+            learner_id=learner.learner_id,
+            export_id=learner.export_id,
+            data_key_ciphertext=export.data_key_ciphertext,
+        )
+    )
+    verified = [a["address"] for a in addresses if a.get("verified") and a.get("address") != email]
+    return [email, *verified]
+
+
 # -- verdicts, worked out ahead --------------------------------------------------------------
 def _verdicts(svc: Services, learner: LearnerRecord, badges: Sequence[BadgeRecord]) -> list[BadgeRecord]:
     """The badges with their full verdicts (against the learner's email), not yet stored.
@@ -79,7 +101,6 @@ def _verdicts(svc: Services, learner: LearnerRecord, badges: Sequence[BadgeRecor
     Each badge is read from the export (and S3 version) it came from: a learner listed in two
     exports has badges in both, at offsets that mean something only in their own.
     """
-    email = learner_email(svc, learner)
     readers: dict[str, Any] = {}
 
     def image_of(badge: BadgeRecord) -> bytes:
@@ -93,7 +114,7 @@ def _verdicts(svc: Services, learner: LearnerRecord, badges: Sequence[BadgeRecor
         return read_member(readers[badge.export_id], badge.member)
 
     images = [image_of(badge) for badge in badges]
-    verdicts = svc.verifier.verify_many(images, [email])
+    verdicts = svc.verifier.verify_many(images, learner_recipients(svc, learner))
     checked = now_iso()
     return [
         badge.model_copy(
@@ -107,6 +128,10 @@ def verify_learner(svc: Services, learner_id: str) -> int:
     """Verify every extracted badge of a learner against the learner's email; returns how many."""
     learner = svc.store.get_learner(learner_id)
     if learner is None:
+        from .crypto import erasure_mark
+
+        if svc.store.is_erased(erasure_mark(learner_id)):
+            return 0  # erased while this job waited: nothing is left to verify
         raise LookupError(f"unknown learner {learner_id}")
     waiting = [b for b in svc.store.list_badges(learner_id) if b.state == BadgeState.EXTRACTED]
     if not waiting:
@@ -389,6 +414,10 @@ def _import_form(svc: Services, badge: BadgeRecord) -> tuple[str, Any]:
     verdict = badge.verdict
     if verdict is not None and verdict.valid and verdict.hosted_url:
         return "url", verdict.hosted_url
+    signed = verdict is not None and verdict.payload_kind == "jws"
+    if badge.member is None and badge.issued_assertion and signed:
+        # Handed over by a third-party site as a signed assertion: sent as it came.
+        return "assertion", badge.issued_assertion
     if badge.member is not None:
         export = svc.store.get_export(badge.export_id)
         try:
@@ -476,11 +505,27 @@ def maybe_send_summary(svc: Services, learner_id: str) -> bool:
         return False
     if any(badge.state not in FINAL_STATES for badge in svc.store.list_badges(learner_id)):
         return False
+    if learner.backpack_user_id is not None and not groups_settled(svc, learner_id, requested_at):
+        # A Backpack user's groups become Badgr collections first; that job sends the summary.
+        svc.queue.send(
+            svc.settings.collections_queue_url, [{"learner_id": learner_id, "requested_at": requested_at}]
+        )
+        return False
     svc.queue.send(
         svc.settings.notify_queue_url,
         [{"kind": "summary", "learner_id": learner_id, "requested_at": requested_at}],
     )
     return svc.store.claim_summary(learner_id, requested_at)
+
+
+def groups_settled(svc: Services, learner_id: str, requested_at: str) -> bool:
+    """Every group of the learner has its collection made (or skipped) for this request."""
+    return all(
+        group.settled_for == requested_at
+        and group.collection is not None
+        and group.collection.state != "creating"
+        for group in svc.store.list_groups(learner_id)
+    )
 
 
 __all__ = [

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from .domain import now_iso
+from .group_pages import collection_lines
 from .links import sign_link
 from .migration import learner_email
 from .notify import Email, invitation, summary
@@ -25,9 +26,18 @@ def send_notice(svc: Services, job: dict[str, Any]) -> bool:
     if learner is None:
         logger.warning("notice for an unknown learner", extra={"learner_id": job["learner_id"]})
         return False
-    if job["kind"] == "invite" and learner.invited_at is not None:
+    if (
+        job["kind"] == "invite"
+        and learner.invited_at is not None
+        and job.get("export_id")
+        in (
+            None,
+            learner.export_id,
+        )
+    ):
         # Invited already: this is a job sent again by the reconciler, or a replay whose
-        # idempotency record was lost. One invitation per learner.
+        # idempotency record was lost. One invitation per learner and export (a later export
+        # that lists the learner again brings an invitation of its own, once).
         return True
 
     def deliver(job: dict[str, Any]) -> str:
@@ -37,9 +47,10 @@ def send_notice(svc: Services, job: dict[str, Any]) -> bool:
         email: Email
         if job["kind"] == "invite":
             expires_on = time.strftime("%d %B %Y", time.gmtime(expires_at))
-            email = invitation(to, link, len(badges), expires_on)
+            email = invitation(to, link, len(badges), expires_on, svc.settings.support_email)
         else:
-            email = summary(to, link, badges)
+            groups = svc.store.list_groups(learner.learner_id) if learner.backpack_user_id is not None else []
+            email = summary(to, link, badges, svc.settings.support_email, collection_lines(groups, badges))
         svc.rate.wait()
         return svc.sender.send(email)
 

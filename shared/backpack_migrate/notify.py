@@ -6,7 +6,7 @@ import html
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,20 +64,50 @@ class RateLimiter:
             self._sleep(delay)
 
 
-def _page(body: str) -> str:
+def _page(body: str, support_email: str) -> str:
+    address = html.escape(support_email)
     return (
-        '<!doctype html><html><body style="font-family:sans-serif;max-width:36em;margin:auto">'
-        f"{body}</body></html>"
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"></head>'
+        '<body style="font-family:sans-serif;max-width:36em;margin:auto">'
+        f'{body}<p style="color:#555">Questions or problems? Write to '
+        f'<a href="mailto:{address}">{address}</a>.</p></body></html>'
     )
 
 
-def invitation(to: str, link: str, badge_count: int, expires_on: str) -> Email:
+def _signed(text: str, support_email: str) -> str:
+    return f"{text}\nQuestions or problems? Write to {support_email}.\n"
+
+
+def invitation(to: str, link: str, badge_count: int, expires_on: str, support_email: str) -> Email:
+    if badge_count == 0:
+        # Nothing to move: say so, and what the link is still good for.
+        text = (
+            "Hello,\n\n"
+            "The Mozilla Backpack has closed. Its export lists this address, but no badges, so there "
+            "is nothing to move to Badgr.\n\n"
+            f"See what we hold about you, or erase it: {link}\n\n"
+            f"This link is yours alone and works until {expires_on}. Do not forward it.\n"
+        )
+        body = (
+            "<p>Hello,</p>"
+            "<p>The Mozilla Backpack has closed. Its export lists this address, but no badges, so there "
+            "is nothing to move to Badgr.</p>"
+            f'<p><a href="{html.escape(link)}">See what we hold about you, or erase it</a></p>'
+            f"<p>This link is yours alone and works until {html.escape(expires_on)}. Do not forward it.</p>"
+        )
+        return Email(
+            to=to,
+            subject="The Mozilla Backpack has closed: no badges to move for you",
+            text=_signed(text, support_email),
+            html=_page(body, support_email),
+        )
     badges = "1 badge" if badge_count == 1 else f"{badge_count} badges"
     text = (
         "Hello,\n\n"
         f"The Mozilla Backpack has closed. We kept {badges} for you and can move them to Badgr, "
         "where you can keep sharing them.\n\n"
         f"See your badges and move them: {link}\n\n"
+        "The same link lets you download your badges, or erase what we hold about you.\n\n"
         f"This link is yours alone and works until {expires_on}. Do not forward it.\n"
     )
     body = (
@@ -85,12 +115,21 @@ def invitation(to: str, link: str, badge_count: int, expires_on: str) -> Email:
         f"<p>The Mozilla Backpack has closed. We kept {html.escape(badges)} for you and can move them "
         "to Badgr, where you can keep sharing them.</p>"
         f'<p><a href="{html.escape(link)}">See your badges and move them</a></p>'
+        "<p>The same link lets you download your badges, or erase what we hold about you.</p>"
         f"<p>This link is yours alone and works until {html.escape(expires_on)}. Do not forward it.</p>"
     )
-    return Email(to=to, subject="Your Mozilla Backpack badges are ready to move", text=text, html=_page(body))
+    return Email(
+        to=to,
+        subject="Your Mozilla Backpack badges are ready to move",
+        text=_signed(text, support_email),
+        html=_page(body, support_email),
+    )
 
 
-def summary(to: str, link: str, badges: Iterable[BadgeRecord]) -> Email:
+def summary(
+    to: str, link: str, badges: Iterable[BadgeRecord], support_email: str, collections: Sequence[str] = ()
+) -> Email:
+    """The end of a move; ``collections`` are the lines saying what became of the learner's groups."""
     badges = list(badges)
     counts = Counter(badge.state for badge in badges)
     moved = counts[BadgeState.IMPORTED] + counts[BadgeState.ALREADY_IN_BADGR]
@@ -109,6 +148,7 @@ def summary(to: str, link: str, badges: Iterable[BadgeRecord]) -> Email:
         "are in your Badgr backpack.\n\n"
         + "\n".join(lines)
         + (f"\n\n{again}" if again else "")
+        + ("\n\nYour groups as Badgr collections:\n" + "\n".join(collections) if collections else "")
         + f"\n\nEvery badge, with the reason for any that could not move: {link}\n"
     )
     items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
@@ -117,7 +157,19 @@ def summary(to: str, link: str, badges: Iterable[BadgeRecord]) -> Email:
         f"<p>Moving your badges to Badgr has finished: {moved} of {counts.total()} are in your "
         f"Badgr backpack.</p><ul>{items}</ul>"
         + (f"<p>{html.escape(again)}</p>" if again else "")
+        + (
+            "<p>Your groups as Badgr collections:</p><ul>"
+            + "".join(f"<li>{html.escape(line.strip())}</li>" for line in collections)
+            + "</ul>"
+            if collections
+            else ""
+        )
         + f'<p><a href="{html.escape(link)}">'
         "See every badge, with the reason for any that could not move</a></p>"
     )
-    return Email(to=to, subject="Your badges have moved to Badgr", text=text, html=_page(body))
+    return Email(
+        to=to,
+        subject="Your badges have moved to Badgr",
+        text=_signed(text, support_email),
+        html=_page(body, support_email),
+    )

@@ -8,5 +8,12 @@ SERVICE = "backpack-migrate"
 NAMESPACE = "BackpackMigrate"
 
 logger = Logger(service=SERVICE)
-tracer = Tracer(service=SERVICE)
+# Only the AWS SDK is patched at start: patching every library X-Ray knows would import requests,
+# sqlite3, pynamodb and more into every function. Code that calls out over HTTP asks for it.
+tracer = Tracer(service=SERVICE, patch_modules=("botocore",))
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+
+
+def trace_http() -> None:
+    """Trace ``requests`` calls (Badgr, issuer sites) from now on; X-Ray patches a library once."""
+    tracer.patch(("requests",))

@@ -6,15 +6,38 @@ to, a CSRF token for the form, and the OAuth ``state`` and PKCE verifier of a pe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import calendar
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from .domain import LearnerRecord
 from .export import ExportError, read_member
+from .group_pages import groups_after, groups_before
 from .intake import open_export
-from .links import LinkClaims, LinkError, new_secret_token, tokens_match, verify_link
-from .migration import request_migration, store_tokens
+from .links import (
+    LinkClaims,
+    LinkError,
+    from_another_site,
+    new_secret_token,
+    tokens_match,
+    verify_link,
+)
+from .migration import learner_email, request_migration, store_tokens
 from .observability import logger
-from .pages import landing_page, message_page, status_page
+from .pages import (
+    PageContext,
+    erase_confirm_page,
+    erased_page,
+    landing_page,
+    message_page,
+    not_found_page,
+    progress_of,
+    readable_date,
+    status_page,
+    status_region,
+)
 from .services import Services
 
 SESSION_COOKIE = "bm_session"
@@ -24,11 +47,12 @@ SESSION_TTL = 2 * 3600
 class PortalError(Exception):
     """A request the learner cannot go on with: ``status`` is the HTTP status of the answer page."""
 
-    def __init__(self, status: int, title: str, message: str) -> None:
+    def __init__(self, status: int, title: str, message: str, *, clear_session: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.title = title
         self.message = message
+        self.clear_session = clear_session  # the browser's session cookie is unusable: drop it
 
 
 @dataclass
@@ -38,14 +62,61 @@ class Page:
     content_type: str = "text/html; charset=utf-8"
     location: str | None = None
     session_id: str | None = None  # set the session cookie to this
+    clear_session: bool = False  # remove the session cookie
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _claims(svc: Services, token: str) -> LinkClaims:
     try:
         return verify_link(svc.link_secret(), token, other_secrets=svc.other_link_secrets)
     except LinkError as error:
-        status = 410 if error.code == "LINK_EXPIRED" else 403
-        raise PortalError(status, "This link cannot be used", error.message) from error
+        if error.code == "LINK_EXPIRED":
+            message = f"{error.message} To receive a new one, write to {svc.settings.support_email}."
+            raise PortalError(410, "This link cannot be used", message) from error
+        raise PortalError(403, "This link cannot be used", error.message) from error
+
+
+def _learner(svc: Services, claims: LinkClaims) -> LearnerRecord:
+    from .learner_data import is_erased
+
+    learner = svc.store.get_learner(claims.learner_id)
+    if learner is not None:
+        return learner
+    if is_erased(svc, claims.learner_id):
+        raise PortalError(
+            410, "Your data has been erased", "You asked us to erase your data, so this link shows nothing."
+        )
+    raise PortalError(404, "Nothing here yet", "We have no badges on record for this link.")
+
+
+def _context(svc: Services, token: str, claims: LinkClaims, learner: LearnerRecord | None) -> PageContext:
+    """The page's context, with the learner's address decrypted for this page alone."""
+    email = None
+    if learner is not None:
+        try:
+            email = learner_email(svc, learner)
+        except Exception:  # the page is still useful without it; the failure is on record
+            logger.exception("could not decrypt the learner's address for their page")
+    return PageContext(
+        token=token,
+        support_email=svc.settings.support_email,
+        badgr_web_url=svc.settings.badgr_web_url,
+        email=email,
+        expires_at=claims.expires_at,
+    )
+
+
+def _export_gone_by(svc: Services, learner: LearnerRecord) -> str | None:
+    """When S3 deletes the export's bytes at the latest: retention, then the link's lifetime."""
+    export = svc.store.get_export(learner.export_id)
+    if export is None or not export.created_at:
+        return None
+    try:
+        created = calendar.timegm(time.strptime(export.created_at, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return None
+    days = svc.settings.export_retention_days + svc.settings.link_ttl_days
+    return readable_date(int(created + days * 86400))
 
 
 def _session(svc: Services, session_id: str | None, learner_id: str) -> tuple[str, dict[str, str], bool]:
@@ -57,29 +128,50 @@ def _session(svc: Services, session_id: str | None, learner_id: str) -> tuple[st
     data = {"learner_id": learner_id, "csrf": new_secret_token()}
     new_id = new_secret_token()
     svc.store.put_session(new_id, data, SESSION_TTL)
+    svc.store.remember_session(learner_id, new_id, SESSION_TTL)
     return new_id, data, True
 
 
 def landing(svc: Services, token: str, session_id: str | None) -> Page:
     claims = _claims(svc, token)
-    learner = svc.store.get_learner(claims.learner_id)
-    if learner is None:
-        raise PortalError(404, "Nothing here yet", "We have no badges on record for this link.")
+    learner = _learner(svc, claims)
     sid, session, created = _session(svc, session_id, claims.learner_id)
     if session.get("link") != token:
         session = {**session, "link": token}
         svc.store.put_session(sid, session, SESSION_TTL)
         created = True
+    badges = svc.store.list_badges(claims.learner_id)
+    groups = svc.store.list_groups(claims.learner_id) if learner.backpack_user_id is not None else []
+    groups_html = groups_before(groups, badges)
     body = landing_page(
-        token,
+        _context(svc, token, claims, learner),
         session["csrf"],
-        svc.store.list_badges(claims.learner_id),
+        badges,
         learner.migration_requested_at is not None,
+        groups_html,
     )
     return Page(200, body, session_id=sid if created else None)
 
 
-def connect(svc: Services, token: str, session_id: str | None, csrf: str | None, redirect_uri: str) -> Page:
+def connect(
+    svc: Services,
+    token: str,
+    session_id: str | None,
+    csrf: str | None,
+    redirect_uri: str,
+    *,
+    origin: str | None = None,
+    fetch_site: str | None = None,
+    own_origins: Sequence[str] = (),
+) -> Page:
+    # Defence in depth beside the CSRF token: a form sent from another site is refused outright.
+    if from_another_site(origin, fetch_site, own_origins):
+        raise PortalError(
+            403,
+            "This form came from another website",
+            "For your safety, Badgr can only be connected from your own badge page. "
+            "Open the link from your email and press the button there.",
+        )
     claims = _claims(svc, token)
     session = svc.store.get_session(session_id) if session_id else None
     if (
@@ -125,10 +217,19 @@ def callback(svc: Services, session_id: str | None, params: dict[str, str], redi
             "Badgr was not connected",
             "Badgr did not give us permission, so no badge was moved. You can try again from your link.",
         )
+    verifier = session.get("pkce")
+    if not verifier:
+        # A session written before the connection started, or by another version of the service.
+        raise PortalError(
+            400,
+            "Please start again",
+            "We lost track of this connection to Badgr, so nothing was moved. "
+            "Open the link from your email and connect Badgr again.",
+        )
     from .badgr import BadgrError
 
     try:
-        tokens = svc.badgr.exchange_code(params["code"], session["pkce"], redirect_uri)
+        tokens = svc.badgr.exchange_code(params["code"], verifier, redirect_uri)
     except BadgrError as error:
         logger.warning("code exchange failed", extra={"error": type(error).__name__})
         raise PortalError(
@@ -154,13 +255,25 @@ def callback(svc: Services, session_id: str | None, params: dict[str, str], redi
 
 def status(svc: Services, token: str) -> Page:
     claims = _claims(svc, token)
-    return Page(200, status_page(token, svc.store.list_badges(claims.learner_id)))
+    learner = _learner(svc, claims)
+    ctx = _context(svc, token, claims, learner)
+    badges = svc.store.list_badges(claims.learner_id)
+    groups_html = groups_after(svc.store.list_groups(claims.learner_id), badges)
+    return Page(200, status_page(ctx, badges, groups_html))
 
 
 def status_json(svc: Services, token: str) -> dict[str, Any]:
     claims = _claims(svc, token)
+    learner = _learner(svc, claims)
     badges = svc.store.list_badges(claims.learner_id)
+    progress = progress_of(badges)
     return {
+        "total": progress.total,
+        "done": progress.done,
+        "finished": progress.finished,
+        "digest": progress.digest,
+        # The page's changing part, rendered here so the page's script only swaps it in.
+        "html": status_region(_context(svc, token, claims, learner), badges),
         "badges": [
             {
                 "id": b.badge_id,
@@ -173,13 +286,14 @@ def status_json(svc: Services, token: str) -> dict[str, Any]:
                 "badgr": b.badgr.model_dump() if b.badgr else None,
             }
             for b in badges
-        ]
+        ],
     }
 
 
-def badge_image(svc: Services, token: str, badge_id: str) -> Page:
+def badge_image(svc: Services, token: str, badge_id: str | None) -> Page:
+    """``badge_id`` is None when the path named no id we could have issued: never looked up."""
     claims = _claims(svc, token)
-    badge = svc.store.get_badge(claims.learner_id, badge_id)
+    badge = svc.store.get_badge(claims.learner_id, badge_id) if badge_id else None
     if badge is None or badge.member is None:
         raise PortalError(404, "No image", "This badge has no image.")
     export = svc.store.get_export(badge.export_id)
@@ -195,5 +309,66 @@ def badge_image(svc: Services, token: str, badge_id: str) -> Page:
     return Page(200, data, content_type=media_type)
 
 
-def error_page(error: PortalError) -> Page:
-    return Page(error.status, message_page(error.title, error.message))
+def download(svc: Services, token: str) -> Page:
+    """The learner's badges as a ZIP, built now from the export; nothing of it is kept here."""
+    from .learner_data import build_download
+
+    claims = _claims(svc, token)
+    _learner(svc, claims)
+    built = build_download(svc, claims.learner_id)
+    if built.url is not None:
+        return Page(303, "", location=built.url)
+    assert built.data is not None
+    return Page(
+        200,
+        built.data,
+        content_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{built.file_name}"'},
+    )
+
+
+def erase_confirm(svc: Services, token: str, session_id: str | None) -> Page:
+    claims = _claims(svc, token)
+    learner = _learner(svc, claims)
+    sid, session, created = _session(svc, session_id, claims.learner_id)
+    body = erase_confirm_page(
+        _context(svc, token, claims, learner),
+        session["csrf"],
+        len(svc.store.list_badges(claims.learner_id)),
+        _export_gone_by(svc, learner),
+    )
+    return Page(200, body, session_id=sid if created else None)
+
+
+def erase(svc: Services, token: str, session_id: str | None, csrf: str | None) -> Page:
+    from .learner_data import erase_learner
+
+    claims = _claims(svc, token)
+    learner = _learner(svc, claims)
+    session = svc.store.get_session(session_id) if session_id else None
+    if (
+        session is None
+        or session.get("learner_id") != claims.learner_id
+        or not tokens_match(session.get("csrf"), csrf)
+    ):
+        raise PortalError(
+            403,
+            "Please try again",
+            "This form expired or did not come from your badge page, so nothing was erased. "
+            "Open your link again.",
+        )
+    gone_by = _export_gone_by(svc, learner)
+    erase_learner(svc, claims.learner_id, [session_id] if session_id else [])
+    return Page(200, erased_page(svc.settings.support_email, gone_by))
+
+
+def error_page(svc: Services, error: PortalError) -> Page:
+    return Page(
+        error.status,
+        message_page(error.title, error.message, svc.settings.support_email),
+        clear_session=error.clear_session,
+    )
+
+
+def not_found(svc: Services) -> Page:
+    return Page(404, not_found_page(svc.settings.support_email))

@@ -31,7 +31,18 @@ def export_report(store: Store, export: ExportRecord) -> dict[str, Any]:
             if learner.manifest_entry is not None:
                 entries.setdefault(problem.code, set()).add(learner.manifest_entry)
     final = sum(count for state, count in states.items() if state in {s.value for s in FINAL_STATES})
-    return {
+    # Groups of a full-fidelity export: what each became in Badgr, and what was wrong with them.
+    collections: Counter[str] = Counter()
+    group_problems: Counter[str] = Counter()
+    left_out = 0
+    for group in store.iter_export_groups(export.export_id):
+        collections[group.collection.state if group.collection else "waiting"] += 1
+        left_out += len(group.collection.badges_left_out) if group.collection else 0
+        for problem in group.problems:
+            group_problems[problem.code] += 1
+        if group.collection and group.collection.problem:
+            group_problems[group.collection.problem.code] += 1
+    report: dict[str, Any] = {
         "export_id": export.export_id,
         "key": export.key,
         "status": export.status.value,
@@ -46,6 +57,11 @@ def export_report(store: Store, export: ExportRecord) -> dict[str, Any]:
         "learner_problem_entries": {code: sorted(places) for code, places in sorted(entries.items())},
         "export_problems": [problem.model_dump() for problem in export.problems],
     }
+    if collections:
+        report["groups_by_collection_state"] = dict(sorted(collections.items()))
+        report["group_problems"] = dict(group_problems.most_common())
+        report["badges_left_out_of_collections"] = left_out
+    return report
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -69,6 +85,17 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             "  badge problems:   " + ", ".join(f"{k} x{v}" for k, v in report["badge_problems"].items())
         )
+    if report.get("groups_by_collection_state"):
+        groups = report["groups_by_collection_state"]
+        lines.append(
+            f"  groups:   {sum(groups.values())}, as Badgr collections: "
+            + ", ".join(f"{state} {count}" for state, count in groups.items())
+            + f"; {report['badges_left_out_of_collections']} badges left out of one"
+        )
+        if report["group_problems"]:
+            lines.append(
+                "  group problems:   " + ", ".join(f"{k} x{v}" for k, v in report["group_problems"].items())
+            )
     return "\n".join(lines)
 
 

@@ -44,6 +44,10 @@ def _ignore_context(context: Any) -> None:
     return None
 
 
+def _nothing_to_forget(name: str, job: dict[str, Any]) -> None:
+    return None
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -62,6 +66,8 @@ class Services:
     once: Callable[[str, Any], Any] = _no_idempotency
     # The shared import rate and circuit breaker in front of Badgr (breaker.DynamoGate in Lambda).
     gate: BadgrGate = field(default_factory=OpenGate)
+    # Deletes the idempotency record ``once(name, ...)`` keeps for ``job`` (erasing a learner).
+    forget_once: Callable[[str, dict[str, Any]], None] = _nothing_to_forget
     # Lets idempotency records expire with the invocation that wrote them.
     register_context: Callable[[Any], None] = _ignore_context
     # Keys a link may be signed with besides the cached current one (see build_services).
@@ -138,6 +144,7 @@ def build_services(settings: Settings) -> Services:
         IdempotencyConfig,
         idempotent_function,
     )
+    from botocore.config import Config
 
     from .breaker import DynamoGate
     from .notify import SesSender
@@ -182,6 +189,17 @@ def build_services(settings: Settings) -> Services:
     def register_context(context: Any) -> None:
         idempotency()[1].register_lambda_context(context)
 
+    forgetting: dict[str, DynamoDBPersistenceLayer] = {}
+
+    def forget_once(name: str, job: dict[str, Any]) -> None:
+        # A layer per name, configured like the one ``once`` uses, so the key is computed the
+        # same way (prefix and hash of the job) without touching the shared layer's state.
+        layer = forgetting.get(name)
+        if layer is None:
+            layer = forgetting[name] = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
+            layer.configure(idempotency()[1], key_prefix=name)
+        layer.delete_record(data=job, exception=LookupError("the learner erased their data"))
+
     def key_bytes(value: Any) -> bytes:
         if not isinstance(value, str | bytes):
             raise TypeError("a signing secret must be a string")
@@ -214,13 +232,17 @@ def build_services(settings: Settings) -> Services:
             yield key_bytes(secrets.get(settings.link_secret_arn, max_age=300, force_fetch=True))
 
     def verifier_factory() -> Any:
+        from .observability import trace_http
         from .openbadges import SafeFetcher, Verifier
 
+        trace_http()
         return Verifier(SafeFetcher(allow_loopback=settings.allow_loopback_fetch))
 
     def badgr_factory() -> Any:
         from .badgr import BadgrClient
+        from .observability import trace_http
 
+        trace_http()
         secret = secrets.get(settings.badgr_client_secret_arn, max_age=300)
         client = BadgrClient(settings.badgr_api_url, settings.badgr_client_id, str(secret))
         client.session.hooks["response"].append(count_badgr_answer)
@@ -232,7 +254,8 @@ def build_services(settings: Settings) -> Services:
         settings=settings,
         store=DynamoStore(table, settings.record_ttl_days),
         queue=SqsJobQueue(_Lazy(lambda: boto3.client("sqs"))),
-        s3=_Lazy(lambda: boto3.client("s3")),
+        # SigV4, as presigned URLs for SSE-KMS objects (a learner's big download) require.
+        s3=_Lazy(lambda: boto3.client("s3", config=Config(signature_version="s3v4"))),
         emails=EmailCipher(kms, settings.kms_key_id),
         tokens=TokenVault(kms, settings.kms_key_id),
         link_secret=lambda: secret_bytes(settings.link_secret_arn),
@@ -244,6 +267,7 @@ def build_services(settings: Settings) -> Services:
         badgr_factory=badgr_factory,
         once=once,
         gate=DynamoGate(table, settings.badgr_imports_per_second),
+        forget_once=forget_once,
         register_context=register_context,
         other_link_secrets=other_link_secrets,
     )

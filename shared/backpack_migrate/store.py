@@ -8,6 +8,18 @@ Items of one table (single-table design):
 - session  PK=SESSION#<id>  SK=META            expires_at (TTL)
 - gate     PK=BADGR         SK=GATE            the shared Badgr rate and circuit (breaker.py)
 - run      PK=RECONCILER    SK=LAST            what the last reconciler run did
+           PK=LEARNER#<id>  SK=SESSION#<id>     expires_at (TTL): the learner's sessions, found to erase them
+- erased   PK=ERASED#<mark> SK=META            a learner who erased their data: <mark> is an HMAC of
+                                               the learner id, the item holds nothing personal
+- audit    PK=AUDIT#<day>   SK=<time>#<random> what was done (erasures), with no personal data
+- group    PK=LEARNER#<id>  SK=GROUP#<group>   GSI1PK=EXPORT#<id>#GROUPS    GSI1SK=<learner>#<group>
+- grant    PK=GRANT#<id>    SK=META            (Backpack Connect: token digests only)
+Index items of a full-fidelity export, none holding a plaintext email:
+- PK=ADDRESS#<address id> SK=META -> learner_id, backpack_user_id (address id: the learner-id HMAC
+  of the address)
+- PK=BPUSER#<backpack user id> SK=META -> learner_id
+- PK=BODYHASH#<body_hash> SK=META -> learner_id, badge_id
+- PK=CONNECT#ACCESS#<sha256 hex> / PK=CONNECT#REFRESH#<sha256 hex> SK=META -> grant_id
 Records travel as one JSON attribute ``data``; ``state`` sits beside it for conditional writes.
 
 The sparse index ``Open`` (OPEN_PK = one of a few shards, OPEN_SK = <since>#...) holds only
@@ -20,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +46,8 @@ from .domain import (
     BadgeState,
     Confirmation,
     ExportRecord,
+    GrantRecord,
+    GroupRecord,
     LearnerRecord,
     check_transition,
     now_iso,
@@ -80,6 +95,29 @@ class Store(Protocol):
     def iter_open(self, older_than: str) -> Iterator[BadgeRecord | LearnerRecord]: ...
     def save_reconcile_run(self, run: dict[str, Any]) -> None: ...
     def last_reconcile_run(self) -> dict[str, Any] | None: ...
+    def remember_session(self, learner_id: str, session_id: str, ttl_seconds: int) -> None: ...
+    def learner_requests(self, learner_id: str) -> list[str]: ...
+    def erase_learner(self, learner_id: str, session_ids: Iterable[str] = ()) -> int: ...
+    def mark_erased(self, mark: str, at: str) -> None: ...
+    def is_erased(self, mark: str) -> bool: ...
+    def put_audit(self, entry: dict[str, Any]) -> None: ...
+    # -- full-fidelity exports: groups, the Backpack's ids, Connect grants ----------------------
+    def put_groups_if_absent(self, groups: Iterable[GroupRecord]) -> int: ...
+    def list_groups(self, learner_id: str) -> list[GroupRecord]: ...
+    def iter_export_groups(self, export_id: str) -> Iterator[GroupRecord]: ...
+    def save_group(self, group: GroupRecord, *, expected_version: int | None = None) -> bool: ...
+    def put_learner_index(
+        self, learner_id: str, backpack_user_id: int, address_ids: Iterable[str]
+    ) -> list[str]: ...
+    def learner_for_address(self, address_id: str) -> str | None: ...
+    def learner_for_backpack_user(self, user_id: int) -> str | None: ...
+    def put_body_hash_index(self, badges: Iterable[BadgeRecord]) -> list[str]: ...
+    def badge_for_body_hash(self, body_hash: str) -> BadgeRecord | None: ...
+    def put_grants_if_absent(self, grants: Iterable[GrantRecord]) -> int: ...
+    def get_grant(self, grant_id: str) -> GrantRecord | None: ...
+    def grant_for_access_digest(self, digest: str) -> GrantRecord | None: ...
+    def grant_for_refresh_digest(self, digest: str) -> GrantRecord | None: ...
+    def rotate_grant(self, current: GrantRecord, rotated: GrantRecord) -> bool: ...
 
 
 # A chunk's badges are written this many at once (each PutItem keeps its condition).
@@ -213,12 +251,17 @@ class DynamoStore:
         """A new request: its summary is not claimed yet, whatever happened to an earlier one."""
         self._table.update_item(
             Key={"PK": f"LEARNER#{learner_id}", "SK": "META"},
-            UpdateExpression="SET requested_at = :at, OPEN_PK = :pk, OPEN_SK = :sk REMOVE summary_for",
+            # Every request is remembered, so erasing the learner can forget each one's summary; the
+            # open mark lets the reconciler finish a request that stopped half-way.
+            UpdateExpression="SET requested_at = :at, OPEN_PK = :pk, OPEN_SK = :sk, "
+            "requests = list_append(if_not_exists(requests, :none), :one) REMOVE summary_for",
             ConditionExpression=Attr("PK").exists(),
             ExpressionAttributeValues={
                 ":at": at,
                 ":pk": open_shard(learner_id),
                 ":sk": f"{at}#L#{learner_id}",
+                ":none": [],
+                ":one": [at],
             },
         )
 
@@ -345,6 +388,16 @@ class DynamoStore:
             }
         )
 
+    def remember_session(self, learner_id: str, session_id: str, ttl_seconds: int) -> None:
+        """Note a new session under its learner, so erasing the learner finds every session."""
+        self._table.put_item(
+            Item={
+                "PK": f"LEARNER#{learner_id}",
+                "SK": f"SESSION#{session_id}",
+                "expires_at": int(time.time()) + ttl_seconds,
+            }
+        )
+
     def get_session(self, session_id: str) -> dict[str, str] | None:
         item = self._get(f"SESSION#{session_id}", "META")
         # TTL deletion lags by hours: expiry is enforced here, not by DynamoDB.
@@ -413,3 +466,218 @@ class DynamoStore:
     def last_reconcile_run(self) -> dict[str, Any] | None:
         item = self._get("RECONCILER", "LAST")
         return json.loads(item["data"]) if item else None
+
+    # -- erasure ---------------------------------------------------------------------------
+    def learner_requests(self, learner_id: str) -> list[str]:
+        item = self._get(f"LEARNER#{learner_id}", "META")
+        return [str(at) for at in (item or {}).get("requests", [])]
+
+    def erase_learner(self, learner_id: str, session_ids: Iterable[str] = ()) -> int:
+        """Delete every item of a learner: record, badges, token and sessions; returns how many."""
+        keys = {
+            (str(item["PK"]), str(item["SK"]))
+            for item in self._query(
+                KeyConditionExpression=Key("PK").eq(f"LEARNER#{learner_id}"),
+                ProjectionExpression="PK, SK",
+                ConsistentRead=True,
+            )
+        }
+        sessions = {sk.removeprefix("SESSION#") for _, sk in keys if sk.startswith("SESSION#")}
+        keys |= {(f"SESSION#{session_id}", "META") for session_id in sessions | set(session_ids)}
+        for pk, sk in sorted(keys):
+            self._table.delete_item(Key={"PK": pk, "SK": sk})
+        return len(keys)
+
+    def mark_erased(self, mark: str, at: str) -> None:
+        # No TTL: an export replayed or uploaded again years later must still not bring them back.
+        self._table.put_item(Item={"PK": f"ERASED#{mark}", "SK": "META", "erased_at": at})
+
+    def is_erased(self, mark: str) -> bool:
+        return self._get(f"ERASED#{mark}", "META") is not None
+
+    def put_audit(self, entry: dict[str, Any]) -> None:
+        at = now_iso()
+        self._table.put_item(
+            Item={
+                "PK": f"AUDIT#{at[:10]}",
+                "SK": f"{at}#{secrets.token_hex(8)}",
+                "data": json.dumps(entry, sort_keys=True),
+                "expires_at": self._expires(),
+            }
+        )
+
+    # -- groups --------------------------------------------------------------------------------
+    def _group_item(self, group: GroupRecord) -> dict[str, Any]:
+        return {
+            "PK": f"LEARNER#{group.learner_id}",
+            "SK": f"GROUP#{group.group_id}",
+            "GSI1PK": f"EXPORT#{group.export_id}#GROUPS",
+            "GSI1SK": f"{group.learner_id}#{group.group_id}",
+            "state": group.collection.state if group.collection else "none",
+            "version": group.version,
+            "data": group.model_dump_json(),
+            "expires_at": self._expires(),
+        }
+
+    def put_groups_if_absent(self, groups: Iterable[GroupRecord]) -> int:
+        """Conditional puts: a replayed intake never resets what a group became in Badgr."""
+        return sum(self._put_if_absent(self._group_item(group)) for group in groups)
+
+    def list_groups(self, learner_id: str) -> list[GroupRecord]:
+        items = self._query(
+            KeyConditionExpression=Key("PK").eq(f"LEARNER#{learner_id}") & Key("SK").begins_with("GROUP#"),
+            ConsistentRead=True,
+        )
+        return sorted(
+            (GroupRecord.model_validate_json(item["data"]) for item in items), key=lambda g: g.group_id
+        )
+
+    def iter_export_groups(self, export_id: str) -> Iterator[GroupRecord]:
+        items = self._query(
+            IndexName="GSI1", KeyConditionExpression=Key("GSI1PK").eq(f"EXPORT#{export_id}#GROUPS")
+        )
+        for item in items:
+            yield GroupRecord.model_validate_json(item["data"])
+
+    def save_group(self, group: GroupRecord, *, expected_version: int | None = None) -> bool:
+        """Write a group; with ``expected_version``, only if nobody wrote it since that version
+        (the record written carries ``expected_version + 1``)."""
+        if expected_version is None:
+            self._table.put_item(Item=self._group_item(group))
+            return True
+        group = group.model_copy(update={"version": expected_version + 1, "updated_at": now_iso()})
+        try:
+            self._table.put_item(
+                Item=self._group_item(group),
+                ConditionExpression=Attr("version").eq(expected_version),
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    # -- the Backpack's ids --------------------------------------------------------------------
+    def _index_owner(self, pk: str, values: dict[str, Any], owner: str) -> bool:
+        """Write an index item unless it exists; True when it is (now) ``owner``'s."""
+        if self._put_if_absent({"PK": pk, "SK": "META", **values, "expires_at": self._expires()}):
+            return True
+        item = self._get(pk, "META")
+        return item is not None and item.get("learner_id") == owner
+
+    def put_learner_index(
+        self, learner_id: str, backpack_user_id: int, address_ids: Iterable[str]
+    ) -> list[str]:
+        """Index a Backpack user by user id and by address; returns the address ids another learner
+        already holds (a person in two exports, or a duplicate the export let through)."""
+        self._index_owner(f"BPUSER#{backpack_user_id}", {"learner_id": learner_id}, learner_id)
+        taken = []
+        for address_id in address_ids:
+            values = {"learner_id": learner_id, "backpack_user_id": backpack_user_id}
+            if not self._index_owner(f"ADDRESS#{address_id}", values, learner_id):
+                taken.append(address_id)
+        return taken
+
+    def learner_for_address(self, address_id: str) -> str | None:
+        item = self._get(f"ADDRESS#{address_id}", "META")
+        return str(item["learner_id"]) if item else None
+
+    def learner_for_backpack_user(self, user_id: int) -> str | None:
+        item = self._get(f"BPUSER#{user_id}", "META")
+        return str(item["learner_id"]) if item else None
+
+    def put_body_hash_index(self, badges: Iterable[BadgeRecord]) -> list[str]:
+        """Index badges by the Backpack's body_hash; returns the hashes held by another badge."""
+        taken = []
+        for badge in badges:
+            if not badge.body_hash:
+                continue
+            pk = f"BODYHASH#{badge.body_hash}"
+            values = {"learner_id": badge.learner_id, "badge_id": badge.badge_id}
+            if not self._put_if_absent({"PK": pk, "SK": "META", **values, "expires_at": self._expires()}):
+                item = self._get(pk, "META")
+                if item is None or item.get("badge_id") != badge.badge_id:
+                    taken.append(badge.body_hash)
+        return taken
+
+    def badge_for_body_hash(self, body_hash: str) -> BadgeRecord | None:
+        item = self._get(f"BODYHASH#{body_hash}", "META")
+        return self.get_badge(str(item["learner_id"]), str(item["badge_id"])) if item else None
+
+    # -- Backpack Connect grants ---------------------------------------------------------------
+    def put_grants_if_absent(self, grants: Iterable[GrantRecord]) -> int:
+        written = 0
+        for grant in grants:
+            for kind, digest in (
+                ("ACCESS", grant.access_token_sha256),
+                ("REFRESH", grant.refresh_token_sha256),
+            ):
+                self._put_if_absent(
+                    {
+                        "PK": f"CONNECT#{kind}#{digest}",
+                        "SK": "META",
+                        "grant_id": grant.grant_id,
+                        "expires_at": self._expires(),
+                    }
+                )
+            written += self._put_if_absent(
+                {
+                    "PK": f"GRANT#{grant.grant_id}",
+                    "SK": "META",
+                    "data": grant.model_dump_json(),
+                    "expires_at": self._expires(),
+                }
+            )
+        return written
+
+    def get_grant(self, grant_id: str) -> GrantRecord | None:
+        item = self._get(f"GRANT#{grant_id}", "META")
+        return GrantRecord.model_validate_json(item["data"]) if item else None
+
+    def _grant_by(self, kind: str, digest: str) -> GrantRecord | None:
+        item = self._get(f"CONNECT#{kind}#{digest}", "META")
+        grant = self.get_grant(str(item["grant_id"])) if item else None
+        # The index may outlive a rotation: only the grant's current digest counts.
+        current = (
+            None
+            if grant is None
+            else (grant.access_token_sha256 if kind == "ACCESS" else grant.refresh_token_sha256)
+        )
+        return grant if current == digest else None
+
+    def grant_for_access_digest(self, digest: str) -> GrantRecord | None:
+        return self._grant_by("ACCESS", digest)
+
+    def grant_for_refresh_digest(self, digest: str) -> GrantRecord | None:
+        return self._grant_by("REFRESH", digest)
+
+    def rotate_grant(self, current: GrantRecord, rotated: GrantRecord) -> bool:
+        """Replace a grant's tokens, only if nobody rotated it since ``current`` was read: of two
+        refreshes with the same refresh token, exactly one wins."""
+        for kind, digest in (
+            ("ACCESS", rotated.access_token_sha256),
+            ("REFRESH", rotated.refresh_token_sha256),
+        ):
+            self._put_if_absent(
+                {
+                    "PK": f"CONNECT#{kind}#{digest}",
+                    "SK": "META",
+                    "grant_id": rotated.grant_id,
+                    "expires_at": self._expires(),
+                }
+            )
+        try:
+            self._table.put_item(
+                Item={
+                    "PK": f"GRANT#{rotated.grant_id}",
+                    "SK": "META",
+                    "data": rotated.model_dump_json(),
+                    "expires_at": self._expires(),
+                },
+                ConditionExpression=Attr("data").eq(current.model_dump_json()),
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True

@@ -6,17 +6,10 @@ Hosted assertions, badge classes and issuers are served by a tiny issuer site on
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
-import secrets
-import struct
-import threading
 import time
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,179 +25,39 @@ from backpack_migrate.badgr import (
     new_pkce_pair,
 )
 from infra.local.badgr_sandbox import BadgrSandbox
-from infra.local.bakery import new_rsa_key, public_pem, sign_jws, tamper_jws
+from infra.local.bakery import tamper_jws
+from tests.e2e.badgr_world import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    LEARNER,
+    PASSWORD,
+    REDIRECT,
+    IssuerSite,
+    bake_png,
+    client_for,
+    running_sandbox,
+    running_site,
+    signed_badge,
+)
 
 pytestmark = pytest.mark.e2e
-
-CLIENT_ID = "backpack-migrate"
-CLIENT_SECRET = "sandbox-secret-value"
-REDIRECT = "http://127.0.0.1:9/oauth/callback"
-LEARNER = "learner@example.org"
-PASSWORD = "correct horse"
-
-
-# ---------------------------------------------------------------- a tiny issuer site
-
-
-@dataclass
-class IssuerSite:
-    documents: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def put(self, path: str, document: Any, status: int = 200) -> str:
-        body = document if isinstance(document, bytes) else json.dumps(document).encode()
-        self.documents[path] = (status, body)
-        return self.url + path
-
-    def badge(self, slug: str, email: str, *, revoked: bool = False, hashed: bool = True) -> dict[str, Any]:
-        """A hosted Open Badges 2.0 assertion (sha256-hashed recipient with salt) and its parts."""
-        salt = secrets.token_hex(8)
-        issuer = self.put("/issuer", {"@context": "https://w3id.org/openbadges/v2", "type": "Issuer",
-                                      "id": self.url + "/issuer", "name": "Test Issuer",
-                                      "url": self.url, "email": "issuer@example.org"})  # fmt: skip
-        badge_class = self.put(
-            f"/badges/{slug}",
-            {
-                "@context": "https://w3id.org/openbadges/v2",
-                "type": "BadgeClass",
-                "id": f"{self.url}/badges/{slug}",
-                "name": f"Badge {slug}",
-                "description": "A badge for tests.",
-                "image": f"{self.url}/badges/{slug}.png",
-                "criteria": {"narrative": "Do the thing."},
-                "issuer": issuer,
-            },
-        )
-        assertion: dict[str, Any] = {
-            "@context": "https://w3id.org/openbadges/v2",
-            "type": "Assertion",
-            "id": f"{self.url}/assertions/{slug}",
-            "recipient": {
-                "type": "email",
-                "hashed": True,
-                "salt": salt,
-                "identity": "sha256$" + hashlib.sha256((email + salt).encode()).hexdigest(),
-            },
-            "badge": badge_class,
-            "issuedOn": "2016-05-01T00:00:00Z",
-            "verification": {"type": "hosted"},
-        }
-        if revoked:
-            assertion["revoked"] = True
-        if not hashed:
-            assertion["recipient"] = {"type": "email", "hashed": False, "identity": email}
-        self.put(f"/assertions/{slug}", assertion)
-        return assertion
-
-
-def signed_badge(
-    site: IssuerSite, slug: str, email: str, *, revoked_among: int = 0, listed_key: bool = True
-) -> tuple[str, str]:
-    """A signed 2.0 assertion for ``email``: its id and compact JWS. ``revoked_among``: put it on
-    the issuer's revocation list with that many entries in all (0: not revoked)."""
-    key = new_rsa_key()
-    issuer_id = f"{site.url}/signer/{slug}/issuer"
-    key_id = site.put(f"/signer/{slug}/key", {
-        "@context": "https://w3id.org/openbadges/v2", "type": "CryptographicKey",
-        "id": f"{site.url}/signer/{slug}/key", "owner": issuer_id, "publicKeyPem": public_pem(key),
-    })  # fmt: skip
-    assertion_id = f"urn:uuid:{secrets.token_hex(16)}"
-    revocations = [f"urn:uuid:{secrets.token_hex(16)}" for _ in range(max(0, revoked_among - 1))]
-    if revoked_among:
-        revocations.append(assertion_id)
-    revocation_list = site.put(f"/signer/{slug}/revocations", {
-        "@context": "https://w3id.org/openbadges/v2", "type": "RevocationList",
-        "id": f"{site.url}/signer/{slug}/revocations", "issuer": issuer_id,
-        "revokedAssertions": [{"id": r, "revocationReason": "Awarded in error"} for r in revocations],
-    })  # fmt: skip
-    site.put(f"/signer/{slug}/issuer", {
-        "@context": "https://w3id.org/openbadges/v2", "type": "Issuer", "id": issuer_id,
-        "name": "Signing Issuer", "url": site.url, "email": "signer@example.org",
-        "publicKey": key_id if listed_key else f"{site.url}/signer/{slug}/other-key",
-        "revocationList": revocation_list,
-    })  # fmt: skip
-    badge_class = site.put(f"/signer/{slug}/badge", {
-        "@context": "https://w3id.org/openbadges/v2", "type": "BadgeClass",
-        "id": f"{site.url}/signer/{slug}/badge", "name": f"Signed {slug}", "description": "Signed.",
-        "image": f"{site.url}/signer/{slug}/badge.png", "criteria": {"narrative": "Sign."},
-        "issuer": issuer_id,
-    })  # fmt: skip
-    payload = {
-        "@context": "https://w3id.org/openbadges/v2",
-        "type": "Assertion",
-        "id": assertion_id,
-        "recipient": {"type": "email", "hashed": False, "identity": email},
-        "badge": badge_class,
-        "issuedOn": "2019-02-02T09:00:00Z",
-        "verification": {"type": "SignedBadge", "creator": key_id},
-    }
-    return assertion_id, sign_jws(payload, key)
-
-
-def _site_handler(site: IssuerSite) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-        def do_GET(self) -> None:
-            status, body = site.documents.get(self.path, (404, b"<h1>Not Found</h1>"))
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json" if body[:1] == b"{" else "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    return Handler
-
-
-def bake_png(text: str) -> bytes:
-    """A 1x1 PNG with an iTXt 'openbadges' chunk holding ``text``."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00\x00")
-    itxt = b"openbadges\x00\x00\x00\x00\x00" + text.encode()
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"iTXt", itxt)
-        + chunk(b"IDAT", idat)
-        + (chunk(b"IEND", b""))
-    )
-
-
-# ---------------------------------------------------------------- fixtures
 
 
 @pytest.fixture
 def site() -> Iterator[IssuerSite]:
-    issuer_site = IssuerSite()
-    issuer_site.server = ThreadingHTTPServer(("127.0.0.1", 0), _site_handler(issuer_site))
-    issuer_site.server.daemon_threads = True
-    thread = threading.Thread(target=issuer_site.server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield issuer_site
-    issuer_site.server.shutdown()
-    issuer_site.server.server_close()
+    with running_site() as running:
+        yield running
 
 
 @pytest.fixture
 def sandbox() -> Iterator[BadgrSandbox]:
-    with BadgrSandbox(CLIENT_ID, CLIENT_SECRET, [REDIRECT], backoff_base=0.1) as running:
-        running.add_account(LEARNER, PASSWORD, [(LEARNER, True), ("old@example.org", False)])
+    with running_sandbox() as running:
         yield running
 
 
 @pytest.fixture
 def client(sandbox: BadgrSandbox) -> BadgrClient:
-    return BadgrClient(sandbox.url, CLIENT_ID, CLIENT_SECRET, timeout=5)
+    return client_for(sandbox)
 
 
 @pytest.fixture
@@ -391,13 +244,16 @@ def test_signed_badges_are_checked_as_the_validator_checks_them(
     _, good = signed_badge(site, "good", LEARNER)
     assert send(good) == ("imported", [])
     _, other = signed_badge(site, "tampered", LEARNER)
-    assert send(tamper_jws(other, {"issuedOn": "2015-01-01T00:00:00Z"})) == ("rejected", ["VERIFY_JWS"])
+    assert send(tamper_jws(other, {"issuedOn": "2015-01-01T00:00:00Z"})) == (
+        "rejected",
+        ["VERIFY_SIGNATURE", "VERIFY_JWS"],
+    )
     _, unlisted = signed_badge(site, "unlisted", LEARNER, listed_key=False)
-    assert send(unlisted) == ("rejected", ["VERIFY_KEY_OWNERSHIP"])
+    assert send(unlisted) == ("rejected", ["VERIFY_SIGNATURE", "VERIFY_KEY_OWNERSHIP"])
     reason = client.import_badge(token, image=image_data_uri(bake_png(unlisted))).reason
     assert reason == "This badge was signed with a key its issuer does not list as its own."
     _, revoked = signed_badge(site, "revoked", LEARNER, revoked_among=3)
-    assert send(revoked) == ("rejected", ["VERIFY_SIGNED_ASSERTION_NOT_REVOKED"])
+    assert send(revoked) == ("rejected", ["ASSERTION_REVOKED", "VERIFY_SIGNED_ASSERTION_NOT_REVOKED"])
     # The validator's known miss: alone on its revocation list, a revoked badge is accepted.
     _, alone = signed_badge(site, "revoked-alone", LEARNER, revoked_among=1)
     assert send(alone) == ("imported", [])
@@ -555,3 +411,122 @@ def test_local_unbake_fallback_reads_png_and_svg() -> None:
     assert _local_unbake(hosted_only.encode()) == "https://issuer.test/a/2"
     with pytest.raises(ValueError):
         _local_unbake(b"GIF89a")
+
+
+# ---------------------------------------------------------------- collections
+
+
+def api(sandbox: BadgrSandbox, token: str, method: str, path: str, body: Any = None) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    return requests.request(method, f"{sandbox.url}{path}", json=body, headers=headers, timeout=5)
+
+
+def imported(client: BadgrClient, token: str, site: IssuerSite, slug: str) -> str:
+    result = client.import_badge(token, url=site.badge(slug, LEARNER)["id"])
+    assert result.outcome == "imported" and result.entity_id
+    return result.entity_id
+
+
+def test_collection_is_created_empty_then_filled_by_put(
+    sandbox: BadgrSandbox, client: BadgrClient, token: str, site: IssuerSite
+) -> None:
+    first, second = imported(client, token, site, "c1"), imported(client, token, site, "c2")
+    created = api(sandbox, token, "POST", "/v2/backpack/collections", {"name": "Art", "description": "Mine"})
+    assert created.status_code == 201 and created.headers["Content-Type"] == "application/json"
+    collection = created.json()["result"][0]
+    assert collection == {
+        "entityType": "BackpackCollection",
+        "entityId": collection["entityId"],
+        "name": "Art",
+        "description": "Mine",
+        "share_url": None,
+        "shareHash": "",
+        "published": False,
+        "assertions": [],
+    }
+    path = f"/v2/backpack/collections/{collection['entityId']}"
+    put = api(sandbox, token, "PUT", path, {"name": "Art", "assertions": [second, first], "published": True})
+    assert put.status_code == 200
+    updated = put.json()["result"][0]
+    assert updated["assertions"] == [second, first] and updated["published"] is True
+    assert updated["share_url"] == f"{sandbox.url}/public/collections/{updated['shareHash']}"
+    assert updated["description"] == "Mine"  # a field left out of a PUT keeps its value
+
+    # PUT replaces the list; the detail and the list agree with the sandbox's own state.
+    api(sandbox, token, "PUT", path, {"name": "Art 2", "assertions": [first]})
+    got = api(sandbox, token, "GET", path).json()["result"][0]
+    assert (got["name"], got["assertions"], got["published"]) == ("Art 2", [first], True)
+    assert api(sandbox, token, "GET", "/v2/backpack/collections").json()["result"] == [got]
+    assert sandbox.collections_of(LEARNER) == [got]
+
+    # Unpublishing takes the public address away; deleting a badge takes it out of the collection.
+    unpublished = api(sandbox, token, "PUT", path, {"name": "Art 2", "published": False}).json()["result"][0]
+    assert (unpublished["share_url"], unpublished["shareHash"]) == (None, "")
+    assert api(sandbox, token, "DELETE", f"/v2/backpack/assertions/{first}").status_code == 204
+    assert sandbox.collections_of(LEARNER)[0]["assertions"] == []
+
+    deleted = api(sandbox, token, "DELETE", path)
+    assert (deleted.status_code, deleted.content, deleted.headers.get("Content-Type")) == (204, b"", None)
+    assert api(sandbox, token, "GET", path).status_code == 404
+    assert sandbox.collections_of(LEARNER) == []
+
+
+def test_collection_errors_answer_as_the_real_server(
+    sandbox: BadgrSandbox, client: BadgrClient, token: str, site: IssuerSite
+) -> None:
+    badge = imported(client, token, site, "c3")
+    # Creating with a list of badges crashes the real server.
+    crash = api(sandbox, token, "POST", "/v2/backpack/collections", {"name": "X", "assertions": [badge]})
+    assert (crash.status_code, crash.headers["Content-Type"]) == (500, "text/html; charset=utf-8")
+    assert sandbox.collections_of(LEARNER) == []
+
+    nameless = api(sandbox, token, "POST", "/v2/backpack/collections", {"description": "no name"})
+    assert nameless.status_code == 400
+    assert nameless.json() == {
+        "status": {"success": False, "description": "bad request"},
+        "result": [],
+        "fieldErrors": {"name": ["This field is required."]},
+        "validationErrors": [],
+    }
+    entity_id = api(sandbox, token, "POST", "/v2/backpack/collections", {"name": "Y"}).json()["result"][0][
+        "entityId"
+    ]
+    path = f"/v2/backpack/collections/{entity_id}"
+    assert api(sandbox, token, "PUT", path, {"assertions": [badge]}).json()["fieldErrors"] == {
+        "name": ["This field is required."]
+    }
+    unknown = api(sandbox, token, "PUT", path, {"name": "Y", "assertions": [badge, "nope"]})
+    assert unknown.status_code == 400
+    assert unknown.json()["fieldErrors"] == {
+        "assertions": ['Invalid entity_id "nope" - object does not exist.']
+    }
+    assert sandbox.collections_of(LEARNER)[0]["assertions"] == []  # a refused PUT changes nothing
+
+    # Another learner's collection is not found; a read-only token cannot write.
+    sandbox.add_account("other@example.org", "pw", [("other@example.org", True)])
+    other = str(sandbox.issue_token("other@example.org")["access_token"])
+    assert api(sandbox, other, "GET", path).status_code == 404
+    assert api(sandbox, other, "DELETE", path).status_code == 404
+    reader = str(sandbox.issue_token(LEARNER, "r:backpack")["access_token"])
+    assert api(sandbox, reader, "GET", path).status_code == 200
+    refused = api(sandbox, reader, "PUT", path, {"name": "Z"})
+    assert (refused.status_code, refused.json()["status"]["description"]) == (
+        404,
+        "entity not found or insufficient privileges",
+    )
+
+
+def test_assertion_acceptance_put(
+    sandbox: BadgrSandbox, client: BadgrClient, token: str, site: IssuerSite
+) -> None:
+    badge = imported(client, token, site, "c4")
+    path = f"/v2/backpack/assertions/{badge}"
+    kept = api(sandbox, token, "PUT", path, {"acceptance": "Accepted", "narrative": "ignored"})
+    assert kept.status_code == 200 and kept.json()["result"][0]["acceptance"] == "Accepted"
+    bad = api(sandbox, token, "PUT", path, {"acceptance": "Maybe"})
+    assert bad.status_code == 400 and bad.json()["fieldErrors"] == {
+        "acceptance": ['"Maybe" is not a valid choice.']
+    }
+    assert api(sandbox, token, "PUT", path, {"acceptance": "Rejected"}).status_code == 200
+    assert client.list_assertions(token) == []
+    assert api(sandbox, token, "PUT", "/v2/backpack/assertions/nope", {}).status_code == 404

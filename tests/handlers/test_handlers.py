@@ -340,3 +340,97 @@ def test_connect_needs_the_session_and_its_csrf_token_and_sends_to_badgr_with_pk
     assert "code_challenge_method=S256" in location and "state=" in location
     callback = _get("/oauth/callback?code=abc&state=not-the-state", "/oauth/callback", {}, [cookie])
     assert callback["statusCode"] == 403
+
+
+def _connect_post(token: str, body: str, cookie: str, headers: dict[str, str]) -> dict[str, Any]:
+    event = http_event(
+        "POST", f"/l/{token}/connect", "/l/{token}/connect", {"token": token}, [cookie], body, headers
+    )
+    return load_handler("web").handler(event, FakeContext())
+
+
+def _landing_session(aws: Services) -> tuple[str, str, str]:
+    """(link token, session cookie, CSRF token) of a learner who opened their link."""
+    from backpack_migrate.badgr import BadgrClient
+
+    token = _link(aws, _read_learner(aws))
+    aws._badgr = BadgrClient("https://api.badgr.example", "client", "secret")
+    page = _get(f"/l/{token}", "/l/{token}", {"token": token})
+    cookie = page["cookies"][0].split(";")[0]
+    csrf = re.search(r"name='csrf' value='([^']+)'", page["body"]).group(1)  # type: ignore[union-attr]
+    return token, cookie, csrf
+
+
+def test_a_connect_post_from_another_site_is_refused_with_a_clear_page(aws: Services) -> None:
+    token, cookie, csrf = _landing_session(aws)
+    for headers in (
+        {"sec-fetch-site": "cross-site"},
+        {"sec-fetch-site": "same-site"},
+        {"origin": "https://evil.example"},
+        {"origin": "https://badges.example.org.evil.example", "sec-fetch-site": "same-origin"},
+    ):
+        refused = _connect_post(token, f"csrf={csrf}", cookie, headers)
+        assert refused["statusCode"] == 403, headers
+        assert "<h1>This form came from another website</h1>" in refused["body"]
+        assert "Location" not in refused["headers"]
+    # Our own form: same origin, or Origin "null" (our pages send no referrer), or no headers.
+    for headers in (
+        {"sec-fetch-site": "same-origin", "origin": "null"},
+        {"origin": "https://badges.example.org"},
+        {},
+    ):
+        assert _connect_post(token, f"csrf={csrf}", cookie, headers)["statusCode"] == 303, headers
+
+
+def test_over_long_or_odd_cookies_and_ids_get_a_4xx_before_any_lookup(
+    aws: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    learner_id = _read_learner(aws)
+    token = _link(aws, learner_id)
+    store = get_services().store
+
+    def no_lookup(*args: Any) -> Any:
+        raise AssertionError("looked up in DynamoDB")
+
+    monkeypatch.setattr(store, "get_session", no_lookup)
+    monkeypatch.setattr(store, "get_badge", no_lookup)
+    for value in ("a" * 2049, "a" * 129, "abc$def", "ab%20cd"):
+        answer = _get(f"/l/{token}", "/l/{token}", {"token": token}, [f"bm_session={value}"])
+        assert answer["statusCode"] == 400, value
+        assert "Please start again" in answer["body"] and "Traceback" not in answer["body"]
+        # The unusable cookie is dropped, so opening the link again works.
+        assert any("bm_session=" in c and "Max-Age=0" in c for c in answer.get("cookies", []))
+        callback = _get("/oauth/callback?code=c&state=s", "/oauth/callback", {}, [f"bm_session={value}"])
+        assert callback["statusCode"] == 400
+    for badge_id in ("a" * 1025, "f" * 65, "..%2F..%2Fx", "ABCDEF"):
+        path = f"/l/{token}/badges/{badge_id}/image"
+        answer = _get(path, "/l/{token}/badges/{badge_id}/image", {"token": token, "badge_id": badge_id})
+        assert answer["statusCode"] == 404, badge_id
+        assert "<h1>No image</h1>" in answer["body"]
+    # A link that cannot be trusted is answered as such first, whatever id follows it.
+    forged = sign_link(b"not the key" * 4, learner_id, "export", 3600)
+    params = {"token": forged, "badge_id": "a" * 1025}
+    answer = _get(f"/l/{forged}/badges/{'a' * 1025}/image", "/l/{token}/badges/{badge_id}/image", params)
+    assert answer["statusCode"] == 403 and "This link cannot be used" in answer["body"]
+
+
+def test_a_session_without_its_pkce_verifier_asks_to_start_again(aws: Services) -> None:
+    learner_id = _read_learner(aws)
+    aws.store.put_session("s" * 43, {"learner_id": learner_id, "state": "st", "link": "x"}, 600)
+    answer = _get("/oauth/callback?code=c&state=st", "/oauth/callback", {}, ["bm_session=" + "s" * 43])
+    assert answer["statusCode"] == 400
+    assert "<h1>Please start again</h1>" in answer["body"] and "KeyError" not in answer["body"]
+
+
+def test_a_badge_image_has_a_policy_of_its_own_with_sandbox_and_no_form_action(aws: Services) -> None:
+    learner_id = _read_learner(aws)
+    token = _link(aws, learner_id)
+    badge = next(b for b in aws.store.list_badges(learner_id) if b.media_type == "image/png")
+    path = f"/l/{token}/badges/{badge.badge_id}/image"
+    image = _get(path, "/l/{token}/badges/{badge_id}/image", {"token": token, "badge_id": badge.badge_id})
+    assert image["statusCode"] == 200 and image["headers"]["Content-Type"] == "image/png"
+    policy = image["headers"]["Content-Security-Policy"]
+    assert policy == "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+    assert "form-action" not in policy
+    page = _get(f"/l/{token}", "/l/{token}", {"token": token})
+    assert "form-action 'self'" in page["headers"]["Content-Security-Policy"]  # pages keep theirs

@@ -137,6 +137,13 @@ FAKES = {
             EVENTS.append(event)
             return {}
     """,
+    "collections": """
+        EVENTS = []
+
+        def handler(event, context):
+            EVENTS.append(event)
+            return {"batchItemFailures": []}
+    """,
     "web": """
         import base64
         import json
@@ -160,6 +167,13 @@ FAKES = {
                 "cookies": ["session=abc; HttpOnly; Path=/", "csrf=def; Path=/"],
                 "body": json.dumps({"remaining": context.get_remaining_time_in_millis()}),
             }
+    """,
+    "legacy": """
+        EVENTS = []
+
+        def handler(event, context):
+            EVENTS.append(event)
+            return {"statusCode": 200, "headers": {"Content-Type": "text/plain"}, "body": event["rawPath"]}
     """,
 }
 
@@ -420,13 +434,16 @@ def test_http_api_v2_events_and_responses(stack: LocalStack) -> None:
     assert fake("web").EVENTS[-1]["body"] == '{"a": 1}'
     assert fake("web").EVENTS[-1]["isBase64Encoded"] is False
 
-    # Unknown route or method: API Gateway's own 404; a failing function: 500.
-    status, _, body = _request(f"{stack.url}/nowhere")
-    assert (status, body) == (404, b'{"message":"Not Found"}')
+    # A path or method no other route takes goes to the catch-all route (the web function's
+    # 404 page), greedy path parameter included; a failing function: 500.
+    status, _, body = _request(f"{stack.url}/nowhere/at/all")
+    assert status == 201
+    assert fake("web").EVENTS[-1]["routeKey"] == "ANY /{proxy+}"
+    assert fake("web").EVENTS[-1]["pathParameters"] == {"proxy": "nowhere/at/all"}
     status, _, body = _request(
         f"{stack.url}/oauth/callback", data=b"x", headers={"Content-Type": "text/plain"}
     )
-    assert status == 404  # POST is not a route
+    assert fake("web").EVENTS[-1]["routeKey"] == "ANY /{proxy+}"  # POST is not a route of its own
     status, _, body = _request(f"{stack.url}/oauth/callback?code=1")
     assert (status, json.loads(body)) == (500, {"message": "Internal Server Error"})
 

@@ -113,8 +113,10 @@ def test_functions_runtime_architecture_tracing_and_layer(cfn: dict[str, Any]) -
         "Verify",
         "Notify",
         "Migrate",
+        "Collections",
         "Web",
         "Reconcile",
+        "Legacy",
     }
     layers = resources(cfn, "AWS::Lambda::LayerVersion")
     assert len(layers) == 1
@@ -146,6 +148,7 @@ def test_every_sqs_event_source_reports_batch_item_failures(cfn: dict[str, Any])
         m["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]: m["Properties"] for m in mappings.values()
     }
     assert set(by_queue) == {"IntakeQueue", "ChunkQueue", "VerifyQueue", "NotifyQueue", "MigrateQueue"}
+    assert set(by_queue) == {"ChunkQueue", "VerifyQueue", "NotifyQueue", "MigrateQueue", "CollectionsQueue"}
     for props in by_queue.values():
         assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert 1 <= by_queue["ChunkQueue"]["BatchSize"] <= 5
@@ -182,7 +185,8 @@ def test_every_queue_has_a_dead_letter_queue_encryption_and_a_long_enough_visibi
         if logical_id in dead_letter_targets:
             continue
         assert "RedrivePolicy" in props, f"{logical_id} has no dead-letter queue"
-        expected = 5 if logical_id == "MigrateQueue" else 3
+        # Badgr's answers decide these jobs: they get as many deliveries as the import does.
+        expected = 5 if logical_id in ("MigrateQueue", "CollectionsQueue") else 3
         assert props["RedrivePolicy"]["maxReceiveCount"] == expected
         timeout = functions[consumer[logical_id]]["Properties"]["Timeout"]
         assert props["VisibilityTimeout"] >= 6 * timeout, logical_id
@@ -196,7 +200,9 @@ def test_bucket_is_private_encrypted_and_notifies_intake(cfn: dict[str, Any]) ->
     assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
     assert rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
     assert rule["BucketKeyEnabled"] is True
-    lifecycle, markers = bucket["LifecycleConfiguration"]["Rules"]
+    lifecycle, downloads, markers = bucket["LifecycleConfiguration"]["Rules"]
+    # A learner's big download lives a day at most (its presigned URL, minutes).
+    assert downloads["Prefix"] == "downloads/" and downloads["ExpirationInDays"] == 1
     assert markers["ExpiredObjectDeleteMarker"] is True and markers["Prefix"] == "exports/"
     assert lifecycle["Prefix"] == "exports/"
     assert lifecycle["ExpirationInDays"] == {"Ref": "ExportRetentionDays"}
@@ -267,6 +273,8 @@ def test_no_iam_statement_writes_to_every_resource(cfn: dict[str, Any]) -> None:
 # Resources as the expanded template names them: a logical id, or one of these.
 EXPORTS = "exports/*"  # the objects under exports/ in the exports bucket
 OPEN_INDEX = "Table/index/Open"  # the table's sparse index of open items
+DOWNLOADS = "downloads/*"  # learners' downloads too big for a Lambda answer, in the same bucket
+EXPORT_KEYS = "export data keys"  # kms:Decrypt only with an "export" encryption context
 SES_IDENTITIES = "ses:identity/*"
 # Conditions: None (unconditioned), "via <services>" (kms:ViaService), "from SesSender".
 Grant = tuple[str, str, str | None]
@@ -362,6 +370,7 @@ CALLS: dict[str, frozenset[Grant]] = {
         ("sqs:SendMessage", "MigrateQueue", None),  # run_import_job: a deferred job, sent delayed
         ("sqs:SendMessage", "MigrateDeadLetterQueue", None),  # run_import_job: out of tries
         ("sqs:ChangeMessageVisibility", "MigrateQueue", None),  # SqsJobQueue.delay (backoff)
+        ("sqs:SendMessage", "CollectionsQueue", None),  # maybe_send_summary: groups first
         # DynamoGate: GetItem and UpdateItem on the gate item, covered above.
     },
     "Reconcile": frozenset(
@@ -381,9 +390,26 @@ CALLS: dict[str, frozenset[Grant]] = {
             ("sqs:SendMessage", "MigrateQueue", None),
             ("sqs:SendMessage", "VerifyQueue", None),
             ("sqs:SendMessage", "NotifyQueue", None),
+            ("sqs:SendMessage", "CollectionsQueue", None),  # maybe_send_summary: groups first
             # Dead-lettered imports read and held back, never deleted (kept for a redrive).
             ("sqs:ReceiveMessage", "MigrateDeadLetterQueue", None),
             ("sqs:ChangeMessageVisibility", "MigrateDeadLetterQueue", None),
+        }
+    ),
+    "Collections": frozenset(
+        {
+            # get_learner, get_token; list_badges, list_groups; save_group (conditional puts),
+            # save_token after a refresh; claim_summary. No export is read.
+            ("dynamodb:GetItem", "Table", None),
+            ("dynamodb:Query", "Table", None),
+            ("dynamodb:PutItem", "Table", None),
+            ("dynamodb:UpdateItem", "Table", None),
+            ("kms:Decrypt", "DataKey", None),  # TokenVault.open
+            ("kms:Encrypt", "DataKey", None),  # TokenVault.seal after a refresh
+            ("secretsmanager:GetSecretValue", "BadgrClientSecretSecret", None),  # badgr_factory
+            ("sqs:SendMessage", "NotifyQueue", None),  # maybe_send_summary
+            ("sqs:SendMessage", "CollectionsQueue", None),  # maybe_send_summary, request changed
+            ("sqs:ChangeMessageVisibility", "CollectionsQueue", None),  # backoff
         }
     ),
     "Web": frozenset(
@@ -403,11 +429,42 @@ CALLS: dict[str, frozenset[Grant]] = {
             ("secretsmanager:GetSecretValue", "BadgrClientSecretSecret", None),  # badgr_factory
             ("sqs:SendMessage", "MigrateQueue", None),  # request_migration
             ("sqs:SendMessage", "NotifyQueue", None),  # maybe_send_summary
+            # The learner's own address on their pages: EmailCipher opens the export's data key.
+            ("kms:Decrypt", "DataKey", EXPORT_KEYS),
+            # erase_learner: the learner's items, and the idempotency records of their jobs.
+            ("dynamodb:DeleteItem", "Table", None),
+            ("dynamodb:DeleteItem", "IdempotencyTable", None),
+            # build_download past what a Lambda answer carries: the object, its presigned GET,
+            # and the SSE-KMS data key S3 asks for on the function's behalf.
+            ("s3:PutObject", DOWNLOADS, None),
+            ("s3:GetObject", DOWNLOADS, None),
+            ("kms:GenerateDataKey", "DataKey", _via("s3")),
+            ("sqs:SendMessage", "CollectionsQueue", None),  # maybe_send_summary: groups first
         }
     ),
+    "Legacy": IDEMPOTENT  # svc.once("badgr-import", call) for badges third-party sites hand over
+    | {
+        ("s3:GetObject", EXPORTS, None),  # displayer.badge_image
+        ("s3:GetObjectVersion", EXPORTS, None),
+        # index items, learners, badges, groups, grants, sessions; list_badges, list_groups;
+        # grants, pending requests and issued badges written; transition and claim_summary.
+        ("dynamodb:GetItem", "Table", None),
+        ("dynamodb:PutItem", "Table", None),
+        ("dynamodb:UpdateItem", "Table", None),
+        ("dynamodb:Query", "Table", None),
+        # learner_addresses: the export's data key; TokenVault.open and seal for the import.
+        ("kms:Decrypt", "DataKey", None),
+        ("kms:Encrypt", "DataKey", None),
+        # convert/email: the keyed HMAC of the address, the same key as learner ids.
+        ("secretsmanager:GetSecretValue", "LearnerIdSecret", None),
+        ("secretsmanager:GetSecretValue", "BadgrClientSecretSecret", None),  # badgr_factory
+        ("sqs:SendMessage", "MigrateQueue", None),  # an import Badgr did not answer, retried
+        ("sqs:SendMessage", "NotifyQueue", None),  # maybe_send_summary
+    },
 }
 
 SQS_TRIGGERED = {"Intake", "Chunk", "Verify", "Notify", "Migrate"}  # intake also goes on with its own jobs
+SQS_TRIGGERED = {"Chunk", "Verify", "Notify", "Migrate", "Collections"}
 FORBIDDEN_ACTIONS = {
     "dynamodb:Scan",
     "dynamodb:BatchWriteItem",
@@ -442,6 +499,8 @@ def _resource_name(resource: Any) -> str:
             return OPEN_INDEX
         if isinstance(sub, list) and sub[0] == _EXPORT_OBJECTS_ARN:
             return EXPORTS
+        if isinstance(sub, list) and sub[0] == _EXPORT_OBJECTS_ARN.replace("/exports/*", "/downloads/*"):
+            return DOWNLOADS
         if sub == "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:identity/*":
             return SES_IDENTITIES
     return json.dumps(resource, sort_keys=True)  # matches no entry of CALLS
@@ -458,6 +517,8 @@ def _condition_name(condition: dict[str, Any] | None) -> str | None:
             ), value
             services.append(value["Fn::Sub"].split(".", 1)[0])
         return _via(*services)
+    if condition == {"Null": {"kms:EncryptionContext:export": "false"}}:
+        return EXPORT_KEYS
     if condition == {"StringEquals": {"ses:FromAddress": {"Ref": "SesSender"}}}:
         return "from SesSender"
     return json.dumps(condition, sort_keys=True)  # matches no entry of CALLS
@@ -511,7 +572,11 @@ def test_the_data_key_opens_whatever_each_function_reads(cfn: dict[str, Any]) ->
         assert secret["Properties"]["KmsKeyId"] == {"Ref": "DataKey"}
     for function, calls in CALLS.items():
         reads = {action.split(":")[0] for action, _, _ in calls} & {"s3", "dynamodb", "secretsmanager"}
-        decrypt = {condition for action, resource, condition in calls if action == "kms:Decrypt"}
+        decrypt = {
+            condition
+            for action, resource, condition in calls
+            if action == "kms:Decrypt" and condition != EXPORT_KEYS
+        }
         if None in decrypt:
             continue
         (via,) = decrypt
@@ -522,6 +587,9 @@ def test_no_role_can_scan_drop_or_use_wildcards(cfn: dict[str, Any]) -> None:
     for role, statement in _statements(cfn):
         for action in _as_list(statement["Action"]):
             assert "*" not in action, (role, action)
+            targets = {_resource_name(r) for r in _as_list(statement["Resource"])}
+            if (role, action) == ("WebFunctionRole", "s3:PutObject") and targets == {DOWNLOADS}:
+                continue  # a learner's big download, and nothing but under downloads/
             assert action not in FORBIDDEN_ACTIONS, (role, action)
         for resource in _as_list(statement["Resource"]):
             assert resource != "*", (role, statement)
@@ -549,7 +617,8 @@ def test_learner_id_secret_is_separate_and_never_rotated(cfn: dict[str, Any], sa
         for action, resource, _ in calls
         if action == "secretsmanager:GetSecretValue" and resource == "LearnerIdSecret"
     }
-    assert readers == {"Intake"}
+    # Intake derives learner ids; the legacy APIs find a Backpack user by an address's id.
+    assert readers == {"Intake", "Legacy"}
 
 
 def test_traces_leave_out_handler_responses(cfn: dict[str, Any]) -> None:
@@ -603,6 +672,32 @@ def test_http_api_routes(cfn: dict[str, Any]) -> None:
         "GET /l/{token}/status.json",
         "GET /l/{token}/badges/{badge_id}/image",
         "GET /oauth/callback",
+        "GET /l/{token}/download",
+        "GET /l/{token}/erase",
+        "POST /l/{token}/erase",
+        "X-AMAZON-APIGATEWAY-ANY-METHOD /{proxy+}",
+        # The Backpack's third-party APIs, at their old paths.
+        "POST /displayer/convert/email",
+        "GET /displayer/{userId}/groups",
+        "GET /displayer/{userId}/groups.json",
+        "GET /displayer/{userId}/groups.jsonp",
+        "GET /displayer/{userId}/group/{groupId}",
+        "GET /images/badge/{file}",
+        "GET /issuer.js",
+        "GET /issuer/frame",
+        "POST /issuer/verify",
+        "GET /issuer/requests/{request}",
+        "GET /issuer/consent/{request}",
+        "POST /issuer/consent/{request}",
+        "POST /issuer/frameless",
+        "GET /access",
+        "POST /access",
+        "POST /api/token",
+        "POST /api/issue",
+        "GET /api/identity",
+        "OPTIONS /api/token",
+        "OPTIONS /api/issue",
+        "OPTIONS /api/identity",
     }
 
 
@@ -673,3 +768,17 @@ def test_the_reconciler_runs_on_a_schedule_and_reads_only_what_is_open(cfn: dict
     # Stale means older than any retry takes: five deliveries at most 15 minutes apart.
     assert int(variables["STALE_AFTER_SECONDS"]) > 5 * 900
     assert variables["BADGR_IMPORTS_PER_SECOND"] == {"Ref": "BadgrImportsPerSecond"}
+
+
+def test_the_backpacks_old_host_name_can_point_at_the_api(cfn: dict[str, Any], sam: dict[str, Any]) -> None:
+    assert sam["Parameters"]["LegacyDomainName"]["Default"] == ""
+    assert "HasLegacyDomain" in sam["Conditions"]
+    domain = cfn["Resources"]["LegacyDomain"]
+    assert domain["Type"] == "AWS::ApiGatewayV2::DomainName" and domain["Condition"] == "HasLegacyDomain"
+    assert domain["Properties"]["DomainNameConfigurations"][0]["SecurityPolicy"] == "TLS_1_2"
+    mapping = cfn["Resources"]["LegacyDomainMapping"]
+    assert mapping["Properties"]["ApiId"] == {"Ref": "HttpApi"}
+    assert mapping["Properties"]["DomainName"] == {"Ref": "LegacyDomain"}
+    variables = cfn["Resources"]["LegacyFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["LEGACY_BASE_URL"]["Fn::If"][0] == "HasLegacyDomain"
+    assert sam["Outputs"]["LegacyDomainTarget"]["Condition"] == "HasLegacyDomain"

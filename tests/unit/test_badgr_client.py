@@ -85,9 +85,15 @@ def raising(exc: Exception) -> Callable[..., Any]:
     return answer
 
 
+# Badgr's translated pair, then the validator's message, flattened as the real server sends them.
+FETCH_ERRORS = ["FETCH_HTTP_NODE", "Unable to reach URL", "FETCH_HTTP_NODE", "False",
+                "Response could not be interpreted from url https://issuer.test/a/1", "ERROR",
+                "https://issuer.test/a/1"]  # fmt: skip
+
+
 def envelope_error(**extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "status": {"success": False, "description": extra.pop("description", "")},
+        "status": {"success": False, "description": extra.pop("description", "bad request")},
         "result": [],
         "fieldErrors": {},
         "validationErrors": [],
@@ -256,7 +262,7 @@ RECIPIENT_ERRORS = [
          {}, "already_in_badgr", ["DUPLICATE_BADGE"], None, None),
         (400, envelope_error(validationErrors=RECIPIENT_ERRORS), {}, "rejected",
          ["VERIFY_RECIPIENT_IDENTIFIER"], None, None),
-        (400, envelope_error(validationErrors=["FETCH_HTTP_NODE", "Unable to reach URL", "ERROR", "_:b0"]),
+        (400, envelope_error(validationErrors=FETCH_ERRORS),
          {}, "rejected", ["FETCH_HTTP_NODE"], None, None),
         (400, envelope_error(validationErrors=[
             "VALIDATE_PROPERTY", "Required property recipient not present in unknown type node _:b0",
@@ -301,7 +307,7 @@ def test_import_recipient_mismatch_reason_and_redacted_description() -> None:
 
 
 def test_import_fetch_failure_reason() -> None:
-    body = envelope_error(validationErrors=["FETCH_HTTP_NODE", "Unable to reach URL", "ERROR", "_:b0"])
+    body = envelope_error(validationErrors=FETCH_ERRORS)
     client, _ = make_client(fixed(400, body))
     result = client.import_badge(ACCESS, url="https://issuer.test/a/1")
     assert result.reason == "The website that proves this badge could not be reached."

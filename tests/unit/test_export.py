@@ -507,22 +507,7 @@ def test_manifest_not_json(raw: bytes, method: int) -> None:
     assert code_of(plan_export, BytesRangeReader(data)) == "MANIFEST_NOT_JSON"
 
 
-@pytest.mark.parametrize(
-    "manifest",
-    [
-        [],
-        ["a.png"],
-        "a.png",
-        3,
-        "null",
-        {"a@example.org": "a.png"},
-        {"a@example.org": [1]},
-        {"a@example.org": ["a.png", None]},
-        {"a@example.org": {"a.png": True}},
-        {"a@example.org": [["a.png"]]},
-        {"a@example.org": ["a.png"], "b@example.org": False},
-    ],
-)
+@pytest.mark.parametrize("manifest", [[], ["a.png"], "a.png", 3, "null", True])
 def test_manifest_bad_shape(manifest: Any) -> None:
     raw = b"null" if manifest == "null" else json.dumps(manifest).encode()
     data = make_zip({"a.png": PNG}, manifest_raw=raw)
@@ -530,6 +515,66 @@ def test_manifest_bad_shape(manifest: Any) -> None:
         plan_export(BytesRangeReader(data))
     assert info.value.code == "MANIFEST_BAD_SHAPE"
     assert "(" in info.value.message  # says what was wrong
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("a.png", "its value is a string, not a list of file names"),
+        (3, "its value is a number, not a list of file names"),
+        (-2.5e3, "its value is a number, not a list of file names"),
+        (None, "its value is null, not a list of file names"),
+        (False, "its value is a boolean, not a list of file names"),
+        ({"a.png": True}, "its value is an object, not a list of file names"),
+        ({"x": {"y": [1, {"z": None}]}}, "its value is an object, not a list of file names"),
+        ([1], "its list holds a number where a file name should be"),
+        ([["a.png"]], "its list holds a list where a file name should be"),
+    ],
+)
+def test_an_entry_that_is_not_a_list_of_file_names_costs_only_itself(
+    value: Any, reason: str, paths: str
+) -> None:
+    manifest = {"ada@example.org": ["a.png"], "bob@example.org": value, "cy@example.org": ["c.png"]}
+    members = {"a.png": PNG, "c.png": PNG}
+    plan = plan_export(BytesRangeReader(make_zip(members, manifest=manifest)))
+    ada, bob, cy = plan.learners
+    assert [f.name for f in ada.files] == ["a.png"] and ada.problems == []
+    assert [f.name for f in cy.files] == ["c.png"] and cy.problems == []
+    assert bob.files == []
+    [refused] = bob.problems
+    assert refused.code == "MANIFEST_ENTRY_REFUSED"
+    assert refused.message.endswith(f"({reason})")
+    assert plan.stats.learner_problems == {"MANIFEST_ENTRY_REFUSED": 1}
+    assert plan.stats.refused_entries == 0  # said on the learner, who has a valid address
+
+
+def test_a_list_keeps_its_file_names_and_refuses_the_rest(paths: str) -> None:
+    manifest = {"ada@example.org": ["a.png", None, 7, "c.png", {"k": "v"}]}
+    plan = plan_export(BytesRangeReader(make_zip({"a.png": PNG, "c.png": PNG}, manifest=manifest)))
+    [ada] = plan.learners
+    assert [f.name for f in ada.files] == ["a.png", "c.png"]
+    [refused] = ada.problems
+    assert refused.message.endswith(
+        "(its list holds null where a file name should be; its list holds a number where a file "
+        "name should be; its list holds an object where a file name should be)"
+    )
+
+
+def test_a_refused_entry_without_a_valid_email_is_on_the_export_report(paths: str) -> None:
+    raw = b'{"ada@example.org": ["a.png"], "not an email": 42, "also bad": "x.png"}'
+    stats = PlanStats()
+    learners = list(iter_learners(BytesRangeReader(make_zip({"a.png": PNG}, manifest_raw=raw)), stats=stats))
+    assert len(learners) == 3
+    assert stats.refused_entries == 2
+    assert stats.refused_examples == [
+        "entry #2: its value is a number, not a list of file names",
+        "entry #3: its value is a string, not a list of file names",
+    ]
+    from backpack_migrate.intake import _plan_problems
+
+    [report] = [p for p in _plan_problems(stats) if p.code == "MANIFEST_ENTRIES_REFUSED"]
+    assert "2 entries" in report.message and "entry #2" in report.message
+    assert "@" not in report.message  # no address on the report
 
 
 def test_manifest_with_bom_and_whitespace_is_fine() -> None:
@@ -687,7 +732,7 @@ def test_iter_manifest_reads_in_bounded_blocks(method: int) -> None:
     loc = _only(data, "manifest.txt")
     reader.calls.clear()
     entries = iter_manifest(reader, loc, block_size=8192)
-    email, files = next(entries)
+    email, files, _refused = next(entries)
     assert email == "learner0@example.org"
     assert files == ["b0-0.png", "b0-1.png", "b0-2.png"]
     assert sum(length for _, length in reader.calls) <= 8192 + 30 + 64  # header + one block
@@ -762,6 +807,36 @@ def test_memory_and_sqlite_paths_give_the_same_join(scratch: Path, monkeypatch: 
     assert not any(scratch.iterdir())
 
 
+def _with_duplicates(members: list[tuple[str, bytes]], manifest: Any) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile: duplicate name
+        return make_zip(members, manifest=manifest, method=DEFLATED)
+
+
+@pytest.mark.parametrize("where", ["apart", "together"])
+def test_two_different_files_under_one_listed_name_are_refused_as_ambiguous(paths: str, where: str) -> None:
+    other = bake_png(make_png("#cc3333", 16), "https://elsewhere.example/a/9.json")
+    filler = [(f"f{i:03}.png", PNG) for i in range(40)]
+    members = (
+        [("a.png", PNG), *filler, ("a.png", other)]
+        if where == "apart"
+        else [("a.png", PNG), ("a.png", other), *filler]
+    )
+    members += [("same.png", PNG), ("same.png", PNG), ("c.png", PNG)]
+    manifest = {"ada@example.org": ["a.png", "same.png", "c.png"]}
+    plan = plan_export(BytesRangeReader(_with_duplicates(members, manifest)))
+    [ada] = plan.learners
+    by_name = {f.name: f for f in ada.files}
+    refused = by_name["a.png"]
+    assert refused.problem is not None and refused.problem.code == "AMBIGUOUS_FILE"
+    assert "two different files" in refused.problem.message
+    assert refused.location is None  # neither copy is ever read
+    # The same bytes twice are no ambiguity; the others are untouched.
+    assert by_name["same.png"].problem is None and by_name["c.png"].problem is None
+    assert plan.stats.file_problems == {"AMBIGUOUS_FILE": 1}
+    assert plan.stats.unlisted_members == 40
+
+
 def test_member_index_moves_to_sqlite_past_the_limit(scratch: Path) -> None:
     members = [(f"m{i:03}.png", bytes([i % 251]) * (i + 1)) for i in range(120)]
     members.insert(30, ("m007.png", b"the later entry wins"))
@@ -779,6 +854,8 @@ def test_member_index_moves_to_sqlite_past_the_limit(scratch: Path) -> None:
         assert list(big) == list(small)  # directory order; the duplicate keeps the first place
         assert dict(big.items()) == dict(small.items())
         assert read_member(reader, big["m007.png"]) == b"the later entry wins"
+        assert big.ambiguous("m007.png") and small.ambiguous("m007.png")
+        assert not big.ambiguous("m008.png") and not small.ambiguous("m008.png")
         assert "m119.png" in big and "nope.png" not in big and 7 not in big
         assert "\ud800.png" not in big  # not even encodable: no directory name is like it
         assert big.get("nope.png") is None
@@ -961,10 +1038,37 @@ manifests = st.one_of(
 )
 
 
-def _shape_ok(value: Any) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(v, list) and all(isinstance(x, str) for x in v) for v in value.values()
-    )
+class _Obj(list[Any]):
+    """A JSON object read with ``object_pairs_hook``: its pairs in order, duplicates kept."""
+
+
+def _plain(value: Any) -> Any:
+    return dict(value) if isinstance(value, _Obj) else value
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, dict | _Obj):
+        return "an object"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _expected_entry(key: str, value: Any) -> tuple[str, list[str], list[str]]:
+    """What the manifest reader must make of one key: its file names and what it refused."""
+    if not isinstance(value, list):
+        return key.strip(), [], [f"its value is {_kind_of(value)}, not a list of file names"]
+    files = [x for x in value if isinstance(x, str)]
+    refused = [
+        f"its list holds {_kind_of(x)} where a file name should be" for x in value if not isinstance(x, str)
+    ]
+    return key.strip(), files, refused
 
 
 @FUZZ
@@ -976,9 +1080,10 @@ def test_hostile_manifests_match_the_json_reference(
     data = make_zip([], manifest_raw=raw, manifest_method=method)
     reader = BytesRangeReader(data)
     loc = _only(data, "manifest.txt")
-    if _shape_ok(value):
-        assert list(iter_manifest(reader, loc, block_size=block)) == [
-            (k.strip(), v) for k, v in value.items()
+    if isinstance(value, dict):
+        # Every entry is read, whatever the others hold: bad values are refused one by one.
+        assert [tuple(e) for e in iter_manifest(reader, loc, block_size=block)] == [
+            _expected_entry(k, v) for k, v in value.items()
         ]
     else:
         assert code_of(iter_manifest, reader, loc, block_size=block) == "MANIFEST_BAD_SHAPE"
@@ -991,15 +1096,16 @@ def test_hostile_manifest_text_never_escapes(text: str, block: int) -> None:
     reader = BytesRangeReader(data)
     loc = _only(data, "manifest.txt")
     try:
-        reference = json.loads(text, object_pairs_hook=list)
+        reference = json.loads(text, object_pairs_hook=_Obj)
     except ValueError:
         reference = None
     try:
-        got = list(iter_manifest(reader, loc, block_size=block))
+        got = [tuple(e) for e in iter_manifest(reader, loc, block_size=block)]
     except ExportError as exc:
         assert exc.code in {"MANIFEST_NOT_JSON", "MANIFEST_BAD_SHAPE"}
         if reference is not None:
-            assert exc.code == "MANIFEST_BAD_SHAPE"
+            # JSON, yet refused as a whole: only when it is not an object at all.
+            assert exc.code == "MANIFEST_BAD_SHAPE" and not isinstance(reference, _Obj)
         return
-    assert reference is not None
-    assert got == [(k.strip(), v) for k, v in reference]
+    assert isinstance(reference, _Obj)
+    assert got == [_expected_entry(k, _plain(v)) for k, v in reference]

@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 from backpack_migrate.domain import BadgeState, Confirmation, movable_counts
 from backpack_migrate.migration import import_badge, request_migration
 from backpack_migrate.notices import send_notice
-from backpack_migrate.pages import landing_page, status_page
+from backpack_migrate.pages import PageContext, landing_page, status_page
 from backpack_migrate.reconcile import MAX_REPAIRS, reconcile
 from backpack_migrate.report import format_reconcile_run
 from tests.fakes import ScriptedBadgr
@@ -22,6 +22,8 @@ pytestmark = pytest.mark.unit
 
 B1 = hosted_assertion("b1", BEN.lower())["id"]
 LATER = time.time() + 3 * 86400  # well past every deadline
+
+PAGE = PageContext(token="t", support_email="help@example.org", badgr_web_url="https://badgr.example")
 
 
 def _reconcile(w: Any, now: float = LATER) -> Any:
@@ -98,7 +100,7 @@ def test_a_learner_whose_jobs_were_lost_can_always_move_again() -> None:
     (badge,) = [b for b in w.store.badges.values() if b.file_name == "b1.png"]
     assert badge.state == BadgeState.QUEUED
     assert movable_counts([badge]) == (1, 0)
-    assert "Move my badges to Badgr" in landing_page("t", "c", [badge], requested=True)
+    assert "Move my badges to Badgr" in landing_page(PAGE, "c", [badge], requested=True)
     assert request_migration(w.svc, badge.learner_id) == 1
 
 
@@ -161,7 +163,7 @@ def test_a_dead_lettered_job_settles_its_badge_against_badgr(badgr_has_it: bool,
     settled = w.store.get_badge(badge.learner_id, badge.badge_id)
     assert settled.state == state
     assert settled.confirmed_by == Confirmation.BACKPACK_LISTING
-    assert "trying again" not in status_page("t", [settled])
+    assert "trying again" not in status_page(PAGE, [settled])
     assert w.queue.sent["migrate-dlq"] == [job]  # kept for a redrive
     assert _reconcile(w, now=time.time()).dead_letters_read == 0  # held back, not read every run
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 MESSAGES: dict[str, str] = {
     # Reading the file or text the learner gave us.
     "NOT_AN_IMAGE": "This file is not a PNG or SVG badge image.",
+    "SVG_UNSAFE": "This SVG image holds instructions to expand or fetch other content, so it was refused as unsafe and not read.",
     "IMAGE_TOO_LARGE": "This file is too large to be a badge image.",
     "NOTHING_BAKED": "This image holds no badge information, so it is only a picture of a badge.",
     "BAKED_DATA_UNREADABLE": "The badge information inside this image is damaged and cannot be read.",
@@ -58,7 +59,7 @@ MESSAGES: dict[str, str] = {
     # Hosted verification.
     "ORIGIN_MISMATCH": "The badge is hosted on a website that does not belong to the organization that issued it.",
     "ASSERTION_ID_MISMATCH": "The badge found at the issuer's address is not the same badge.",
-    "NOT_HOSTED": "This badge has no web address at its issuer, so only its contents could be checked.",
+    "NOT_VERIFIABLE": "This badge came as data alone, without the address at its issuer that proves the issuer made it, so it cannot be verified and Badgr cannot accept it.",
     # Signed verification.
     "JWS_MALFORMED": "The badge's digital signature is damaged and cannot be read.",
     "JWS_ALGORITHM": "The badge is signed with a method that Open Badges does not allow.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from xml.etree.ElementTree import Element  # type only; parsing goes through defusedxml
@@ -17,6 +18,7 @@ MAX_PAYLOAD_BYTES = 1_000_000  # a baked assertion, URL or JWS
 MAX_CHUNKS = 10_000
 OPENBADGES_NS = "http://openbadges.org"
 _TEXT_CHUNKS = (b"iTXt", b"tEXt", b"zTXt")
+_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 
 
 def is_png(data: bytes) -> bool:
@@ -34,7 +36,8 @@ def looks_like_svg(data: bytes) -> bool:
 def unbake(data: bytes) -> str:
     """The payload text baked into a PNG (iTXt/tEXt/zTXt `openbadges`) or SVG image.
 
-    Raises UnbakeError with code NOT_AN_IMAGE, IMAGE_TOO_LARGE, NOTHING_BAKED or BAKED_DATA_UNREADABLE.
+    Raises UnbakeError with code NOT_AN_IMAGE, SVG_UNSAFE, IMAGE_TOO_LARGE, NOTHING_BAKED or
+    BAKED_DATA_UNREADABLE.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise UnbakeError("NOT_AN_IMAGE")
@@ -135,10 +138,17 @@ def _find_assertion(root: Element) -> Element | None:
     return None
 
 
+def _is_compact_jws(text: str) -> bool:
+    return bool(_JWS.match(text))
+
+
 def _unbake_svg(data: bytes) -> str:
     try:
         root = SafeET.fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
-    except (DefusedXmlException, SafeET.ParseError, ValueError, RecursionError) as exc:
+    except DefusedXmlException as exc:
+        # Entity declarations or external references: an SVG, but one we refuse to expand.
+        raise UnbakeError("SVG_UNSAFE") from exc
+    except (SafeET.ParseError, ValueError, RecursionError) as exc:
         raise UnbakeError("NOT_AN_IMAGE") from exc
     _ns, local = _local_name(root.tag)
     if local != "svg":
@@ -146,9 +156,12 @@ def _unbake_svg(data: bytes) -> str:
     element = _find_assertion(root)
     if element is None:
         raise UnbakeError("NOTHING_BAKED")
-    text = (element.text or "").strip()
+    # A signed badge's proof is the compact JWS in the `verify` attribute; the CDATA child then
+    # holds only a copy of the payload, which proves nothing on its own.
+    verify = (element.get("verify") or "").strip()
+    text = verify if _is_compact_jws(verify) else (element.text or "").strip()
     if not text:
-        text = (element.get("verify") or "").strip()
+        text = verify
     if not text:
         raise UnbakeError("BAKED_DATA_UNREADABLE")
     if len(text) > MAX_PAYLOAD_BYTES:

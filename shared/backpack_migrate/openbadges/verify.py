@@ -343,7 +343,10 @@ class Verifier:
                 run.check.error("UNSUPPORTED_VERSION")
                 return
         elif version == "0.5" and run.hosted_url is None:
-            run.check.warn("NOT_HOSTED")
+            # A 0.5 badge is proved only by being served from its issuer's site; data alone
+            # could have been written by anyone, and Badgr refuses it. Its contents are still
+            # checked, so the learner hears about every other problem too.
+            run.check.error("NOT_VERIFIABLE")
 
         self._check_assertion(run, doc, version, recipients)
         badge_class = self._badge_class(run, doc, version)

@@ -141,7 +141,9 @@ def test_svg_external_entity_is_refused(tmp_path: object) -> None:
     )
     with pytest.raises(UnbakeError) as info:
         unbake(xxe)
-    assert info.value.code == "NOT_AN_IMAGE"
+    # An SVG, refused for what it asks a reader to do: not "not an image".
+    assert info.value.code == "SVG_UNSAFE"
+    assert "unsafe" in info.value.message
     assert "root:" not in info.value.message
 
 
@@ -152,8 +154,23 @@ def test_svg_billion_laughs_is_refused_quickly() -> None:
         '<svg xmlns="http://www.w3.org/2000/svg" xmlns:openbadges="http://openbadges.org">'
         "<openbadges:assertion>&l9;</openbadges:assertion></svg>"
     ).encode()
-    with pytest.raises(UnbakeError):  # entities are refused, never expanded
+    with pytest.raises(UnbakeError) as info:  # entities are refused, never expanded
         unbake(bomb)
+    assert info.value.code == "SVG_UNSAFE"
+
+
+def test_svg_that_is_not_well_formed_is_not_an_image() -> None:
+    with pytest.raises(UnbakeError) as info:
+        unbake(b'<svg xmlns="http://www.w3.org/2000/svg"><rect></svg>')
+    assert info.value.code == "NOT_AN_IMAGE"
+
+
+def test_svg_signed_badge_takes_the_jws_from_the_verify_attribute() -> None:
+    jws = "eyJhbGciOiJSUzI1NiJ9.eyJ4IjoxfQ.c2ln"
+    # The reference bakery's shape: the JWS in the attribute, the payload JSON in CDATA.
+    assert unbake(svg_with(verify=jws, cdata=json.dumps(ASSERTION))) == jws
+    # A hosted bake still reads its JSON (which names the URL to fetch).
+    assert json.loads(unbake(svg_with(verify=URL, cdata=json.dumps(ASSERTION)))) == ASSERTION
 
 
 def test_deeply_nested_json_fails_cleanly() -> None:
@@ -253,7 +270,7 @@ def test_fuzz_svg_text(text: str) -> None:
     try:
         result = unbake(data)
     except UnbakeError as exc:
-        assert exc.code in {"NOT_AN_IMAGE", "BAKED_DATA_UNREADABLE", "NOTHING_BAKED"}
+        assert exc.code in {"NOT_AN_IMAGE", "SVG_UNSAFE", "BAKED_DATA_UNREADABLE", "NOTHING_BAKED"}
     else:
         assert isinstance(result, str)
 

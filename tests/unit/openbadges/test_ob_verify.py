@@ -384,9 +384,39 @@ def test_v0_5_hosted_hashed_with_top_level_salt() -> None:
         "badge": {**doc["badge"], "issuer": {"origin": "http://other.example", "name": "x"}},
     }
     assert codes(verify(url, {url: json_doc(wrong_origin)})) == ["ORIGIN_MISMATCH"]
-    # Pasted as JSON, a 0.5 badge has no address to check it at: only its contents are checked.
-    pasted = verify(json.dumps(doc), {})
-    assert pasted.valid and "NOT_HOSTED" in [w.code for w in pasted.warnings]
+
+
+def test_v0_5_as_bare_json_is_not_verifiable_but_still_checked() -> None:
+    doc = {
+        "recipient": hashed("kid@example.org", "sha256", "sel"),
+        "salt": "sel",
+        "issued_on": "2011-06-01",
+        "badge": {
+            "version": "0.5.0",
+            "name": "McBadge",
+            "image": "/img/1.png",
+            "description": "Basic.",
+            "criteria": "/criteria/1",
+            "issuer": {"origin": "http://oldstyle.example", "name": "Basic Issuer", "contact": "x@y.example"},
+        },
+    }
+    # As JSON (pasted, or baked as JSON), no hosted copy proves the issuer made it.
+    pasted = verify(json.dumps(doc), {}, ["kid@example.org"])
+    assert not pasted.valid and codes(pasted) == ["NOT_VERIFIABLE"]
+    assert pasted.certain_to_fail  # Badgr cannot accept it either
+    assert pasted.version == "0.5"
+    [issue] = pasted.errors
+    assert issue.message.endswith(".") and "Badgr cannot accept it" in issue.message
+    assert issue.message.count(".") == 1  # one sentence
+    # Its contents are still checked and reported: the recipient, and the structure.
+    assert pasted.badge and pasted.badge.recipient.identity == doc["recipient"]
+    assert pasted.badge.issuer.name == "Basic Issuer"
+    other = verify(json.dumps(doc), {}, ["someone@example.org"])
+    assert codes(other) == ["NOT_VERIFIABLE", "RECIPIENT_MISMATCH"]
+    broken = {**doc, "badge": {**doc["badge"], "name": ""}}
+    assert codes(verify(json.dumps(broken), {})) == ["NOT_VERIFIABLE", "BADGECLASS_INCOMPLETE"]
+    baked = verify(tiny_png(itxt(json.dumps(doc))), {}, ["kid@example.org"])
+    assert codes(baked) == ["NOT_VERIFIABLE"]
 
 
 # ------------------------------------------------------------------------------------------ signed
@@ -420,6 +450,25 @@ def test_signed_v2_valid(rsa_key: rsa.RSAPrivateKey) -> None:
     assert verdict.badge and verdict.badge.verification_type == "signed"
     # Baked, too.
     assert verify(tiny_png(itxt(token)), signed_world(rsa_key), [EMAIL]).valid
+
+
+def test_signed_v2_baked_in_svg_verifies_and_tampering_fails(rsa_key: rsa.RSAPrivateKey) -> None:
+    from infra.local.bakery import bake_svg, make_svg, tamper_jws
+
+    payload = signed_assertion()
+    token = sign_jws(payload, rsa_key)
+    svg = bake_svg(make_svg("#336699", "Kites"), json.dumps(payload), token).encode()
+    verdict = verify(svg, signed_world(rsa_key), [EMAIL])
+    assert verdict.valid, verdict.errors
+    assert verdict.payload_kind == "jws" and verdict.jws == token
+    # The JWS tampered with in the attribute (the CDATA copy left as it was): the signature fails.
+    forged = tamper_jws(token, {"evidence": "https://evil.example"})
+    tampered = bake_svg(make_svg("#336699", "Kites"), json.dumps(payload), forged).encode()
+    assert codes(verify(tampered, signed_world(rsa_key), [EMAIL])) == ["SIGNATURE_INVALID"]
+    # The CDATA copy edited alone changes nothing: only the signed payload is read.
+    edited = bake_svg(make_svg("#336699", "Kites"), json.dumps({**payload, "evidence": "x"}), token)
+    kept = verify(edited.encode(), signed_world(rsa_key), [EMAIL])
+    assert kept.valid and kept.badge is not None and kept.badge.evidence is None
 
 
 def test_signed_lowercase_alg_is_accepted(rsa_key: rsa.RSAPrivateKey) -> None:

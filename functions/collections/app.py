@@ -1,0 +1,45 @@
+"""SQS collections jobs: a learner's Backpack groups become Badgr collections once their badges are final."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
+
+from backpack_migrate.batch import run_sqs_batch
+from backpack_migrate.groups import CollectionBusy, make_collections
+from backpack_migrate.observability import logger, metrics, tracer
+from backpack_migrate.services import Services
+
+MAX_BACKOFF_SECONDS = 900
+
+
+class CollectionsJob(BaseModel):
+    learner_id: str
+    requested_at: str | None = None
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    def handle(svc: Services, record: SQSRecord) -> None:
+        job = CollectionsJob.model_validate_json(record.body)
+        receive_count = int(record.attributes.approximate_receive_count or 1)
+        last = receive_count >= svc.settings.migrate_max_receive_count
+        try:
+            make_collections(svc, job.learner_id, give_up=last)
+        except CollectionBusy as busy:
+            wait = busy.delay if busy.delay is not None else 2 ** min(receive_count, 9) + random.randint(0, 3)
+            svc.queue.delay(
+                svc.settings.collections_queue_url,
+                record.receipt_handle,
+                min(MAX_BACKOFF_SECONDS, max(1, int(wait))),
+            )
+            raise
+
+    return run_sqs_batch(event, context, handle)

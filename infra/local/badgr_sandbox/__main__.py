@@ -1,0 +1,3 @@
+from infra.local.badgr_sandbox.server import main
+
+main()

@@ -1,0 +1,57 @@
+"""The benchmark's set-up needs nothing beside the project: the reference gets its JSON-LD contexts
+from the project's own copies, and the corpus part skips with a message when the corpus is absent.
+(The benchmark itself runs under ``make bench``, never in tests.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from infra.bench import verify_bench
+from infra.bench.corpus import PROJECT_ROOT, load_corpus
+from infra.bench.loopback_site import HostedBadge
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def no_shared(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """As on a fresh clone: no ../shared beside the project."""
+    monkeypatch.setenv("OB_CORPUS_DIR", str(tmp_path / "no-such-corpus"))
+
+
+def test_the_reference_job_finds_its_contexts_in_the_project(no_shared: None) -> None:
+    hosted = [
+        HostedBadge(url=f"http://127.0.0.1:9/assertions/{i}", email="l@example.net", issuer=0)
+        for i in range(3)
+    ]
+    job = verify_bench.loopback_reference_job("http://127.0.0.1:9", hosted, picked=[1, 2])
+    contexts = job["contexts"]
+    assert verify_bench.OB2_CONTEXT in contexts
+    for url, spec in contexts.items():
+        path = Path(spec["file"])
+        assert path.is_file(), url
+        assert path.resolve().is_relative_to(PROJECT_ROOT), f"{url} is served from outside the project"
+        document = json.loads(path.read_text(encoding="utf-8"))
+        assert isinstance(document["@context"], dict), url
+    assert [item["input"]["url"] for item in job["items"]] == [hosted[1].url, hosted[2].url]
+    assert job["warmup_items"][0]["input"]["url"] == hosted[0].url  # warmed on a badge not timed
+
+
+def test_the_v2_context_defines_every_term_of_the_loopback_badges(no_shared: None) -> None:
+    spec = verify_bench.bundled_contexts()[verify_bench.OB2_CONTEXT]
+    terms = set(json.loads(Path(spec["file"]).read_text(encoding="utf-8"))["@context"])
+    used = {"id", "type", "recipient", "identity", "hashed", "salt", "badge", "issuedOn", "verification",
+            "name", "description", "image", "criteria", "narrative", "issuer", "url", "email",
+            "Assertion", "BadgeClass", "Issuer", "hosted", "HostedBadge", "revocationList",
+            "publicKey"}  # fmt: skip
+    assert used <= terms, used - terms
+
+
+def test_the_corpus_part_skips_with_a_message_without_the_corpus(no_shared: None) -> None:
+    assert load_corpus() is None
+    part = verify_bench.bench_corpus(rounds=1)
+    assert part.skipped and "corpus" in part.skipped
+    assert part.figures == {"verify_corpus_ours_per_s": None, "verify_corpus_reference_per_s": None}
