@@ -147,8 +147,14 @@ def test_every_sqs_event_source_reports_batch_item_failures(cfn: dict[str, Any])
     by_queue = {
         m["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]: m["Properties"] for m in mappings.values()
     }
-    assert set(by_queue) == {"IntakeQueue", "ChunkQueue", "VerifyQueue", "NotifyQueue", "MigrateQueue"}
-    assert set(by_queue) == {"ChunkQueue", "VerifyQueue", "NotifyQueue", "MigrateQueue", "CollectionsQueue"}
+    assert set(by_queue) == {
+        "IntakeQueue",
+        "ChunkQueue",
+        "VerifyQueue",
+        "NotifyQueue",
+        "MigrateQueue",
+        "CollectionsQueue",
+    }
     for props in by_queue.values():
         assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert 1 <= by_queue["ChunkQueue"]["BatchSize"] <= 5
@@ -463,8 +469,8 @@ CALLS: dict[str, frozenset[Grant]] = {
     },
 }
 
-SQS_TRIGGERED = {"Intake", "Chunk", "Verify", "Notify", "Migrate"}  # intake also goes on with its own jobs
-SQS_TRIGGERED = {"Chunk", "Verify", "Notify", "Migrate", "Collections"}
+# Intake also goes on with its own jobs.
+SQS_TRIGGERED = {"Intake", "Chunk", "Verify", "Notify", "Migrate", "Collections"}
 FORBIDDEN_ACTIONS = {
     "dynamodb:Scan",
     "dynamodb:BatchWriteItem",
