@@ -153,6 +153,24 @@ def landing(svc: Services, token: str, session_id: str | None) -> Page:
     return Page(200, body, session_id=sid if created else None)
 
 
+def _form_session(
+    svc: Services, claims: LinkClaims, session_id: str | None, csrf: str | None, consequence: str
+) -> dict[str, str]:
+    """The learner's session behind a form post, or a 403 when the form's CSRF token is not its own."""
+    session = svc.store.get_session(session_id) if session_id else None
+    if (
+        session is None
+        or session.get("learner_id") != claims.learner_id
+        or not tokens_match(session.get("csrf"), csrf)
+    ):
+        raise PortalError(
+            403,
+            "Please try again",
+            f"This form expired or did not come from your badge page{consequence}. Open your link again.",
+        )
+    return session
+
+
 def connect(
     svc: Services,
     token: str,
@@ -173,17 +191,7 @@ def connect(
             "Open the link from your email and press the button there.",
         )
     claims = _claims(svc, token)
-    session = svc.store.get_session(session_id) if session_id else None
-    if (
-        session is None
-        or session.get("learner_id") != claims.learner_id
-        or not tokens_match(session.get("csrf"), csrf)
-    ):
-        raise PortalError(
-            403,
-            "Please try again",
-            "This form expired or did not come from your badge page. Open your link again.",
-        )
+    session = _form_session(svc, claims, session_id, csrf, "")
     from .badgr import new_pkce_pair
 
     verifier, challenge = new_pkce_pair()
@@ -345,18 +353,7 @@ def erase(svc: Services, token: str, session_id: str | None, csrf: str | None) -
 
     claims = _claims(svc, token)
     learner = _learner(svc, claims)
-    session = svc.store.get_session(session_id) if session_id else None
-    if (
-        session is None
-        or session.get("learner_id") != claims.learner_id
-        or not tokens_match(session.get("csrf"), csrf)
-    ):
-        raise PortalError(
-            403,
-            "Please try again",
-            "This form expired or did not come from your badge page, so nothing was erased. "
-            "Open your link again.",
-        )
+    _form_session(svc, claims, session_id, csrf, ", so nothing was erased")
     gone_by = _export_gone_by(svc, learner)
     erase_learner(svc, claims.learner_id, [session_id] if session_id else [])
     return Page(200, erased_page(svc.settings.support_email, gone_by))
