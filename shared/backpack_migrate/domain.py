@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -285,21 +285,25 @@ def is_settled(badge: BadgeRecord) -> bool:
     return badge.state in FINAL_STATES or badge_group(badge) == BadgeGroup.CANNOT
 
 
-def movable_counts(badges: Iterable[BadgeRecord]) -> tuple[int, int]:
-    """How many badges a move would send to Badgr now: (ready, uncertain).
+class Movable(NamedTuple):
+    """How many badges a move would send to Badgr now, told apart by how sure we are."""
 
-    Ready badges are the READY group; uncertain ones are those that may move (MAYBE), are still
-    being checked (CHECKING), or were refused for an address the learner can add to Badgr.
-    """
-    ready = uncertain = 0
+    ready: int  # the READY group
+    moving: int  # already on their way; a move whose jobs were lost can always be asked again
+    uncertain: int  # may move (MAYBE), still being checked, or refused for an address Badgr can add
+
+
+def movable_counts(badges: Iterable[BadgeRecord]) -> Movable:
+    ready = moving = uncertain = 0
     for b in badges:
         group = badge_group(b)
-        # Moving badges count too: a move whose jobs were lost can always be asked again.
-        if group in (BadgeGroup.READY, BadgeGroup.MOVING):
+        if group == BadgeGroup.READY:
             ready += 1
+        elif group == BadgeGroup.MOVING:
+            moving += 1
         elif group in (BadgeGroup.MAYBE, BadgeGroup.CHECKING) or b.can_move_again:
             uncertain += 1
-    return ready, uncertain
+    return Movable(ready, moving, uncertain)
 
 
 class LearnerRecord(BaseModel):

@@ -237,19 +237,30 @@ def group_counts(badges: Sequence[BadgeRecord]) -> dict[BadgeGroup, int]:
 
 
 def movable_summary(badges: Sequence[BadgeRecord]) -> str | None:
-    """How many badges a move would send, told apart by how sure we are; None when there are none."""
-    ready, uncertain = movable_counts(badges)
+    """How many badges a move would send, told apart by how sure we are; None when there are none.
+
+    Badges already on their way are named as such, not as "ready": they are sent again only if
+    their first move was lost, and Badgr never takes a badge twice.
+    """
+    ready, moving, uncertain = movable_counts(badges)
     note = f"see the note beside {'it' if uncertain == 1 else 'each'}"
-    if ready and uncertain:
-        return (
-            f"{ready} of your badges {'is' if ready == 1 else 'are'} ready to move, "
-            f"and {uncertain} more may move ({note})."
-        )
+    phrases: list[str] = []
+
+    def count(n: int) -> str:
+        return f"{n} more" if phrases else f"{n} of your badges"
+
     if ready:
-        return f"{ready} of your badges {'is' if ready == 1 else 'are'} ready to move."
+        phrases.append(f"{count(ready)} {'is' if ready == 1 else 'are'} ready to move")
+    if moving:
+        its = "its" if moving == 1 else "their"
+        phrases.append(f"{count(moving)} {'is' if moving == 1 else 'are'} already on {its} way to Badgr")
     if uncertain:
-        return f"{uncertain} of your badges may move ({note})."
-    return None
+        phrases.append(f"{count(uncertain)} may move ({note})")
+    if not phrases:
+        return None
+    if len(phrases) == 1:
+        return phrases[0] + "."
+    return ", ".join(phrases[:-1]) + ", and " + phrases[-1] + "."
 
 
 def _your_data(ctx: PageContext) -> str:

@@ -130,6 +130,22 @@ EVERY_KIND = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("badges", "summary"),
+    [
+        ([QUEUED, QUEUED], "2 of your badges are already on their way to Badgr."),
+        (
+            [READY, QUEUED, MAYBE],
+            "1 of your badges is ready to move, 1 more is already on its way to Badgr, "
+            "and 1 more may move (see the note beside it).",
+        ),
+    ],
+)
+def test_badges_on_their_way_are_never_called_ready_to_move(badges: list[BadgeRecord], summary: str) -> None:
+    assert movable_summary(badges) == summary
+    assert "Move my badges to Badgr" in landing_page(CTX, "c", badges, requested=True)
+
+
 def _group_counts(page: str) -> list[int]:
     return [int(n) for n in re.findall(r"<h2>[^<(]+\((\d+)\)</h2>", page)]
 
