@@ -270,11 +270,12 @@ def _learner_session(svc: Services, session_id: str | None) -> tuple[str, dict[s
     return session_id, session
 
 
-def _sign_in_first() -> Reply:
+def _sign_in_first(svc: Services) -> Reply:
     body = message_page(
         "Open your badge link first",
         "To let a site add badges to your backpack, first open the link from the email about "
         "your Mozilla Backpack badges in this browser, then try again on that site.",
+        svc.settings.support_email,
     )
     return Reply(
         403,
@@ -288,7 +289,7 @@ def _sign_in_first() -> Reply:
 def access_page(svc: Services, request: AccessRequest, session_id: str | None) -> Reply:
     found = _learner_session(svc, session_id)
     if found is None:
-        return _sign_in_first()
+        return _sign_in_first(svc)
     _, session = found
     request_id = new_secret_token()
     svc.store.put_session(
@@ -356,7 +357,11 @@ def access_decision(
         or pending.get("learner_id") != found[1]["learner_id"]
         or not tokens_match(found[1].get("csrf"), form.get("csrf"))
     ):
-        body = message_page("Please try again", "This form expired or did not come from this service.")
+        body = message_page(
+            "Please try again",
+            "This form expired or did not come from this service.",
+            svc.settings.support_email,
+        )
         return Reply(403, body, content_type="text/html; charset=utf-8", outcome="bad_form")
     svc.store.put_session(f"access-{request_id}", {}, -1)  # one answer per request
     # The callback is the one checked and stored when the site asked, never one from this form.

@@ -149,10 +149,10 @@ def group(svc: Services, raw_user_id: str, raw_group_id: str, base_url: str) -> 
     return reply
 
 
-def _image_not_found() -> Reply:
+def _image_not_found(svc: Services) -> Reply:
     return Reply(
         404,
-        message_page("Not found", "There is no badge image at this address."),
+        message_page("Not found", "There is no badge image at this address.", svc.settings.support_email),
         content_type="text/html; charset=utf-8",
         outcome="missing",
     )
@@ -162,7 +162,7 @@ def badge_image(svc: Services, file_name: str) -> Reply:
     """The baked image the Backpack kept for a body hash, byte for byte."""
     match = _IMAGE_FILE.fullmatch(file_name)
     if match is None:
-        return _image_not_found()
+        return _image_not_found(svc)
     body_hash, extension = match.groups()
     badge = svc.store.badge_for_body_hash(body_hash)
     if (
@@ -171,14 +171,14 @@ def badge_image(svc: Services, file_name: str) -> Reply:
         or _EXTENSIONS.get(badge.media_type or "") != extension
         or svc.store.get_learner(badge.learner_id) is None
     ):
-        return _image_not_found()
+        return _image_not_found(svc)
     export = svc.store.get_export(badge.export_id)
     if export is None:
-        return _image_not_found()
+        return _image_not_found(svc)
     try:
         data = read_member(open_export(svc, export), badge.member)
     except ExportError:
-        return _image_not_found()
+        return _image_not_found(svc)
     # An SVG is a document: served on its own it must not run script or show a working form.
     return Reply(
         200,

@@ -135,13 +135,21 @@ def consent_page(svc: Services, request_id: str, session_id: str | None) -> Repl
     if pending is None:
         return _html(
             404,
-            message_page("Nothing to add", "This request has expired. Try again on the issuer's site."),
+            message_page(
+                "Nothing to add",
+                "This request has expired. Try again on the issuer's site.",
+                svc.settings.support_email,
+            ),
             "unknown_request",
         )
     if "result" in pending:
         return _html(
             200,
-            message_page("Done", "You have answered this request. You can close this window."),
+            message_page(
+                "Done",
+                "You have answered this request. You can close this window.",
+                svc.settings.support_email,
+            ),
             "answered",
             CLOSE_CSP,
         )
@@ -153,6 +161,7 @@ def consent_page(svc: Services, request_id: str, session_id: str | None) -> Repl
                 "Open your badge link first",
                 "To add badges to your backpack, first open the link from the email about your "
                 "Mozilla Backpack badges in this browser, then try again on the issuer's site.",
+                svc.settings.support_email,
             ),
             "no_session",
         )
@@ -188,13 +197,21 @@ def consent_decision(svc: Services, request_id: str, session_id: str | None, for
     if pending is None or found is None or not tokens_match(found[1].get("csrf"), form.get("csrf")):
         return _html(
             403,
-            message_page("Please try again", "This form expired or did not come from this service."),
+            message_page(
+                "Please try again",
+                "This form expired or did not come from this service.",
+                svc.settings.support_email,
+            ),
             "bad_form",
         )
     if "result" in pending:
         return _html(
             200,
-            message_page("Done", "You have answered this request. You can close this window."),
+            message_page(
+                "Done",
+                "You have answered this request. You can close this window.",
+                svc.settings.support_email,
+            ),
             "answered",
             CLOSE_CSP,
         )

@@ -384,12 +384,7 @@ def status_page(ctx: PageContext, badges: Sequence[BadgeRecord], groups_html: st
     )
 
 
-def message_page(title: str, message: str, support_email: str | None = None) -> str:
-    """A page of one message; without an address given, the service's configured support address."""
-    if support_email is None:
-        from .config import get_settings
-
-        support_email = get_settings().support_email
+def message_page(title: str, message: str, support_email: str) -> str:
     return layout(title, f"<h1>{escape(title)}</h1><p>{escape(message)}</p>", support_email)
 
 
