@@ -19,7 +19,8 @@ from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from backpack_migrate import connect, displayer, issuer_api
-from backpack_migrate.legacy_http import FormatError, Reply, json_reply, origin_of, record_call, with_jsonp
+from backpack_migrate.legacy_http import FormatError, Reply, json_reply, record_call, with_jsonp
+from backpack_migrate.links import origin_of
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.services import Services, get_services
 

@@ -22,10 +22,10 @@ from html import escape
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .domain import GrantRecord
-from .legacy_http import PAGE_CSP, Reply, json_reply, origin_of, text_reply, token_digest
+from .legacy_http import PAGE_CSP, Reply, json_reply, text_reply, token_digest
 from .legacy_issue import issue, primary_address
 from .legacy_pages import page_layout
-from .links import new_secret_token, tokens_match
+from .links import new_secret_token, origin_of, tokens_match
 from .pages import message_page
 from .services import Services
 

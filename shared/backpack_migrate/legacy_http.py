@@ -13,7 +13,6 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from .observability import logger, metrics
 
@@ -96,24 +95,6 @@ def with_jsonp(reply: Reply, callback: str | None) -> Reply:
         headers=dict(reply.headers),
         outcome=reply.outcome or str(reply.status),
     )
-
-
-def origin_of(value: str | None) -> str | None:
-    """``scheme://host[:port]`` of a URL or Origin header, or None when it is not one."""
-    if not value:
-        return None
-    try:
-        parts = urlsplit(value.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    default = {"http": 80, "https": 443}[parts.scheme]
-    host = parts.hostname.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
 
 
 def token_digest(token: str) -> str:

@@ -138,9 +138,12 @@ class BadgeRef(BaseModel):
     badge_id: BadgeId
 
 
-def _origin_of(url: str) -> str | None:
+def origin_of(value: str | None) -> str | None:
+    """``scheme://host[:port]`` of a URL or Origin header, or None when it is not one."""
+    if not value:
+        return None
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(value.strip())
         port = parts.port
     except ValueError:
         return None
@@ -148,7 +151,9 @@ def _origin_of(url: str) -> str | None:
         return None
     default = {"http": 80, "https": 443}[parts.scheme]
     host = parts.hostname.lower()
-    return f"{parts.scheme}://{host}" if port in (None, default) else f"{parts.scheme}://{host}:{port}"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
 
 
 def from_another_site(origin: str | None, fetch_site: str | None, own: Iterable[str]) -> bool:
@@ -165,5 +170,5 @@ def from_another_site(origin: str | None, fetch_site: str | None, own: Iterable[
     given = (origin or "").strip()
     if not given or given.lower() == "null":
         return False
-    ours = {o for o in (_origin_of(u) for u in own) if o}
-    return _origin_of(given) not in ours
+    ours = {o for o in (origin_of(u) for u in own) if o}
+    return origin_of(given) not in ours
