@@ -459,8 +459,8 @@ class ScriptedBadgr:
         self.listings = 0
         self.refreshes = 0
         self.backpack: dict[str, dict[str, Any]] = {}  # openBadgeId -> listed assertion
+        self._assertions_made = 0
         # Collections, answered as the real server does (see ../shared/docs/badgr-api.md).
-        self.held: list[str] = []  # entity ids of the assertions in the learner's backpack
         self.collections: dict[str, dict[str, Any]] = {}
         self.collection_calls: list[str] = []
         # Faults, one taken per call of that kind: "lost" (done, answer lost), "down" (not done).
@@ -469,6 +469,15 @@ class ScriptedBadgr:
     def hold(self, open_badge_id: str, pending: bool = False) -> None:
         """Put a badge into the backpack (as the learner or an earlier import would have)."""
         self._new_assertion(open_badge_id, pending)
+
+    @property
+    def held(self) -> list[str]:
+        """Entity ids of the assertions in the learner's backpack."""
+        return [item["entityId"] for item in self.backpack.values()]
+
+    def forget(self, entity_id: str) -> None:
+        """The learner deletes a badge in Badgr."""
+        self.backpack = {k: v for k, v in self.backpack.items() if v["entityId"] != entity_id}
 
     def _fault(self, call: str) -> str | None:
         self.collection_calls.append(call)
@@ -508,11 +517,7 @@ class ScriptedBadgr:
             raise BadgrUnavailable("Badgr answered 503 on /v2/backpack/assertions", status=503)
         if answer == "stale":  # a listing that does not show a badge imported moments ago
             return []
-        return [
-            dict(item)
-            for item in self.backpack.values()
-            if item["entityId"] in self.held and (include_pending or not item["pending"])
-        ]
+        return [dict(item) for item in self.backpack.values() if include_pending or not item["pending"]]
 
     def refresh(self, refresh_token: str) -> Tokens:
         self.refreshes += 1
@@ -524,8 +529,8 @@ class ScriptedBadgr:
         )
 
     def _new_assertion(self, open_badge_id: str | None = None, pending: bool = False) -> str:
-        entity_id = f"E{len(self.held) + 1}"
-        self.held.append(entity_id)
+        self._assertions_made += 1
+        entity_id = f"E{self._assertions_made}"
         open_badge_id = open_badge_id or f"https://issuer.example/{entity_id}"
         self.backpack[open_badge_id] = {
             "entityId": entity_id,

@@ -177,7 +177,7 @@ def test_a_worker_killed_between_create_and_fill_loses_no_badge() -> None:
 def test_a_badge_deleted_in_badgr_is_left_out_with_the_reason() -> None:
     svc, store, _queue, badgr = world({1: BadgeState.IMPORTED, 2: BadgeState.IMPORTED}, [group(7, [1, 2])])
     gone = store.get_badge(LEARNER, "b2").badgr.entity_id
-    badgr.held.remove(gone)
+    badgr.forget(gone)
     make_collections(svc, LEARNER)
     saved = store.list_groups(LEARNER)[0].collection
     assert saved.state == "filled" and gone not in saved.assertion_ids and len(saved.assertion_ids) == 1
