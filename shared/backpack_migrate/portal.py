@@ -96,7 +96,7 @@ def _context(svc: Services, token: str, claims: LinkClaims, learner: LearnerReco
         try:
             email = learner_email(svc, learner)
         except Exception:  # the page is still useful without it; the failure is on record
-            logger.exception("could not decrypt the learner's address for their page")
+            logger.exception("could not read or decrypt the learner's address for their page")
     return PageContext(
         token=token,
         support_email=svc.settings.support_email,
