@@ -38,11 +38,10 @@ from .domain import (
     LearnerRecord,
     MemberLocation,
     Problem,
-    VerdictSummary,
     normalize_email,
     now_iso,
 )
-from .export import BLOCK_SIZE, ExportError, MemberError, MemberIndex, read_member, sniff_media_type
+from .export import BLOCK_SIZE, ExportError, MemberError, MemberIndex, read_member
 from .observability import logger, metrics
 from .services import Services
 
@@ -659,7 +658,7 @@ def full_badge_id(learner_id: str, backpack_badge_id: int) -> str:
 
 
 def _extract(reader: Any, export_id: str, learner_id: str, badge: FullChunkBadge) -> BadgeRecord:
-    from .openbadges import UnbakeError, extract
+    from .intake import read_badge_image
 
     base = BadgeRecord(
         learner_id=learner_id,
@@ -678,34 +677,4 @@ def _extract(reader: Any, export_id: str, learner_id: str, badge: FullChunkBadge
     )
     if badge.problem is not None or badge.member is None:
         return base.model_copy(update={"problem": badge.problem or problem("IMAGE_MISSING")})
-    try:
-        data = read_member(reader, badge.member)
-    except ExportError as error:
-        return base.model_copy(update={"problem": Problem(code=error.code, message=error.message)})
-    media_type = sniff_media_type(data)
-    if media_type is None:
-        return base.model_copy(
-            update={
-                "problem": Problem(
-                    code="NOT_AN_IMAGE", message="This badge's image is not a PNG or SVG image."
-                )
-            }
-        )
-    try:
-        extracted = extract(data)
-    except UnbakeError as error:
-        return base.model_copy(
-            update={"media_type": media_type, "problem": Problem(code=error.code, message=error.message)}
-        )
-    offline = VerdictSummary(
-        valid=False,  # not yet verified: the verify job decides
-        version=extracted.version,
-        name=extracted.badge_name,
-        issuer_name=extracted.issuer_name,
-        issued_on=extracted.issued_on.isoformat() if extracted.issued_on else None,
-        hosted_url=extracted.hosted_url,
-        payload_kind=extracted.payload_kind,
-    )
-    return base.model_copy(
-        update={"media_type": media_type, "state": BadgeState.EXTRACTED, "verdict": offline}
-    )
+    return read_badge_image(reader, badge.member, base)

@@ -407,8 +407,6 @@ def _extract_learner(
 
 
 def _extract(reader: Any, export_id: str, learner_id: str, file: ChunkFile) -> BadgeRecord:
-    from .openbadges import UnbakeError, extract
-
     base = BadgeRecord(
         learner_id=learner_id,
         badge_id=badge_id_for(learner_id, export_id, file.name),
@@ -421,8 +419,16 @@ def _extract(reader: Any, export_id: str, learner_id: str, file: ChunkFile) -> B
     if file.problem is not None or file.member is None:
         problem = file.problem or Problem(code="FILE_MISSING", message="This file is not in the export.")
         return base.model_copy(update={"problem": problem})
+    return read_badge_image(reader, file.member, base)
+
+
+def read_badge_image(reader: Any, member: MemberLocation, base: BadgeRecord) -> BadgeRecord:
+    """``base`` with what its image in the export says, read offline: ``extracted``, with the
+    verdict's facts the image carries, or ``unreadable`` with the reason."""
+    from .openbadges import UnbakeError, extract
+
     try:
-        data = read_member(reader, file.member)
+        data = read_member(reader, member)
     except ExportError as error:
         return base.model_copy(update={"problem": Problem(code=error.code, message=error.message)})
     media_type = sniff_media_type(data)
