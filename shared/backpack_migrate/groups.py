@@ -64,6 +64,10 @@ class CollectionBusy(Exception):  # noqa: N818 - it is a request, not an error
         self.definite = definite
 
 
+class CollectionHeld(CollectionBusy):
+    """Another worker's lease on the group has not run out: that worker settles it."""
+
+
 def marker_for(learner_id: str, group_id: int) -> str:
     """A tag unique to the learner's group, written into the collection's description."""
     digest = hashlib.sha256(f"{learner_id}/group/{group_id}".encode()).hexdigest()[:16]
@@ -208,8 +212,9 @@ def make_collections(
 
     Raises :class:`CollectionBusy` when a group must wait (another worker holds it, Badgr is
     down); the groups settled before it stay settled, and the job comes back for the rest. On
-    the job's last delivery (``give_up``) such a group is recorded ``skipped`` with the reason,
-    so every group ends in one recorded state and the summary still goes out.
+    the job's last delivery (``give_up``) a group Badgr kept us from making is recorded
+    ``skipped`` with the reason, so every group ends in one recorded state and the summary
+    still goes out; a group another worker still holds is left to that worker.
     """
     from .migration import maybe_send_summary
 
@@ -223,17 +228,27 @@ def make_collections(
     request = learner.migration_requested_at
     badgr = _Badgr(svc, learner_id)
     settled = 0
+    left_to_holder = False
     for group in svc.store.list_groups(learner_id):
         if group.settled_for == request and group.collection and group.collection.state != "creating":
             continue
         try:
             _settle(svc, badgr, group, badges, request, now)
+        except CollectionHeld:
+            if not give_up:
+                raise
+            # Its holder is alive and will record what it made; skipping it here could contradict
+            # Badgr. Should the holder die, its own job (or the reconciler) takes the group over.
+            logger.info("collection left to the worker holding it", extra={"group_id": group.group_id})
+            left_to_holder = True
+            continue
         except CollectionBusy as busy:
             if not give_up:
                 raise
             _give_up(svc, group, request, busy)
         settled += 1
-    maybe_send_summary(svc, learner_id)
+    if not left_to_holder:  # else the holder sends the summary once it has settled the group
+        maybe_send_summary(svc, learner_id)
     return settled
 
 
@@ -301,7 +316,7 @@ def _settle(
         group = _save(svc, group, collection=current)
     elif current.state == "creating" and current.entity_id is None:
         if current.lease_until is not None and current.lease_until > now():
-            raise CollectionBusy(
+            raise CollectionHeld(
                 "another worker is creating this collection", delay=current.lease_until - now()
             )
         # Its creator died or lost Badgr's answer: take the group over, then look before creating.
@@ -420,6 +435,7 @@ def _fill(
 __all__ = [
     "LEASE_SECONDS",
     "CollectionBusy",
+    "CollectionHeld",
     "make_collections",
     "marker_for",
     "plan_collection",

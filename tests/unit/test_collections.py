@@ -200,6 +200,26 @@ def test_the_last_delivery_records_the_group_skipped_and_the_summary_goes_out() 
     assert [job["kind"] for job in queue.take("notify")] == ["summary"]
 
 
+def test_a_duplicate_job_on_its_last_delivery_leaves_a_held_group_to_its_holder() -> None:
+    badgr = ScriptedBadgr()
+    badgr.faults["create_collection"] = ["lost"]
+    svc, store, queue, badgr = world({1: BadgeState.IMPORTED}, [group(7, [1])], badgr)
+    clock = Clock()
+    with pytest.raises(CollectionBusy):  # the holder lost Badgr's answer: the group stays held
+        make_collections(svc, LEARNER, now=clock)
+    queue.take("notify")
+    # A duplicate job reaches its last delivery while the holder's lease runs: it records nothing.
+    make_collections(svc, LEARNER, give_up=True, now=clock)
+    held = store.list_groups(LEARNER)[0].collection
+    assert held.state == "creating" and held.problem is None
+    assert queue.take("notify") == [] and queue.take("collections") == []
+    # The holder's own job comes back after its lease and finishes: made once, summary once.
+    clock.now += LEASE_SECONDS + 1
+    make_collections(svc, LEARNER, now=clock)
+    assert len(badgr.collections) == 1 and store.list_groups(LEARNER)[0].collection.state == "filled"
+    assert [job["kind"] for job in queue.take("notify")] == ["summary"]
+
+
 def test_the_summary_waits_for_the_collections_of_a_backpack_user() -> None:
     svc, _store, queue, _badgr = world({1: BadgeState.IMPORTED}, [group(7, [1])])
     assert not maybe_send_summary(svc, LEARNER)
