@@ -549,15 +549,29 @@ class LocalStack:
             )
         return emails
 
-    def dlq_messages(self, queue_logical_id: str) -> list[dict[str, Any]]:
-        """Messages in the dead-letter queue of ``queue_logical_id`` (or in that queue if it has
-        none); read without consuming them."""
+    def _dlq_url(self, queue_logical_id: str) -> str:
         sqs = self._client("sqs")
         url = self._physical_ids[queue_logical_id]
         attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"]).get("Attributes", {})
         if "RedrivePolicy" in attrs:
             dlq_name = json.loads(attrs["RedrivePolicy"])["deadLetterTargetArn"].rsplit(":", 1)[1]
             url = sqs.get_queue_url(QueueName=dlq_name)["QueueUrl"]
+        return str(url)
+
+    def dlq_depth(self, queue_logical_id: str) -> int:
+        """How many messages the dead-letter queue of ``queue_logical_id`` holds, counting those
+        out of sight (the reconciler holds the ones it has read, for an operator's redrive)."""
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        attrs = self._client("sqs").get_queue_attributes(
+            QueueUrl=self._dlq_url(queue_logical_id), AttributeNames=names
+        )
+        return sum(int(attrs["Attributes"].get(name, 0)) for name in names)
+
+    def dlq_messages(self, queue_logical_id: str) -> list[dict[str, Any]]:
+        """The visible messages in the dead-letter queue of ``queue_logical_id`` (or in that
+        queue if it has none); read without consuming them."""
+        sqs = self._client("sqs")
+        url = self._dlq_url(queue_logical_id)
         found: dict[str, dict[str, Any]] = {}
         handles: list[str] = []
         for _ in range(20):

@@ -53,7 +53,7 @@ def test_a_backpack_database_moves_to_badgr_with_its_groups_as_collections(tmp_p
             if "have moved" in (e["subject"] or "") and e["to"][0] == "ada@example.org"
         ]
         assert summaries and "collection" in str(summaries[-1]["body"])
-        assert not run.stack.dlq_messages("CollectionsQueue")
+        assert run.stack.dlq_depth("CollectionsQueue") == 0
         # Each filled group is one collection, the failed calls notwithstanding.
         made = run.sandbox.collections_of(world.accounts["ada@example.org"][0])
         assert len(made) == sum(1 for g in groups.values() if g.collection and g.collection.state == "filled")
