@@ -25,7 +25,7 @@ from backpack_migrate.domain import FINAL_STATES, BadgeState
 from infra.chaos.faults import AwsThrottle, FaultyBadgr, WorkerKiller
 from infra.local import aws_calls
 from infra.local.badgr_sandbox import BadgrSandbox
-from infra.local.demo import CLIENT_ID, _quiet, links_by_email, play_learner
+from infra.local.demo import CLIENT_ID, _quiet, is_invitation, links_by_email, play_learner
 from infra.local.issuer_site import IssuerSite
 from infra.local.sample_export import build_demo
 from infra.local.stack import LocalStack
@@ -217,7 +217,9 @@ def _tally(
             badge = records.get(file_name)
             if badge is None or badge.state not in FINAL_STATES:
                 tally.lost += 1
-                _example(tally, f"{file_name} of {email}: {badge.state.value if badge else 'no record'}")
+                _example(
+                    tally, "lost", f"{file_name} of {email}: {badge.state.value if badge else 'no record'}"
+                )
                 continue
             tally.final += 1
             in_badgr = want.assertion_id is not None and want.assertion_id in held[username]
@@ -227,28 +229,32 @@ def _tally(
                 tally.dead_lettered += 1
             elif badge.state != want.state:
                 tally.mislabelled += 1
-                _example(tally, f"{file_name} of {email}: {badge.state.value}, expected {want.state.value}")
+                _example(
+                    tally,
+                    "mislabelled",
+                    f"{file_name} of {email}: {badge.state.value}, expected {want.state.value}",
+                )
             if (badge.state in HELD_STATES) != in_badgr:
                 tally.contradictions += 1
                 _example(
                     tally,
+                    "contradiction",
                     f"{file_name} of {email}: recorded {badge.state.value}, Badgr "
                     f"{'holds' if in_badgr else 'does not hold'} it",
                 )
     tally.final_pct = round(100.0 * tally.final / max(1, tally.badges), 2)
-    tally.dlq_messages = sum(len(stack.dlq_messages(queue)) for queue in WORKER_QUEUES)
+    tally.dlq_messages = sum(stack.dlq_depth(queue) for queue in WORKER_QUEUES)
     tally.retries = sum(stack.sqs.redeliveries.values())
-    invitations = Counter(
-        e["to"][0].lower() for e in stack.sent_emails() if "ready to move" in (e["subject"] or "")
-    )
+    invitations = Counter(e["to"][0].lower() for e in stack.sent_emails() if is_invitation(e["subject"]))
     tally.invited_once = sum(1 for email in id_of if invitations.get(email) == 1)
     tally.every_learner_invited_once = tally.invited_once == len(id_of) and set(invitations) <= set(id_of)
     return tally
 
 
-def _example(tally: Tally, text: str) -> None:
-    if len(tally.examples) < 10:
-        tally.examples.append(text)
+def _example(tally: Tally, kind: str, text: str) -> None:
+    """Up to ten examples of each kind of failure, so a few stuck badges hide no contradiction."""
+    if sum(example.startswith(f"{kind}: ") for example in tally.examples) < 10:
+        tally.examples.append(f"{kind}: {text}")
 
 
 def print_tally(tally: Tally) -> None:

@@ -128,12 +128,15 @@ def _text_of(email: dict[str, Any]) -> str:
     return html.unescape(re.sub(r"<[^>]+>", "\n", body)).replace("\n\n", "\n").strip()
 
 
+def is_invitation(subject: str | None) -> bool:
+    """Invitations: to move badges, or (for an address listed with none) to see or erase the data."""
+    return "ready to move" in (subject or "") or "no badges to move" in (subject or "")
+
+
 def links_by_email(stack: LocalStack) -> dict[str, str]:
     found: dict[str, str] = {}
     for email in stack.sent_emails():
-        subject = email["subject"] or ""
-        # Invitations: to move badges, or (for an address listed with none) to see or erase the data.
-        if "ready to move" not in subject and "no badges to move" not in subject:
+        if not is_invitation(email["subject"]):
             continue
         match = LINK.search(str(email["body"]))
         if match:

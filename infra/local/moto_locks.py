@@ -30,3 +30,16 @@ def serialise_dynamodb() -> None:
                 return _original(self)
 
         DynamoHandler.call_action = call_action  # type: ignore[method-assign]
+
+
+def snapshot_sqs_pending() -> None:
+    """moto's SQS builds a queue's set of pending FIFO groups by walking the set of messages in
+    flight while other requests add to it and remove from it, which fails the call with "Set
+    changed size during iteration", a 500 SQS never answers. Walk a copy instead (copying a set
+    is one step under the GIL). A lock would not do: a long-polling receive would hold it."""
+    from moto.sqs.models import Queue
+
+    def pending_message_groups(self: Any) -> set[str]:
+        return {m.group_id for m in list(self._pending_messages) if m.group_id is not None}
+
+    Queue.pending_message_groups = property(pending_message_groups)  # type: ignore[assignment,method-assign]

@@ -15,8 +15,9 @@ shapes, each invocation on a thread of its own as in a Lambda environment of its
 Ranged S3 reads are answered from moto's store in this process (:mod:`.s3_ranges`): moto copies
 the whole object for each, which made big exports crawl.
 
-SQS and schedule durations are multiplied by ``time_scale`` (a hundredth by default), so a
-720 s visibility timeout lasts 7.2 s here. Functions share this process, so their environment
+SQS and schedule durations, and the functions' ``*_SECONDS`` settings, are multiplied by
+``time_scale`` (a hundredth by default), so a 720 s visibility timeout lasts 7.2 s here, and
+the reconciler's two hours 72 s. Functions share this process, so their environment
 is merged into ``os.environ``.
 """
 
@@ -47,7 +48,7 @@ from infra.local.cloudformation import (
 )
 from infra.local.http_api import HttpApi, HttpRoute
 from infra.local.lambda_runtime import FunctionSpec, Invoker, LambdaContext, import_file
-from infra.local.moto_locks import serialise_dynamodb
+from infra.local.moto_locks import serialise_dynamodb, snapshot_sqs_pending
 from infra.local.s3_events import S3Events
 from infra.local.s3_ranges import serve_range
 from infra.local.schedules import Scheduler, find_schedules
@@ -180,6 +181,7 @@ class LocalStack:
         # Port 0: the server binds a free port itself, so no other process can take it between
         # choosing and binding (moto's start() would then wait forever).
         serialise_dynamodb()
+        snapshot_sqs_pending()
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         port = self._server.get_host_and_port()[1]
@@ -324,6 +326,11 @@ class LocalStack:
                     log.debug("%s differs between functions (%s); keeping the first", name, logical_id)
                     continue
                 merged[name] = resolved
+        for name, value in merged.items():
+            # A duration the functions compare with SQS's and the schedules' clocks runs at
+            # their pace, or the reconciler would call a job stale a hundred times too late.
+            if name.endswith("_SECONDS") and value.isdigit():
+                merged[name] = str(max(1, round(int(value) * self.time_scale)))
         merged.update(
             {
                 "BADGR_API_URL": self.badgr_api_url,

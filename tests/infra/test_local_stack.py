@@ -235,6 +235,8 @@ def test_resources_come_from_the_template(stack: LocalStack) -> None:
     assert env["MIGRATE_QUEUE_URL"] == stack.resource("MigrateQueue")
     assert env["LINK_SECRET_ARN"] == stack.resource("LinkSigningSecret")
     assert env["KMS_KEY_ID"].startswith("arn:aws:kms:")
+    # Durations run at the stack's pace, as SQS's and the schedules' do: 7200 s in the template.
+    assert int(env["STALE_AFTER_SECONDS"]) == max(1, round(7200 * stack.time_scale))
     assert env["PUBLIC_BASE_URL"] == stack.url
     assert env["BADGR_API_URL"] == "http://127.0.0.1:9/api"
     assert env["ALLOW_LOOPBACK_FETCH"] == "true"
