@@ -294,7 +294,18 @@ def settle(
 
 
 def _record_held(svc: Services, badge: BadgeRecord, held: Held, attempts: int | None = None) -> BadgeState:
-    """The backpack has the badge: ours when it was not there before our first import."""
+    """The backpack has the badge: ours when it was not there before our first import.
+
+    A worker writes "not there before" before it sends, and Badgr holds the badge only after
+    that send, so a record read after the listing shows that mark if any worker sent it: the
+    copy this job read before the listing may predate another worker's send.
+    """
+    if badge.in_badgr_before is not False:
+        current = svc.store.get_badge(badge.learner_id, badge.badge_id)
+        held_states = (BadgeState.IMPORTED, BadgeState.ALREADY_IN_BADGR, BadgeState.PENDING)
+        if current is not None and current.state in held_states:
+            return current.state  # another worker has recorded it as Badgr holds it
+        badge = current or badge
     if held.pending:
         state = BadgeState.PENDING
     elif badge.in_badgr_before is False:

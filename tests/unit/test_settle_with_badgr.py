@@ -72,6 +72,18 @@ def test_duplicate_badge_after_our_own_lost_import_is_recorded_as_ours() -> None
     assert badge.in_badgr_before is False
 
 
+def test_a_worker_that_read_the_badge_before_another_sent_it_records_it_as_ours() -> None:
+    from backpack_migrate.migration import _import
+
+    w, job = _ben(ScriptedBadgr({B1: ["lost"]}))
+    stale = _badge(w, job)  # a duplicate job's worker reads the badge, then is slow
+    assert isinstance(_deliver(w, job, 1), RetryLater)  # another worker sends it; the answer is lost
+    assert _import(w.svc, stale, 1, Backpacks(), None) == BadgeState.IMPORTED
+    badge = _badge(w, job)
+    assert badge.state == BadgeState.IMPORTED and badge.confirmed_by == Confirmation.BACKPACK_LISTING
+    assert len(w.badgr.imports) == 1
+
+
 def test_a_badge_there_before_us_is_already_in_badgr_and_never_sent() -> None:
     badgr = ScriptedBadgr()
     badgr.hold(B1)
