@@ -38,6 +38,7 @@ from .export import (
     sniff_media_type,
 )
 from .observability import logger, metrics
+from .queues import is_transient_aws_error
 from .services import Services
 from .shared_files import find_shared_files
 
@@ -45,6 +46,8 @@ from .shared_files import find_shared_files
 MAX_FILES_PER_CHUNK = 400
 # Stop taking learners when less than this is left of the invocation; the rest goes back on the queue.
 RESERVE_MS = 60_000
+# Handed-over chunk jobs in a row that made no progress before one fails as usual (SQS retries it).
+MAX_STALLS = 10
 # Badges are written (and the clock read) this many at a time.
 FILES_PER_WRITE = 25
 
@@ -67,6 +70,8 @@ class ChunkJob(BaseModel):
     export_id: str
     chunk: int
     learners: list[ChunkLearner]
+    # Jobs in a row that AWS refused before their first learner was done (see process_chunk).
+    stalls: int = 0
 
 
 class IntakeJob(BaseModel):
@@ -354,12 +359,23 @@ def process_chunk(svc: Services, job: ChunkJob, remaining_ms: Callable[[], int])
         if remaining_ms() < RESERVE_MS:
             left = job.model_copy(update={"learners": job.learners[index:]})
             break
-        if svc.store.is_erased(erasure_mark(learner.learner_id)):
-            # They asked to be forgotten: a replayed or re-uploaded export records and emails nothing.
-            logger.info("learner erased before; skipped")
-            metrics.add_metric(name="ErasedLearnersSkipped", unit="Count", value=1)
-            continue
-        done = _extract_learner(svc, reader, job.export_id, learner, remaining_ms)
+        try:
+            if svc.store.is_erased(erasure_mark(learner.learner_id)):
+                # They asked to be forgotten: a replayed or re-uploaded export records and emails nothing.
+                logger.info("learner erased before; skipped")
+                metrics.add_metric(name="ErasedLearnersSkipped", unit="Count", value=1)
+                continue
+            done = _extract_learner(svc, reader, job.export_id, learner, remaining_ms)
+        except Exception as error:
+            stalls = job.stalls + 1 if index == 0 else 0
+            if not is_transient_aws_error(error) or stalls > MAX_STALLS:
+                raise
+            # AWS refused a call for now. What is written stays written; the rest goes on in a
+            # new job with tries of its own, rather than this job's few tries ending in the
+            # dead-letter queue with its learners never recorded.
+            logger.warning("AWS refused a call; the chunk continues in a new job", extra={"stalls": stalls})
+            left = job.model_copy(update={"learners": job.learners[index:], "stalls": stalls})
+            break
         if done < len(learner.files):
             # Its follow-ups go out with the job that finishes it.
             rest = learner.model_copy(update={"files": learner.files[done:]})

@@ -74,3 +74,29 @@ class SqsJobQueue:
             if not entries:
                 return len(jobs)
         raise RuntimeError(f"SQS refused {len(entries)} messages after retries")
+
+
+# What AWS answers when it cannot serve a call now, though the same call may work a moment later.
+_TRANSIENT_AWS_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "TransactionConflictException",
+        "InternalServerError",
+        "InternalFailure",
+        "ServiceUnavailable",
+    }
+)
+
+
+def is_transient_aws_error(error: BaseException) -> bool:
+    """A DynamoDB or SQS call refused for now (throttled, or a 5xx), after the SDK's own retries."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(error, ClientError):
+        return False
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return error.response.get("Error", {}).get("Code") in _TRANSIENT_AWS_CODES or status >= 500
