@@ -176,6 +176,7 @@ class FullChunkJob(BaseModel):
     export_id: str
     chunk: int
     learners: list[FullChunkLearner]
+    stalls: int = 0  # as a ZIP chunk's: jobs in a row AWS refused before their first learner
 
 
 class FullStats(BaseModel):
@@ -586,7 +587,8 @@ def process_full_chunk(
     svc: Services, job: FullChunkJob, remaining_ms: Callable[[], int]
 ) -> FullChunkJob | None:
     """Record a chunk's learners, badges, groups and grants; returns what is left when time runs short."""
-    from .intake import open_export
+    from .intake import MAX_STALLS, open_export
+    from .queues import is_transient_aws_error
 
     export = svc.store.get_export(job.export_id)
     if export is None:
@@ -599,7 +601,16 @@ def process_full_chunk(
         if remaining_ms() < RESERVE_MS:
             left = job.model_copy(update={"learners": job.learners[position:]})
             break
-        done = _record_learner(svc, reader, job.export_id, learner, remaining_ms)
+        try:
+            done = _record_learner(svc, reader, job.export_id, learner, remaining_ms)
+        except Exception as error:
+            stalls = job.stalls + 1 if position == 0 else 0
+            if not is_transient_aws_error(error) or stalls > MAX_STALLS:
+                raise
+            # As for a ZIP chunk: a call refused for now hands the rest to a new job.
+            logger.warning("AWS refused a call; the chunk continues in a new job", extra={"stalls": stalls})
+            left = job.model_copy(update={"learners": job.learners[position:], "stalls": stalls})
+            break
         if done < len(learner.badges):
             rest = learner.model_copy(update={"badges": learner.badges[done:], "groups": [], "grants": []})
             left = job.model_copy(update={"learners": [rest, *job.learners[position + 1 :]]})

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from backpack_migrate import fullexport
 from backpack_migrate.badgr import Tokens
@@ -91,7 +92,7 @@ class World:
     badgr: ScriptedBadgr
 
 
-def run_world(badgr: ScriptedBadgr | None = None) -> World:
+def run_world(badgr: ScriptedBadgr | None = None, throttled: bool = False) -> World:
     a_home = hosted_assertion("home", ANA.lower())
     a_work = hosted_assertion("work", ANA_WORK)
     a_old = hosted_assertion("old", ANA_OLD)
@@ -146,9 +147,24 @@ def run_world(badgr: ScriptedBadgr | None = None) -> World:
     svc, store, queue, s3, sender = fake_services(verifier=Verifier(fetcher(served)), badgr=badgr)
     etag = s3.put("exports-bucket", "exports/full.zip", data)
     export = read_export(svc, "exports-bucket", "exports/full.zip", etag, len(data))
-    for job in queue.take("chunk"):
-        assert job["kind"] == "full"
-        process_full_chunk(svc, FullChunkJob.model_validate(job), lambda: 600_000)
+    if throttled:  # every other badge write refused for now, after the SDK's own retries
+        write, calls = store.put_badges_if_absent, iter(range(10_000))
+
+        def throttled_write(records: Any) -> int:
+            if next(calls) % 2 == 0:
+                error = {"Code": "ProvisionedThroughputExceededException", "Message": "Rate exceeded"}
+                raise ClientError({"Error": error}, "BatchWriteItem")
+            return write(records)
+
+        store.put_badges_if_absent = throttled_write
+    jobs = queue.take("chunk")
+    while jobs:  # a chunk AWS refused goes on in a new job
+        for job in jobs:
+            assert job["kind"] == "full"
+            process_full_chunk(svc, FullChunkJob.model_validate(job), lambda: 600_000)
+        jobs = queue.take("chunk")
+    if throttled:
+        store.put_badges_if_absent = write
     for job in queue.take("verify"):
         verify_learner(svc, job["learner_id"])
     for job in queue.take("notify"):
@@ -204,6 +220,16 @@ def test_groups_and_grants_are_on_record_with_the_backpack_ids() -> None:
     assert broken.public is False
     grant = w.store.grant_for_access_digest("a" * 64)
     assert grant.learner_id == ana and grant.origin == "https://moodle.example"
+
+
+def test_chunks_whose_writes_aws_refuses_now_and_then_record_the_same_as_without() -> None:
+    calm, refused = run_world(), run_world(throttled=True)
+
+    def recorded(w: World) -> list[tuple[int | None, str, str]]:
+        return sorted((b.backpack_badge_id, b.state.value, b.file_name) for b in w.store.badges.values())
+
+    assert recorded(refused) == recorded(calm) and len(recorded(calm)) == 7
+    assert len(refused.store.learners) == len(calm.store.learners)
 
 
 def test_replaying_intake_and_its_chunks_changes_nothing() -> None:
