@@ -9,6 +9,9 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+# Every chunk unbakes badges: the reader of baked badges loads with the function, as the first job
+# would load it anyway.
+import backpack_migrate.openbadges.parse  # noqa: F401
 from backpack_migrate.batch import run_sqs_batch
 from backpack_migrate.fullintake import FullChunkJob, process_full_chunk
 from backpack_migrate.intake import ChunkJob, process_chunk

@@ -10,6 +10,9 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
+# Every job calls Badgr: its client (requests) loads with the function, as the first job would
+# load it anyway.
+import backpack_migrate.badgr  # noqa: F401
 from backpack_migrate.batch import run_sqs_batch
 from backpack_migrate.connection import RetryLater
 from backpack_migrate.holdings import Backpacks

@@ -9,6 +9,10 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
+# Every job verifies badges: the verifier and the fetcher (requests) load with the function, as
+# the first job would load them anyway. Signature checks (cryptography) load with the first
+# signed badge, as most badges are hosted.
+import backpack_migrate.openbadges.verify  # noqa: F401
 from backpack_migrate.batch import run_sqs_batch
 from backpack_migrate.migration import verify_learner
 from backpack_migrate.observability import logger, metrics, tracer

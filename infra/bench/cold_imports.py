@@ -25,7 +25,7 @@ from pathlib import Path
 from infra.bench.common import Part
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-FUNCTIONS = ("intake", "chunk", "verify", "notify", "migrate", "web", "legacy")
+FUNCTIONS = ("intake", "chunk", "verify", "notify", "migrate", "collections", "reconcile", "web", "legacy")
 HIDDEN = ("awscrt", "OpenSSL")
 
 _LOADER = r"""
@@ -71,6 +71,8 @@ def lambda_env(name: str) -> dict[str, str]:
             "AWS_SESSION_TOKEN": "testing",
             "POWERTOOLS_SERVICE_NAME": "backpack-migrate",
             "POWERTOOLS_METRICS_NAMESPACE": "BackpackMigrate",
+            # As template.yaml's Globals set it (tests/infra/test_template.py checks they agree).
+            "PYDANTIC_DISABLE_PLUGINS": "__all__",
             "LAMBDA_TASK_ROOT": str(PROJECT_ROOT / "functions" / name),
             "PYTHONDONTWRITEBYTECODE": "",
         }

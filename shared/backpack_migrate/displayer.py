@@ -12,8 +12,7 @@ import re
 from typing import Any
 
 from .domain import BadgeRecord, normalize_email
-from .export import ExportError, read_member
-from .intake import open_export
+from .export import ExportError, open_export, read_member
 from .legacy_http import IMAGE_CSP, FormatError, Reply, json_reply, wants_json
 from .pages import message_page
 from .services import Services

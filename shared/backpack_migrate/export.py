@@ -35,9 +35,11 @@ from typing import Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, Field
 
-from backpack_migrate.domain import MemberLocation, Problem, normalize_email
+from backpack_migrate.domain import ExportRecord, MemberLocation, Problem, normalize_email
 
 MANIFEST_NAME = "manifest.txt"
+# The member a full-fidelity export (``export-db``) writes first: fullexport.FORMAT_MEMBER.
+FULL_FORMAT_MEMBER = "format.json"
 DEFAULT_MAX_SIZE = 20 * 1024 * 1024
 BLOCK_SIZE = 64 * 1024
 
@@ -268,6 +270,24 @@ class S3RangeReader:
         data = b"".join(self._block(n) for n in range(first, last + 1))
         offset = start - first * self.block_size
         return data[offset : offset + length]
+
+
+def starts_with_member(reader: RangeReader, name: str) -> bool:
+    """A cheap first look: whether the ZIP's first local header names ``name``."""
+    head = reader.read(0, _LOCAL.size + len(name.encode()))
+    if len(head) < _LOCAL.size or head[:4] != _LOCAL_SIG:
+        return False
+    name_length = _LOCAL.unpack(head[: _LOCAL.size])[9]
+    return head[_LOCAL.size : _LOCAL.size + name_length] == name.encode()
+
+
+def open_export(svc: Any, export: ExportRecord) -> S3RangeReader:
+    """A reader of the export's object in S3, pinned to its version (or ETag)."""
+    # S3 events carry the ETag bare; If-Match wants it quoted.
+    etag = '"' + export.etag.strip('"') + '"'
+    return S3RangeReader(
+        svc.s3, export.bucket, export.key, etag=etag, version_id=export.version_id, size=export.size or None
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from .domain import (
     normalize_email,
     now_iso,
 )
-from .export import BLOCK_SIZE, ExportError, MemberError, MemberIndex, read_member
+from .export import BLOCK_SIZE, ExportError, MemberError, MemberIndex, open_export, read_member
 from .observability import logger, metrics
 from .services import Services
 
@@ -81,15 +81,6 @@ def problem(code: str, detail: str | None = None) -> Problem:
 
 
 # -- telling the formats apart -----------------------------------------------------------------
-def starts_with_format_member(reader: Any) -> bool:
-    """Cheap first look: ``export-db`` writes ``format.json`` first."""
-    head = reader.read(0, _LOCAL.size + len(FORMAT_MEMBER))
-    if len(head) < _LOCAL.size or head[:4] != b"PK\x03\x04":
-        return False
-    name_length = _LOCAL.unpack(head[: _LOCAL.size])[9]
-    return head[_LOCAL.size : _LOCAL.size + name_length] == FORMAT_MEMBER.encode()
-
-
 def format_of(reader: Any, index: MemberIndex) -> fullexport.ExportFormat | None:
     """The export's ``format.json`` when it names the full-fidelity format, else None (2019 ZIP)."""
     location = index.get(FORMAT_MEMBER)
@@ -587,7 +578,7 @@ def process_full_chunk(
     svc: Services, job: FullChunkJob, remaining_ms: Callable[[], int]
 ) -> FullChunkJob | None:
     """Record a chunk's learners, badges, groups and grants; returns what is left when time runs short."""
-    from .intake import MAX_STALLS, open_export
+    from .intake import MAX_STALLS
     from .queues import is_transient_aws_error
 
     export = svc.store.get_export(job.export_id)

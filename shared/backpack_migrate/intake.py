@@ -28,14 +28,16 @@ from .domain import (
     now_iso,
 )
 from .export import (
+    FULL_FORMAT_MEMBER,
     MESSAGES,
     ExportError,
     PlanStats,
-    S3RangeReader,
     find_manifest,
     iter_learners,
+    open_export,
     read_member,
     sniff_media_type,
+    starts_with_member,
 )
 from .observability import logger, metrics
 from .queues import is_transient_aws_error
@@ -89,14 +91,6 @@ def _no_deadline() -> int:
 
 def export_id_for(bucket: str, key: str, etag: str) -> str:
     return hashlib.sha256(f"{bucket}/{key}@{etag.strip(chr(34))}".encode()).hexdigest()[:24]
-
-
-def open_export(svc: Services, export: ExportRecord) -> S3RangeReader:
-    # S3 events carry the ETag bare; If-Match wants it quoted.
-    etag = '"' + export.etag.strip('"') + '"'
-    return S3RangeReader(
-        svc.s3, export.bucket, export.key, etag=etag, version_id=export.version_id, size=export.size or None
-    )
 
 
 def read_export(
@@ -194,11 +188,13 @@ def _queue_by_format(
 ) -> ExportRecord | tuple[PlanStats, int, IntakeJob | None]:
     """Tell the formats apart by content: a ``format.json`` naming the full-fidelity format, else
     the 2019 ZIP (its ``manifest.txt``)."""
-    from . import fullintake
-
+    # Only a full-fidelity export (or a ZIP with no manifest) loads that format's reader and
+    # record models; a 2019 export never does.
     if start.entries_done == 0 and start.chunks_done == 0:
         reader = open_export(svc, export)
-        if fullintake.starts_with_format_member(reader):
+        if starts_with_member(reader, FULL_FORMAT_MEMBER):
+            from . import fullintake
+
             read = fullintake.read_if_full(svc, export, reader)
             if read is not None:
                 return read
@@ -207,6 +203,8 @@ def _queue_by_format(
     except ExportError as error:
         if error.code != "NO_MANIFEST":
             raise
+        from . import fullintake
+
         read = fullintake.read_if_full(svc, export, open_export(svc, export))
         if read is None:
             raise

@@ -25,8 +25,7 @@ from typing import IO, Any
 
 from .crypto import erasure_mark
 from .domain import GROUP_WORDS, BadgeRecord, badge_group, now_iso
-from .export import ExportError, read_member
-from .intake import open_export
+from .export import ExportError, open_export, read_member
 from .observability import logger, metrics
 from .pages import badge_title, outcome_line, readable_date
 from .services import Services

@@ -6,10 +6,10 @@ replayed job can never move a badge backwards or import it twice.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from .addresses import learner_email, learner_recipients
 from .connection import (
     ACCESS_LOST,
     UNAVAILABLE,
@@ -25,16 +25,14 @@ from .domain import (
     BadgeState,
     BadgrAnswer,
     Confirmation,
-    ExportRecord,
     LearnerRecord,
     Problem,
     VerdictSummary,
     now_iso,
     request_stamp,
 )
-from .export import ExportError, read_member
+from .export import ExportError, open_export, read_member
 from .holdings import Backpacks, Held
-from .intake import open_export
 from .observability import logger, metrics
 from .services import Services
 
@@ -59,39 +57,6 @@ _IN_FLIGHT = Problem(
 )
 _RECORDS_BUSY = Problem(code="RECORDS_BUSY", message="We could not save our progress; we will try again.")
 _FOUND = "Found in the learner's Badgr backpack."
-
-
-def learner_email(svc: Services, learner: LearnerRecord, export: ExportRecord | None = None) -> str:
-    export = export or svc.store.get_export(learner.export_id)
-    if export is None:
-        raise LookupError(f"learner {learner.learner_id} belongs to an unknown export")
-    return svc.emails.decrypt(
-        learner.email_ciphertext,
-        learner_id=learner.learner_id,
-        export_id=learner.export_id,
-        data_key_ciphertext=export.data_key_ciphertext,
-    )
-
-
-def learner_recipients(
-    svc: Services, learner: LearnerRecord, export: ExportRecord | None = None
-) -> list[str]:
-    """The addresses a badge of this learner may be issued to: the contact address and, for a
-    Backpack user, every verified address of theirs (an unverified one is never trusted)."""
-    export = export or svc.store.get_export(learner.export_id)
-    email = learner_email(svc, learner, export)
-    if not learner.addresses_ciphertext or export is None:
-        return [email]
-    addresses = json.loads(
-        svc.emails.decrypt(
-            learner.addresses_ciphertext,
-            learner_id=learner.learner_id,
-            export_id=learner.export_id,
-            data_key_ciphertext=export.data_key_ciphertext,
-        )
-    )
-    verified = [a["address"] for a in addresses if a.get("verified") and a.get("address") != email]
-    return [email, *verified]
 
 
 # -- verdicts, worked out ahead --------------------------------------------------------------

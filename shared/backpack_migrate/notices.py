@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .addresses import learner_email
 from .domain import now_iso
 from .group_pages import collection_lines
 from .links import sign_link
-from .migration import learner_email
 from .notify import Email, invitation, summary
 from .observability import logger, metrics
 from .services import Services

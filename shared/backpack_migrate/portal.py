@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .domain import LearnerRecord
-from .export import ExportError, read_member
+from .export import ExportError, open_export, read_member
 from .group_pages import groups_after, groups_before
-from .intake import open_export
 from .links import (
     LinkClaims,
     LinkError,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -35,7 +35,11 @@ from .export import (
     iter_manifest,
     read_member,
 )
-from .openbadges import RecipientInfo, UnbakeError, extract, recipient_matches
+
+# The badge reader (``openbadges``) is imported where a shared file is decided: few exports list
+# a file twice, and reading a manifest needs none of it.
+if TYPE_CHECKING:
+    from .openbadges.model import RecipientInfo
 
 # Past this many shared files the later listers' addresses are no longer kept, so further
 # shared files are kept for every learner who lists them, each told it could not be decided.
@@ -160,6 +164,8 @@ class SharedFiles:
         if recipient is None:
             decided = Decision(outcome="undecided")
         else:
+            from .openbadges.recipient import recipient_matches
+
             owners = frozenset(who for who in listers if recipient_matches(recipient, who))
             outcome: Outcome = "one" if len(owners) == 1 else "none" if not owners else "several"
             decided = Decision(outcome=outcome, owners=owners)
@@ -195,6 +201,9 @@ class SharedFiles:
 
 def _baked_recipient(reader: RangeReader, location: MemberLocation) -> RecipientInfo | None:
     """Whom the badge in this file names, from its own bytes; None when it does not say."""
+    from .openbadges.errors import UnbakeError
+    from .openbadges.parse import extract
+
     try:
         extracted = extract(read_member(reader, location))
     except (UnbakeError, ExportError):
@@ -204,6 +213,8 @@ def _baked_recipient(reader: RangeReader, location: MemberLocation) -> Recipient
 
 def recipient_of(assertion: dict[str, Any]) -> RecipientInfo | None:
     """The recipient an assertion of any version names (0.5: a string with a top-level salt)."""
+    from .openbadges.model import RecipientInfo
+
     raw = assertion.get("recipient")
     if isinstance(raw, str) and raw:
         hashed = "$" in raw

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from infra.bench.cold_imports import lambda_env
 from infra.local.stack import expand_template, load_template
 
 pytestmark = pytest.mark.unit
@@ -632,6 +633,16 @@ def test_traces_leave_out_handler_responses(cfn: dict[str, Any]) -> None:
     for logical_id, function in resources(cfn, "AWS::Lambda::Function").items():
         variables = function["Properties"]["Environment"]["Variables"]
         assert variables["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false", logical_id
+
+
+def test_cold_start_environment_is_the_one_the_bench_measures(cfn: dict[str, Any]) -> None:
+    # The cold-import figures are taken in this environment; a function without it would pay a
+    # scan of every installed distribution for pydantic plugins on its first model.
+    for logical_id, function in resources(cfn, "AWS::Lambda::Function").items():
+        variables = function["Properties"]["Environment"]["Variables"]
+        assert variables["PYDANTIC_DISABLE_PLUGINS"] == lambda_env("any")["PYDANTIC_DISABLE_PLUGINS"], (
+            logical_id
+        )
 
 
 def test_parameters_conditions_and_outputs(sam: dict[str, Any]) -> None:

@@ -1,19 +1,43 @@
-"""Open Badges 0.5 / 1.0 / 1.1 / 2.0: unbaking, offline extraction and verification."""
+"""Open Badges 0.5 / 1.0 / 1.1 / 2.0: unbaking, offline extraction and verification.
 
-from .errors import FetchError, UnbakeError
-from .fetch import FetchedDocument, Fetcher, MapFetcher, SafeFetcher
-from .model import (
-    BadgeClassInfo,
-    Extracted,
-    Issue,
-    IssuerInfo,
-    NormalizedBadge,
-    RecipientInfo,
-    Verdict,
-)
-from .parse import extract
-from .unbake import unbake
-from .verify import Verifier, recipient_matches
+The names below are loaded from their modules on first use, not with the package: reading a
+baked badge (intake, chunks) then costs neither the fetcher (``requests``) nor the verifier,
+which only the functions that verify load.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .errors import FetchError, UnbakeError
+    from .fetch import FetchedDocument, Fetcher, MapFetcher, SafeFetcher
+    from .model import BadgeClassInfo, Extracted, Issue, IssuerInfo, NormalizedBadge, RecipientInfo, Verdict
+    from .parse import extract
+    from .recipient import recipient_matches
+    from .unbake import unbake
+    from .verify import Verifier
+
+_MODULE_OF = {
+    "FetchError": "errors",
+    "UnbakeError": "errors",
+    "FetchedDocument": "fetch",
+    "Fetcher": "fetch",
+    "MapFetcher": "fetch",
+    "SafeFetcher": "fetch",
+    "BadgeClassInfo": "model",
+    "Extracted": "model",
+    "Issue": "model",
+    "IssuerInfo": "model",
+    "NormalizedBadge": "model",
+    "RecipientInfo": "model",
+    "Verdict": "model",
+    "extract": "parse",
+    "recipient_matches": "recipient",
+    "unbake": "unbake",
+    "Verifier": "verify",
+}
 
 __all__ = [
     "BadgeClassInfo",
@@ -34,3 +58,16 @@ __all__ = [
     "recipient_matches",
     "unbake",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # asked once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,13 +1,15 @@
-"""RS256 compact JWS checking (the only algorithm Open Badges signs with)."""
+"""RS256 compact JWS checking (the only algorithm Open Badges signs with).
+
+``cryptography`` is imported by the two functions that need it, not with this module: most
+badges are hosted, and a function that verifies only those never pays for loading it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 MIN_RSA_BITS = 1024
 MAX_PEM_CHARS = 20_000
@@ -24,6 +26,10 @@ def algorithm_allowed(header: dict[str, Any]) -> bool:
 
 
 def load_rsa_public_key(pem: str | bytes) -> rsa.RSAPublicKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     if isinstance(pem, str):
         pem = pem.encode("utf-8", "replace")
     if len(pem) > MAX_PEM_CHARS:
@@ -41,6 +47,10 @@ def load_rsa_public_key(pem: str | bytes) -> rsa.RSAPublicKey:
 
 
 def signature_valid(key: rsa.RSAPublicKey, signing_input: bytes, signature: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     try:
         key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
     except (InvalidSignature, ValueError):

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urljoin, urlsplit
-
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import FetchError, UnbakeError
 from .fetch import FetchedDocument, Fetcher
@@ -38,12 +34,15 @@ from .parse import (
     parse_json_text,
     split_jws,
 )
+from .recipient import HASHED_RE, recipient_matches
 from .unbake import MAX_PAYLOAD_BYTES, is_png, looks_like_svg, unbake
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 log = logging.getLogger(__name__)
 
 _HASH_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha384": 96, "sha512": 128}
-_HASHED_RE = re.compile(r"^(md5|sha1|sha256|sha384|sha512)\$([0-9a-fA-F]+)$")
 _RECIPIENT_TYPES = frozenset({"email", "url", "telephone", "id"})
 _FUTURE_TOLERANCE = timedelta(hours=1)
 _SIGNED = frozenset({"signed", "signedbadge"})
@@ -553,7 +552,7 @@ class Verifier:
                 chk.error("RECIPIENT_MALFORMED", "it is not an email address or hash")
                 return None
             salt = doc.get("salt")
-            match = _HASHED_RE.match(raw)
+            match = HASHED_RE.match(raw)
             if match:
                 if len(match.group(2)) != _HASH_LENGTHS[match.group(1)]:
                     chk.error("RECIPIENT_MALFORMED", "the hash has the wrong length")
@@ -577,9 +576,9 @@ class Verifier:
         hashed_raw = raw.get("hashed")
         if isinstance(hashed_raw, str):
             hashed_raw = hashed_raw.strip().lower() == "true"
-        hashed = bool(hashed_raw) if hashed_raw is not None else bool(_HASHED_RE.match(identity))
+        hashed = bool(hashed_raw) if hashed_raw is not None else bool(HASHED_RE.match(identity))
         if hashed:
-            match = _HASHED_RE.match(identity)
+            match = HASHED_RE.match(identity)
             if not match or len(match.group(2)) != _HASH_LENGTHS[match.group(1)]:
                 chk.error("RECIPIENT_MALFORMED", "the identity hash is malformed")
                 return None
@@ -887,38 +886,3 @@ def _salt(value: Any) -> str | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     return None
-
-
-def _variants(identifier: str) -> list[str]:
-    """The identifier as given, and the ways of writing an email an issuer most likely hashed:
-    lower case, upper case, and names capitalised (``Ada.Lovelace@example.org``)."""
-    base = identifier.strip()
-    out = [base, base.lower()]
-    local, at, domain = base.partition("@")
-    if at:
-        out.append(f"{local}@{domain.lower()}")
-        lower = local.lower()
-        for capitalised in (
-            lower[:1].upper() + lower[1:],
-            ".".join(p[:1].upper() + p[1:] for p in lower.split(".")),
-        ):
-            out += [f"{capitalised}@{domain.lower()}", f"{capitalised}@{domain}"]
-    out.append(base.upper())
-    return list(dict.fromkeys(out))
-
-
-def recipient_matches(recipient: RecipientInfo, identifier: str) -> bool:
-    """Whether the badge's recipient is this email (or URL, phone, id): hashed or plain, any case."""
-    identity = recipient.identity or ""
-    if not recipient.hashed:
-        return identity.strip().lower() == identifier.strip().lower()
-    match = _HASHED_RE.match(identity)
-    if not match:
-        return False
-    alg, expected = match.group(1), match.group(2).lower()
-    salt = recipient.salt or ""
-    for candidate in _variants(identifier):
-        digest = hashlib.new(alg, (candidate + salt).encode("utf-8"), usedforsecurity=False).hexdigest()
-        if digest == expected:
-            return True
-    return False

@@ -1,0 +1,179 @@
+"""What each function loads when Lambda starts it: nothing its jobs do not need.
+
+The cold-import figures (``make bench``, README) come from keeping each function's import graph
+to what it uses. This guards that without timing anything: each ``functions/<name>/app.py`` is
+loaded in a fresh interpreter, in the environment the benchmark measures, and the modules it left
+in ``sys.modules`` are checked. What every job of a function needs is checked as loaded too, so a
+gain is never a cost moved to the first invocation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from infra.bench.cold_imports import FUNCTIONS, HIDDEN, lambda_env
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_LOAD = r"""
+import importlib.abc, importlib.util, json, sys
+HIDDEN = set(sys.argv[2].split(","))
+
+class _Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".", 1)[0] in HIDDEN:
+            raise ImportError(f"{name} is not in the deployed layer")
+        return None
+
+sys.meta_path.insert(0, _Hide())
+target = sys.argv[1]
+sys.path.insert(0, target.rsplit("/", 1)[0])
+spec = importlib.util.spec_from_file_location("app", target)
+module = importlib.util.module_from_spec(spec)
+sys.modules["app"] = module
+spec.loader.exec_module(module)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+# Never in any function: the operator's terminal and database tools, test tools, and X-Ray
+# patches of libraries other than the AWS SDK (``trace_http`` adds requests' when it is used).
+NEVER = (
+    "rich",
+    "pymysql",
+    "moto",
+    "backpack_migrate.console",
+    "backpack_migrate.cli",
+    "backpack_migrate.backpack_db",
+    "backpack_migrate.export_db",
+    "aws_xray_sdk.ext.requests",
+    "aws_xray_sdk.ext.sqlite3",
+    "aws_xray_sdk.ext.httplib",
+    "aws_lambda_powertools.utilities.idempotency",  # built with the services, on first use
+    # Signature checks load with the first signed badge (most badges are hosted).
+    "cryptography",
+)
+READ_ZIP = ("backpack_migrate.export",)
+FULL_EXPORTS = ("backpack_migrate.fullintake", "backpack_migrate.fullexport")
+VERIFIER = ("backpack_migrate.openbadges.verify", "backpack_migrate.openbadges.fetch")
+BADGR = ("backpack_migrate.badgr", "requests")
+MIGRATION = ("backpack_migrate.migration",)
+LEGACY = (
+    "backpack_migrate.connect",
+    "backpack_migrate.displayer",
+    "backpack_migrate.issuer_api",
+    "backpack_migrate.legacy_issue",
+)
+PAGES = ("backpack_migrate.portal", "backpack_migrate.pages")
+BADGES = ("backpack_migrate.openbadges",)
+# A learner's download and a badge's image are rare requests of the web function.
+DOWNLOADS = ("backpack_migrate.learner_data",)
+
+# (must not be loaded, must be loaded) per function.
+EXPECTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # Reads a 2019 export's manifest; a full-fidelity export loads its own reader when one comes.
+    "intake": (
+        (*FULL_EXPORTS, *VERIFIER, *BADGR, *MIGRATION, *LEGACY, *PAGES, "backpack_migrate.openbadges"),
+        (*READ_ZIP, "backpack_migrate.intake"),
+    ),
+    # Unbakes badges of either kind of export.
+    "chunk": (
+        (*VERIFIER, *BADGR, *MIGRATION, *LEGACY, *PAGES),
+        (*READ_ZIP, *FULL_EXPORTS, "backpack_migrate.openbadges.parse"),
+    ),
+    "verify": (
+        (*FULL_EXPORTS, *BADGR[:1], *LEGACY, *PAGES, "backpack_migrate.intake"),
+        (*READ_ZIP, *VERIFIER, "requests"),
+    ),
+    # Writes emails: no export, no badge reading, no Badgr.
+    "notify": (
+        (*READ_ZIP, *FULL_EXPORTS, *VERIFIER, *BADGR, *MIGRATION, *LEGACY, *BADGES, "sqlite3"),
+        ("backpack_migrate.notices",),
+    ),
+    "migrate": (
+        (*FULL_EXPORTS, *VERIFIER, *LEGACY, *PAGES, "backpack_migrate.intake", "backpack_migrate.openbadges"),
+        (*BADGR, *MIGRATION),
+    ),
+    "collections": (
+        (*READ_ZIP, *FULL_EXPORTS, *VERIFIER, *MIGRATION, *LEGACY, *PAGES, *BADGES, "sqlite3"),
+        (*BADGR, "backpack_migrate.groups"),
+    ),
+    # Usually finds nothing to repair; settling against Badgr loads the client when it is needed.
+    "reconcile": (
+        (*FULL_EXPORTS, *VERIFIER, *BADGR, *LEGACY, *PAGES, "backpack_migrate.openbadges"),
+        ("backpack_migrate.reconcile",),
+    ),
+    # Pages; the Badgr token exchange (requests) loads on the first callback.
+    "web": (
+        (*FULL_EXPORTS, *VERIFIER, *BADGR, *LEGACY, *DOWNLOADS, "backpack_migrate.openbadges"),
+        PAGES,
+    ),
+    # The old APIs; verifying an issued badge and calling Badgr load when a site issues one.
+    "legacy": (
+        (*FULL_EXPORTS, *VERIFIER, *BADGR, "backpack_migrate.openbadges", "backpack_migrate.portal"),
+        LEGACY,
+    ),
+}
+
+
+def _loaded(name: str) -> set[str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(ROOT / "functions" / name / "app.py"), ",".join(HIDDEN)],
+        capture_output=True,
+        text=True,
+        env=lambda_env(name),
+        cwd=str(ROOT),
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return set(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+@pytest.fixture(scope="module")
+def loaded() -> dict[str, set[str]]:
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(zip(FUNCTIONS, pool.map(_loaded, FUNCTIONS), strict=True))
+
+
+def _present(modules: set[str], name: str) -> bool:
+    return name in modules or any(m.startswith(name + ".") for m in modules)
+
+
+def test_every_function_of_the_template_is_measured_and_checked() -> None:
+    deployed = {path.parent.name for path in (ROOT / "functions").glob("*/app.py")}
+    assert set(FUNCTIONS) == deployed == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_a_function_loads_only_what_its_jobs_need(name: str, loaded: dict[str, set[str]]) -> None:
+    modules = loaded[name]
+    never, needed = EXPECTED[name]
+    assert [m for m in (*NEVER, *never) if _present(modules, m)] == []
+    assert [m for m in needed if not _present(modules, m)] == []
+
+
+def test_the_badge_reader_loads_nothing_it_does_not_use() -> None:
+    # Importing the package (as intake's shared-file check and chunks do) loads no submodule;
+    # each name loads its own module when it is first asked for.
+    code = (
+        "import sys, backpack_migrate.openbadges as ob;"
+        "before = {m for m in sys.modules if m.startswith('backpack_migrate.openbadges.')};"
+        "ob.extract; ob.RecipientInfo;"
+        "after = {m for m in sys.modules if m.startswith('backpack_migrate.openbadges.')};"
+        "print(sorted(before), 'requests' in sys.modules, 'cryptography' in sys.modules, sorted(after))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), timeout=120, check=True
+    )
+    before, requests_loaded, cryptography_loaded, after = proc.stdout.strip().split(" ", 3)
+    assert (before, requests_loaded, cryptography_loaded) == ("[]", "False", "False")
+    assert "backpack_migrate.openbadges.verify" not in after
+    assert "backpack_migrate.openbadges.parse" in after
