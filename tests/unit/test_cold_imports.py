@@ -161,19 +161,21 @@ def test_a_function_loads_only_what_its_jobs_need(name: str, loaded: dict[str, s
 
 
 def test_the_badge_reader_loads_nothing_it_does_not_use() -> None:
-    # Importing the package (as intake's shared-file check and chunks do) loads no submodule;
-    # each name loads its own module when it is first asked for.
+    # Importing the package loads only the unbaker; every other name loads its own module when it
+    # is first asked for, so reading recipients never loads the fetcher or the verifier.
     code = (
-        "import sys, backpack_migrate.openbadges as ob;"
-        "before = {m for m in sys.modules if m.startswith('backpack_migrate.openbadges.')};"
-        "ob.extract; ob.RecipientInfo;"
-        "after = {m for m in sys.modules if m.startswith('backpack_migrate.openbadges.')};"
-        "print(sorted(before), 'requests' in sys.modules, 'cryptography' in sys.modules, sorted(after))"
+        "import json, sys, backpack_migrate.openbadges as ob;"
+        "names = lambda: sorted(m for m in sys.modules if m.startswith('backpack_migrate.openbadges.'));"
+        "before = names(); ob.extract; ob.RecipientInfo; ob.recipient_matches;"
+        "print(json.dumps([before, names(), 'requests' in sys.modules, 'cryptography' in sys.modules,"
+        " callable(ob.unbake)]))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), timeout=120, check=True
     )
-    before, requests_loaded, cryptography_loaded, after = proc.stdout.strip().split(" ", 3)
-    assert (before, requests_loaded, cryptography_loaded) == ("[]", "False", "False")
-    assert "backpack_migrate.openbadges.verify" not in after
-    assert "backpack_migrate.openbadges.parse" in after
+    before, after, requests_loaded, cryptography_loaded, unbake_is_the_function = json.loads(proc.stdout)
+    package = "backpack_migrate.openbadges."
+    assert before == [package + m for m in ("errors", "messages", "unbake")]
+    assert {package + "parse", package + "model", package + "recipient"} <= set(after)
+    assert package + "verify" not in after and package + "fetch" not in after
+    assert (requests_loaded, cryptography_loaded, unbake_is_the_function) == (False, False, True)

@@ -16,8 +16,11 @@ if TYPE_CHECKING:
     from .model import BadgeClassInfo, Extracted, Issue, IssuerInfo, NormalizedBadge, RecipientInfo, Verdict
     from .parse import extract
     from .recipient import recipient_matches
-    from .unbake import unbake
     from .verify import Verifier
+
+# ``unbake`` names a module and its function alike: importing the module (as parse does) would
+# bind the name to the module, so the function is bound here, after it.
+from .unbake import unbake
 
 _MODULE_OF = {
     "FetchError": "errors",
@@ -35,7 +38,6 @@ _MODULE_OF = {
     "Verdict": "model",
     "extract": "parse",
     "recipient_matches": "recipient",
-    "unbake": "unbake",
     "Verifier": "verify",
 }
 
