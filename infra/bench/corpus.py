@@ -97,6 +97,28 @@ class Corpus:
                     mapping[url] = (200, image, "image/png")
         return mapping
 
+    def documents_for(self, scenario: Scenario) -> list[Any]:
+        """Every JSON document the scenario puts before a verifier: the ones it serves, its input
+        (JSON text, a compact JWS's payload, or what is baked into its image)."""
+        from backpack_migrate.openbadges import UnbakeError, unbake
+
+        source = self.source_for(scenario)
+        if isinstance(source, bytes):
+            try:
+                source = unbake(source)
+            except UnbakeError:
+                source = ""
+        blobs = [served.path.read_bytes() for served in scenario.serve]
+        blobs.append(source.encode("utf-8"))
+        blobs.extend(payload for blob in list(blobs) for payload in _jws_payloads(blob))
+        documents = []
+        for blob in blobs:
+            try:
+                documents.append(json.loads(blob))
+            except ValueError:
+                continue
+        return documents
+
     def reference_item(self, scenario: Scenario) -> dict[str, Any]:
         spec = scenario.input
         if "url" in spec:
@@ -128,6 +150,23 @@ class Corpus:
             "warmup": 1,
             "items": items * rounds,
         }
+
+
+def context_iris(document: Any) -> set[str]:
+    """The context IRIs a JSON-LD document names: its own ``@context`` and any node's (an
+    extension names its own), at any depth."""
+    found: set[str] = set()
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            context = node.get("@context")
+            found.update(entry for entry in (context if isinstance(context, list) else [context])
+                         if isinstance(entry, str))  # fmt: skip
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
 
 
 def _jws_payloads(blob: bytes) -> list[bytes]:

@@ -167,6 +167,15 @@ BUNDLED_CONTEXTS = {
 }
 
 
+# Contexts the reference names by itself, whatever the badge names: it compacts every document
+# (and the recipient profile it is given) against the 2.0 context, and upgrades 0.5 and 1.0
+# badges by giving them the 1.0 context (openbadges-validator-core: verifier.py,
+# tasks/object_upgrades.py).
+OB1_CONTEXT = "https://w3id.org/openbadges/v1"
+REFERENCE_NAMES_FOR_EVERY_BADGE = (OB2_CONTEXT,)
+REFERENCE_NAMES_FOR_OLD_BADGES = (OB1_CONTEXT,)
+
+
 def bundled_contexts() -> dict[str, dict[str, str]]:
     """The reference's context map for the loopback run, from the project's own copies."""
     return {

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.bench import verify_bench
-from infra.bench.corpus import PROJECT_ROOT, load_corpus
-from infra.bench.loopback_site import HostedBadge
+from infra.bench import reference_runner, verify_bench
+from infra.bench.corpus import PROJECT_ROOT, context_iris, load_corpus
+from infra.bench.loopback_site import HostedBadge, generate_site
 
 pytestmark = pytest.mark.unit
 
@@ -55,3 +55,61 @@ def test_the_corpus_part_skips_with_a_message_without_the_corpus(no_shared: None
     part = verify_bench.bench_corpus(rounds=1)
     assert part.skipped and "corpus" in part.skipped
     assert part.figures == {"verify_corpus_ours_per_s": None, "verify_corpus_reference_per_s": None}
+
+
+# The published Open Badges contexts (an unpublished draft's context is answered 404, as on the web).
+SPEC_CONTEXTS = ("https://w3id.org/openbadges", "https://openbadgespec.org/")
+
+
+class _Request:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+def _unresolved(server: reference_runner.Server, named: set[str]) -> dict[str, str]:
+    """What the reference run's loader fails to answer among ``named`` and the contexts they
+    import by IRI (the 1.0 context imports legacy-v1), offline: {url: why}."""
+    problems: dict[str, str] = {}
+    todo, seen = sorted(named), set()
+    while todo:
+        url = todo.pop()
+        if url in seen or not url.startswith(SPEC_CONTEXTS):
+            continue
+        seen.add(url)
+        status, _headers, body = server.answer(_Request(url))
+        try:
+            document = json.loads(body) if status == 200 else None
+        except ValueError:
+            document = None
+        if not isinstance(document, dict) or "@context" not in document:
+            problems[url] = f"answered {status} without a JSON-LD context"
+            continue
+        todo.extend(context_iris(document))
+    return problems
+
+
+def test_the_loopback_run_resolves_every_context_its_badges_name_offline(
+    no_shared: None, tmp_path: Path
+) -> None:
+    base = "http://127.0.0.1:9"
+    hosted = generate_site(tmp_path, base, badges=4, issuers=2, learners=2)
+    named = {url for path in tmp_path.rglob("*.json") for url in context_iris(json.loads(path.read_text()))}
+    assert named == {verify_bench.OB2_CONTEXT}
+    named |= set(verify_bench.REFERENCE_NAMES_FOR_EVERY_BADGE)
+    server = reference_runner.Server(verify_bench.loopback_reference_job(base, hosted, picked=[1, 2]))
+    assert _unresolved(server, named) == {}
+
+
+def test_the_corpus_run_resolves_every_context_its_scenarios_name_offline() -> None:
+    corpus = load_corpus()
+    if corpus is None:
+        pytest.skip("the conformance corpus (../shared/ob-corpus beside the project) is absent")
+    server = reference_runner.Server(corpus.reference_job())
+    own = {*verify_bench.REFERENCE_NAMES_FOR_EVERY_BADGE, *verify_bench.REFERENCE_NAMES_FOR_OLD_BADGES}
+    named_by_corpus: set[str] = set()
+    for scenario in corpus.scenarios:
+        named = {url for document in corpus.documents_for(scenario) for url in context_iris(document)}
+        named_by_corpus |= named
+        server.set_item(corpus.reference_item(scenario))
+        assert _unresolved(server, named | own) == {}, scenario.name
+    assert verify_bench.OB2_CONTEXT in named_by_corpus
