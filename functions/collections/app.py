@@ -35,7 +35,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
         receive_count = int(record.attributes.approximate_receive_count or 1)
         last = receive_count >= svc.settings.migrate_max_receive_count
         try:
-            make_collections(svc, job.learner_id, give_up=last)
+            make_collections(svc, job.learner_id, give_up=last, job_id=record.message_id)
         except CollectionBusy as busy:
             wait = busy.delay if busy.delay is not None else 2 ** min(receive_count, 9) + random.randint(0, 3)
             svc.queue.delay(

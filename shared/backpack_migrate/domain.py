@@ -383,6 +383,7 @@ class CollectionRecord(BaseModel):
     # While a worker creates the collection, others keep off until this time (epoch seconds):
     # after it, the creator is taken for dead and the collection is looked up by its marker.
     lease_until: float | None = None
+    holder: str | None = None  # the job (SQS message) holding the lease: its redelivery takes over
 
 
 class GroupRecord(BaseModel):

@@ -206,7 +206,12 @@ class _Badgr:
 
 
 def make_collections(
-    svc: Services, learner_id: str, *, give_up: bool = False, now: Callable[[], float] = time.time
+    svc: Services,
+    learner_id: str,
+    *,
+    give_up: bool = False,
+    now: Callable[[], float] = time.time,
+    job_id: str | None = None,
 ) -> int:
     """Settle every group of a learner whose badges are all final; returns how many were settled.
 
@@ -233,7 +238,7 @@ def make_collections(
         if group.settled_for == request and group.collection and group.collection.state != "creating":
             continue
         try:
-            _settle(svc, badgr, group, badges, request, now)
+            _settle(svc, badgr, group, badges, request, now, job_id)
         except CollectionHeld:
             if not give_up:
                 raise
@@ -286,6 +291,7 @@ def _settle(
     badges: Sequence[BadgeRecord],
     request: str | None,
     now: Callable[[], float],
+    job_id: str | None = None,
 ) -> None:
     from .badgr import BadgrNotFound, BadgrRefused
 
@@ -312,15 +318,19 @@ def _settle(
             published=group.public,
             marker=marker_for(group.learner_id, group.group_id),
             lease_until=now() + LEASE_SECONDS,
+            holder=job_id,
         )
         group = _save(svc, group, collection=current)
     elif current.state == "creating" and current.entity_id is None:
-        if current.lease_until is not None and current.lease_until > now():
+        # The same job delivered again: SQS redelivers it only once its last try has ended, so
+        # that try's lease guards nothing any more.
+        ours = job_id is not None and current.holder == job_id
+        if current.lease_until is not None and current.lease_until > now() and not ours:
             raise CollectionHeld(
                 "another worker is creating this collection", delay=current.lease_until - now()
             )
         # Its creator died or lost Badgr's answer: take the group over, then look before creating.
-        current = current.model_copy(update={"lease_until": now() + LEASE_SECONDS})
+        current = current.model_copy(update={"lease_until": now() + LEASE_SECONDS, "holder": job_id})
         group = _save(svc, group, collection=current)
     marker = current.marker or marker_for(group.learner_id, group.group_id)
     name, description = collection_name(group), description_for(group, marker)

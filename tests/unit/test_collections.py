@@ -158,6 +158,20 @@ def test_a_lost_create_answer_is_found_by_its_marker_after_the_lease() -> None:
     )
 
 
+def test_the_same_job_delivered_again_takes_its_own_lease_over_at_once() -> None:
+    badgr = ScriptedBadgr()
+    badgr.faults["create_collection"] = ["lost"]
+    svc, store, _queue, badgr = world({1: BadgeState.IMPORTED}, [group(7, [1])], badgr)
+    clock = Clock()
+    with pytest.raises(CollectionBusy):
+        make_collections(svc, LEARNER, now=clock, job_id="m1")
+    with pytest.raises(CollectionBusy):  # another job keeps off while the lease runs
+        make_collections(svc, LEARNER, now=clock, job_id="m2")
+    make_collections(svc, LEARNER, now=clock, job_id="m1")  # its own redelivery: its try is over
+    assert len(badgr.collections) == 1 and badgr.collection_calls.count("create_collection") == 1
+    assert store.list_groups(LEARNER)[0].collection.state == "filled"
+
+
 def test_a_worker_killed_between_create_and_fill_loses_no_badge() -> None:
     badgr = ScriptedBadgr()
     badgr.faults["put_collection"] = ["down", "lost"]
