@@ -60,7 +60,7 @@ def reconcile(
     run = ReconcileRun(started_at=now_iso())
     settled: Counter[str] = Counter()
     backpacks = Backpacks()
-    _settle_dead_letters(svc, backpacks, run, settled, remaining_ms)
+    _settle_dead_letters(svc, backpacks, run, settled, remaining_ms, now)
     cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now() - svc.settings.stale_after_seconds))
     verify_sent: set[str] = set()
     for item in svc.store.iter_open(cutoff):
@@ -99,6 +99,7 @@ def _settle_dead_letters(
     run: ReconcileRun,
     settled: Counter[str],
     remaining_ms: Callable[[], int],
+    now: Callable[[], float],
 ) -> None:
     url = svc.settings.migrate_dead_letter_queue_url
     if not url:
@@ -110,11 +111,39 @@ def _settle_dead_letters(
         for job, receipt in messages:
             run.dead_letters_read += 1
             badge = svc.store.get_badge(str(job.get("learner_id")), str(job.get("badge_id")))
+            hold = DEAD_LETTER_HOLD_SECONDS
             if badge is not None and _unsettled(badge):
                 state = settle(svc, badge, backpacks, _NOT_MOVING, max(badge.attempts, 1))
                 settled[state.value] += 1
+                after = svc.store.get_badge(badge.learner_id, badge.badge_id)
+                if after is not None and _recheck_pending(after):
+                    hold = svc.settings.dead_letter_recheck_seconds
+            elif badge is not None and _recheck_pending(badge):
+                # Badgr said it does not hold it; an import that outlived our timeout may land
+                # later, so it is asked once more, a while after.
+                if _given_up_before(badge, now() - svc.settings.dead_letter_recheck_seconds):
+                    again = badge.model_copy(update={"repairs": badge.repairs + 1})
+                    if svc.store.transition(again, [badge.state]):
+                        state = settle(svc, again, backpacks, _NOT_MOVING, max(badge.attempts, 1))
+                        settled[state.value] += 1
+                else:
+                    hold = svc.settings.dead_letter_recheck_seconds
             # Kept for an operator's redrive; not read again by every run.
-            svc.queue.delay(url, receipt, DEAD_LETTER_HOLD_SECONDS)
+            svc.queue.delay(url, receipt, min(hold, DEAD_LETTER_HOLD_SECONDS))
+
+
+def _recheck_pending(badge: BadgeRecord) -> bool:
+    """Dead-lettered on Badgr's word that it does not hold the badge, and not asked again yet."""
+    return (
+        badge.state == BadgeState.DEAD_LETTERED
+        and badge.confirmed_by == Confirmation.BACKPACK_LISTING
+        and badge.repairs == 0
+    )
+
+
+def _given_up_before(badge: BadgeRecord, cutoff: float) -> bool:
+    given_up = badge.updated_at or ""
+    return given_up < time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cutoff))
 
 
 def _unsettled(badge: BadgeRecord) -> bool:

@@ -168,6 +168,24 @@ def test_a_dead_lettered_job_settles_its_badge_against_badgr(badgr_has_it: bool,
     assert _reconcile(w, now=time.time()).dead_letters_read == 0  # held back, not read every run
 
 
+def test_a_dead_lettered_badge_whose_late_import_landed_is_found_on_the_recheck() -> None:
+    w = run_world()
+    badge, _job = _dead_letter(w, badgr_has_it=False)
+    first = _reconcile(w, now=time.time())
+    assert first.settled == {"dead_lettered": 1}  # Badgr says it does not hold it
+    recheck = w.svc.settings.dead_letter_recheck_seconds
+    assert w.queue.delays[-1][2] == recheck  # comes back for the recheck, not hours later
+    w.badgr.hold(B1)  # the import that outlived our client's timeout lands
+    w.queue.delays.clear()
+    assert _reconcile(w, now=time.time() + 60).settled == {}  # too soon to ask again
+    w.queue.delays.clear()
+    assert _reconcile(w, now=time.time() + recheck + 60).settled == {"imported": 1}
+    settled = w.store.get_badge(badge.learner_id, badge.badge_id)
+    assert settled.state == BadgeState.IMPORTED and settled.confirmed_by == Confirmation.BACKPACK_LISTING
+    w.queue.delays.clear()
+    assert _reconcile(w, now=time.time() + 2 * recheck).settled == {}  # asked once more, not forever
+
+
 def test_a_dead_lettered_badge_badgr_could_not_confirm_is_asked_again_later() -> None:
     w = run_world(ScriptedBadgr({B1: ["retry"] * 5}, listing=["ok"] * 4 + ["fail", "fail"]))
     _connect(w.svc, w.store, BEN)
