@@ -43,8 +43,17 @@ FIGURES = (
     "e2e_badges_per_s",
     "e2e_ideal_per_s",
     "e2e_of_ideal",
+    "e2e_badgr_calls_per_badge",
     "e2e_rss_start_mb",
     "e2e_rss_peak_mb",
+    "e2e_export_5k_s",
+    "e2e_export_5k_learners_per_s",
+    "e2e_export_5k_badges_per_s",
+    "e2e_export_5k_peak_mb",
+    "e2e_export_20k_s",
+    "e2e_export_20k_learners_per_s",
+    "e2e_export_20k_badges_per_s",
+    "e2e_export_20k_peak_mb",
     "cold_import_boto3_ms",
     "export_db_10k_rows_per_s",
     "export_db_10k_peak_mb",
@@ -86,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--migrate-workers", type=int, default=8, help="migrate workers of the end-to-end run"
     )
+    parser.add_argument(
+        "--export-sizes",
+        default="5000:15000,20000:60000",
+        help="learners:badges of each whole export timed end to end (comma-separated; empty for none)",
+    )
     args = parser.parse_args(argv)
     chosen = set(args.only or ("verify", "cold", "intake", "export-db", "full-intake", "e2e"))
 
@@ -108,8 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     if "e2e" in chosen:
         from infra.bench import e2e_bench
 
+        sizes = tuple(
+            (int(size.split(":")[0]), int(size.split(":")[1]))
+            for size in args.export_sizes.split(",")
+            if size
+        )
         parts += _guarded(
-            "end to end", lambda: [e2e_bench.bench_end_to_end(args.learners, args.migrate_workers)]
+            "end to end", lambda: e2e_bench.bench_end_to_end(args.learners, args.migrate_workers, sizes)
         )
     if "full-intake" in chosen:
         from infra.bench import fullintake_bench

@@ -43,3 +43,8 @@ def snapshot_sqs_pending() -> None:
         return {m.group_id for m in list(self._pending_messages) if m.group_id is not None}
 
     Queue.pending_message_groups = property(pending_message_groups)  # type: ignore[assignment,method-assign]
+
+
+def dynamodb_lock() -> threading.RLock:
+    """The lock every DynamoDB request to this process's moto takes (for reading its store)."""
+    return _lock

@@ -432,8 +432,9 @@ class LocalStack:
                     queue_arn=self._get_att(queue_id, "Arn"),
                     batch_size=batch,
                     batching_window_s=float(props.get("MaximumBatchingWindowInSeconds", 0)),
+                    # 0 from a benchmark: no poller, the queue's jobs wait.
                     max_concurrency=int(
-                        self.max_concurrency.get(queue_id) or scaling or self.default_max_concurrency
+                        self.max_concurrency.get(queue_id, scaling or self.default_max_concurrency)
                     ),
                     report_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
                 )
