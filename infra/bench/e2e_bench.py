@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import resource
 import secrets
+import sys
 import threading
 import time
 from collections import Counter
@@ -41,7 +42,11 @@ LATENCY_S = 0.3
 EXPORT_SIZES = ((5_000, 15_000), (20_000, 60_000))  # (learners, badges) of the whole-export part
 # Far above what the workers can reach: the figure is the pipeline's, not the configured rate's.
 BENCH_IMPORTS_PER_SECOND = "1000"
-QUIET = {"POWERTOOLS_LOG_LEVEL": "WARNING"}
+# One process plays every Lambda: their logs and metrics lines would be the bench's own output.
+QUIET = {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
+# Schedules (the reconciler) at their own rate, as on AWS: scaled down a hundredfold, the
+# reconciler's index queries (each a walk of the whole table in moto) ran every few seconds.
+SCHEDULE_SCALE = 1.0
 
 
 class _Rss:
@@ -96,6 +101,20 @@ def _counting_aws_calls() -> Iterator[Counter[str]]:
         aws_calls.remove_hook(count)
 
 
+class _Progress:
+    """A line on stderr every so often, so a long run shows where it is."""
+
+    def __init__(self, every_s: float = 15.0) -> None:
+        self._every = every_s
+        self._last = time.monotonic()
+
+    def __call__(self, what: str, census: Any) -> None:
+        if time.monotonic() - self._last >= self._every:
+            self._last = time.monotonic()
+            line = f"  {what}: {census.learners:,} learners, {dict(census.badges)}"
+            print(line, file=sys.stderr, flush=True)
+
+
 def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -130,10 +149,8 @@ def bench_move(learners: int = 1000, workers: int = 8, timeout_s: float = 3600) 
     from backpack_migrate.domain import FINAL_STATES
     from backpack_migrate.migration import request_migration, store_tokens
     from backpack_migrate.services import get_services, reset_services
-    from infra.chaos.faults import FaultyBadgr
-    from infra.local.badgr_sandbox import BadgrSandbox
+    from infra.bench.remote_badgr import RemoteBadgr
     from infra.local.demo import CLIENT_ID, _quiet
-    from infra.local.issuer_site import IssuerSite
     from infra.local.sample_export import PEOPLE, build_demo
     from infra.local.stack import LocalStack
 
@@ -153,96 +170,94 @@ def bench_move(learners: int = 1000, workers: int = 8, timeout_s: float = 3600) 
     calls: Counter[str] = Counter()
     cpu_s = 0.0
     load_at_start = _load()
-    with IssuerSite(work / "site") as site:
-        world = build_demo(work, site.url, extra_learners=max(0, learners - len(PEOPLE)))
-        with (
-            BadgrSandbox(CLIENT_ID, secret, redirect_uris=[]) as sandbox,
-            FaultyBadgr(sandbox.url, 0.0, 0) as proxy,
-        ):
-            for account in world.accounts:
-                sandbox.add_account(
-                    account.username, account.password, [(e.email, e.verified) for e in account.emails]
+    with RemoteBadgr(work / "site", CLIENT_ID, secret) as badgr:
+        world = build_demo(work, badgr.site_url, extra_learners=max(0, learners - len(PEOPLE)))
+        for account in world.accounts:
+            badgr.add_account(
+                account.username, account.password, [(e.email, e.verified) for e in account.emails]
+            )
+        direct = BadgrClient(badgr.sandbox_url, CLIENT_ID, secret)
+        for username, assertions in world.preimport.items():
+            token = badgr.issue_token(username)["access_token"]
+            for assertion_url in assertions:
+                direct.import_badge(token, url=assertion_url)
+        with LocalStack(
+            ROOT,
+            badgr_api_url=badgr.proxy_url,
+            badgr_authorize_url=badgr.authorize_endpoint,
+            badgr_client_secret=secret,
+            env_overrides={
+                **QUIET,
+                "BADGR_CLIENT_ID": CLIENT_ID,
+                "EMAILS_PER_SECOND": "1000",
+                "BADGR_IMPORTS_PER_SECOND": BENCH_IMPORTS_PER_SECOND,
+            },
+            max_concurrency={"MigrateQueue": workers},
+            schedule_scale=SCHEDULE_SCALE,
+        ) as stack:
+            reset_services()
+            svc = get_services()
+            table = stack.resource("Table")
+            ids = {learner.email.strip().lower(): svc.learner_id(learner.email) for learner in world.learners}
+            owner = {learner.email.strip().lower(): learner.account for learner in world.learners}
+            total = len(world.expected)
+            deadline = time.monotonic() + timeout_s
+            with _Rss() as rss:
+                started = time.monotonic()
+                boto3.client("s3").upload_file(
+                    str(world.zip_path), stack.resource("ExportsBucket"), "exports/bench.zip"
                 )
-            direct = BadgrClient(sandbox.url, CLIENT_ID, secret)
-            for username, assertions in world.preimport.items():
-                token = sandbox.issue_token(username)["access_token"]
-                for assertion_url in assertions:
-                    direct.import_badge(token, url=assertion_url)
-            with LocalStack(
-                ROOT,
-                badgr_api_url=proxy.url,
-                badgr_authorize_url=sandbox.authorize_endpoint,
-                badgr_client_secret=secret,
-                env_overrides={
-                    **QUIET,
-                    "BADGR_CLIENT_ID": CLIENT_ID,
-                    "EMAILS_PER_SECOND": "1000",
-                    "BADGR_IMPORTS_PER_SECOND": BENCH_IMPORTS_PER_SECOND,
-                },
-                max_concurrency={"MigrateQueue": workers},
-            ) as stack:
-                reset_services()
-                svc = get_services()
-                table = stack.resource("Table")
-                ids = {
-                    learner.email.strip().lower(): svc.learner_id(learner.email) for learner in world.learners
-                }
-                owner = {learner.email.strip().lower(): learner.account for learner in world.learners}
-                total = len(world.expected)
-                deadline = time.monotonic() + timeout_s
-                with _Rss() as rss:
-                    started = time.monotonic()
-                    boto3.client("s3").upload_file(
-                        str(world.zip_path), stack.resource("ExportsBucket"), "exports/bench.zip"
+                progress = _Progress()
+                while time.monotonic() < deadline:
+                    census = take_census(table)
+                    progress("intake", census)
+                    if recorded_s is None and census.badge_count >= total:
+                        recorded_s = time.monotonic() - started
+                    if census.badge_count >= total and not census.badges.get("extracted"):
+                        verified_s = time.monotonic() - started
+                        break
+                    time.sleep(0.5)
+                intake_rss = (rss.samples[0], rss.peak)
+                stack.wait_idle(timeout=max(1.0, deadline - time.monotonic()))
+                badgr.set_latency(LATENCY_S)
+                badgr.routes(clear=True)
+                load_at_start = _load()
+
+                def connect(email: str) -> None:
+                    tokens = badgr.issue_token(owner[email])
+                    store_tokens(
+                        svc,
+                        ids[email],
+                        Tokens(
+                            access_token=tokens["access_token"],
+                            refresh_token=tokens["refresh_token"],
+                            expires_at=time.time() + tokens["expires_in"],
+                            scope=tokens["scope"],
+                        ),
                     )
+                    request_migration(svc, ids[email])
+
+                with _counting_aws_calls() as calls:
+                    cpu_before = _cpu_s()
+                    moving = time.monotonic()
+                    with ThreadPoolExecutor(8) as pool:
+                        list(pool.map(connect, sorted(ids)))
                     while time.monotonic() < deadline:
                         census = take_census(table)
-                        if recorded_s is None and census.badge_count >= total:
-                            recorded_s = time.monotonic() - started
-                        if census.badge_count >= total and not census.badges.get("extracted"):
-                            verified_s = time.monotonic() - started
+                        progress("move", census)
+                        if census.count(final) >= census.badge_count:
+                            final_s = time.monotonic() - moving
                             break
                         time.sleep(0.5)
-                    intake_rss = (rss.samples[0], rss.peak)
-                    stack.wait_idle(timeout=max(1.0, deadline - time.monotonic()))
-                    proxy.extra_latency_s = LATENCY_S
-                    proxy.by_route.clear()
-                    load_at_start = _load()
-
-                    def connect(email: str) -> None:
-                        tokens = sandbox.issue_token(owner[email])
-                        store_tokens(
-                            svc,
-                            ids[email],
-                            Tokens(
-                                access_token=tokens["access_token"],
-                                refresh_token=tokens["refresh_token"],
-                                expires_at=time.time() + tokens["expires_in"],
-                                scope=tokens["scope"],
-                            ),
-                        )
-                        request_migration(svc, ids[email])
-
-                    with _counting_aws_calls() as calls:
-                        cpu_before = _cpu_s()
-                        moving = time.monotonic()
-                        with ThreadPoolExecutor(8) as pool:
-                            list(pool.map(connect, sorted(ids)))
-                        while time.monotonic() < deadline:
-                            census = take_census(table)
-                            if census.count(final) >= census.badge_count:
-                                final_s = time.monotonic() - moving
-                                break
-                            time.sleep(0.5)
-                        cpu_s = _cpu_s() - cpu_before
-                    sent = sum(
-                        1
-                        for b in (x for lid in set(ids.values()) for x in svc.store.list_badges(lid))
-                        if b.import_form is not None
-                    )
-                    badgr_calls = Counter(proxy.by_route)
-                load_at_end = _load()
-                reset_services()
+                    cpu_s = _cpu_s() - cpu_before
+                sent = sum(
+                    1
+                    for b in (x for lid in set(ids.values()) for x in svc.store.list_badges(lid))
+                    if b.import_form is not None
+                )
+                badgr_calls = badgr.routes()
+            load_at_end = _load()
+            reset_services()
     ideal = workers / LATENCY_S
     rate = sent / final_s if final_s else None
     if recorded_s is not None:
@@ -345,6 +360,7 @@ def _whole_export(learners: int, badges: int, timeout_s: float) -> tuple[list[st
         env_overrides=QUIET,
         # Their jobs wait: the figure is intake's and the chunks' alone.
         max_concurrency={"VerifyQueue": 0, "NotifyQueue": 0},
+        schedule_scale=SCHEDULE_SCALE,
     ) as stack:
         table = stack.resource("Table")
         load_at_start = _load()
@@ -352,8 +368,10 @@ def _whole_export(learners: int, badges: int, timeout_s: float) -> tuple[list[st
             started = time.monotonic()
             boto3.client("s3").upload_file(str(path), stack.resource("ExportsBucket"), "exports/big.zip")
             deadline = started + timeout_s
+            progress = _Progress()
             while time.monotonic() < deadline:
                 census = take_census(table)
+                progress(f"export {name}", census)
                 if census.badge_count >= badges:
                     recorded_s = time.monotonic() - started
                     break
