@@ -14,6 +14,7 @@ from typing import Any
 
 _lock = threading.RLock()
 _original: Any = None
+_query_patched = False
 
 
 def serialise_dynamodb() -> None:
@@ -43,6 +44,50 @@ def snapshot_sqs_pending() -> None:
         return {m.group_id for m in list(self._pending_messages) if m.group_id is not None}
 
     Queue.pending_message_groups = property(pending_message_groups)  # type: ignore[assignment,method-assign]
+
+
+def query_by_key() -> None:
+    """moto answers every Query by sorting every item of the table first: a query for one
+    learner's badges cost a sort of the whole table, which at 20,000 learners took seconds and
+    made an export's chunks crawl. A query of the table itself now starts from the items of its
+    partition; an index query still walks every item (moto keeps no index) but no longer sorts
+    them first (it sorts what it found). The answers are the same: moto sorts the results."""
+    global _query_patched  # noqa: PLW0603 - one patch of moto per process
+    from moto.dynamodb.models.table import Table
+
+    with _lock:
+        if _query_patched:
+            return
+        original_query, original_all_items = Table.query, Table.all_items
+        view = threading.local()  # the items this thread's query starts from
+
+        def all_items(self: Any) -> Any:
+            if getattr(view, "table", None) is self:
+                return view.items
+            return original_all_items(self)
+
+        def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+            index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
+            if index_name:
+                items: list[Any] = [
+                    item
+                    for partition in self.items.values()
+                    for item in (partition.values() if self.range_key_attr else [partition])
+                ]
+            elif self.range_key_attr:
+                items = list(self.items.get(hash_key, {}).values())
+            else:
+                found = self.items.get(hash_key)
+                items = [found] if found is not None else []
+            view.table, view.items = self, items
+            try:
+                return original_query(self, hash_key, *args, **kwargs)
+            finally:
+                view.table = view.items = None
+
+        Table.all_items = all_items  # type: ignore[method-assign]
+        Table.query = query  # type: ignore[method-assign]
+        _query_patched = True
 
 
 def dynamodb_lock() -> threading.RLock:
