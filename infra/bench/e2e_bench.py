@@ -136,7 +136,7 @@ def bench_end_to_end(
     export_sizes: tuple[tuple[int, int], ...] = EXPORT_SIZES,
     timeout_s: float = 3600,
 ) -> list[Part]:
-    parts = [bench_move(learners, workers, timeout_s)]
+    parts = [bench_move(learners, workers, timeout_s)] if learners else []
     if export_sizes:
         parts.append(bench_whole_export(export_sizes, timeout_s))
     return parts
