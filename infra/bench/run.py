@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=250, help="badges the reference verifies on loopback")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--runs", type=int, default=5, help="cold-import runs per function")
-    parser.add_argument("--learners", type=int, default=1000, help="learners of the end-to-end move (0: no move)")
+    parser.add_argument(
+        "--learners", type=int, default=1000, help="learners of the end-to-end move (0: no move)"
+    )
     parser.add_argument(
         "--migrate-workers", type=int, default=8, help="migrate workers of the end-to-end run"
     )
