@@ -46,14 +46,14 @@ FIGURES = (
     "e2e_badgr_calls_per_badge",
     "e2e_rss_start_mb",
     "e2e_rss_peak_mb",
-    "e2e_export_5k_s",
-    "e2e_export_5k_learners_per_s",
-    "e2e_export_5k_badges_per_s",
-    "e2e_export_5k_peak_mb",
-    "e2e_export_20k_s",
-    "e2e_export_20k_learners_per_s",
-    "e2e_export_20k_badges_per_s",
-    "e2e_export_20k_peak_mb",
+    "e2e_export_2k_s",
+    "e2e_export_2k_learners_per_s",
+    "e2e_export_2k_badges_per_s",
+    "e2e_export_2k_peak_mb",
+    "e2e_export_6k_s",
+    "e2e_export_6k_learners_per_s",
+    "e2e_export_6k_badges_per_s",
+    "e2e_export_6k_peak_mb",
     "cold_import_boto3_ms",
     "export_db_10k_rows_per_s",
     "export_db_10k_peak_mb",
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--export-sizes",
-        default="5000:15000,20000:60000",
+        default="2000:6000,6000:18000",
         help="learners:badges of each whole export timed end to end (comma-separated; empty for none)",
     )
     args = parser.parse_args(argv)
