@@ -101,8 +101,9 @@ class Backpacks:
         """Start listing the batch's other learners not listed yet, while this one is listed.
 
         Each of them needs its listing before its first badge is sent: asked together, a batch
-        of two learners waits for Badgr once, not twice. The permit taken for this listing
-        covers them (an open circuit stops the lot). Their tokens are read here, on the
+        of two learners waits for Badgr once, not twice. They go where this listing goes: after
+        the gate's permit for an import (an open circuit stops the lot), or when a job is settled
+        on its last delivery. Their tokens are read here, on the
         invocation's own thread; a learner whose tokens or listing fail is simply left to be
         listed when its own badge comes, where a refresh or a retry is handled as it should be.
         """
