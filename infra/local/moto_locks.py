@@ -15,6 +15,7 @@ from typing import Any
 _lock = threading.RLock()
 _original: Any = None
 _query_patched = False
+_sends_patched = False
 
 
 def serialise_dynamodb() -> None:
@@ -44,6 +45,38 @@ def snapshot_sqs_pending() -> None:
         return {m.group_id for m in list(self._pending_messages) if m.group_id is not None}
 
     Queue.pending_message_groups = property(pending_message_groups)  # type: ignore[assignment,method-assign]
+
+
+def cheap_sqs_sends() -> None:
+    """moto's SQS reads a queue's whole attribute set to learn whether a standard queue
+    deduplicates by content (it never does): every message sent walked every message the
+    queue held three times, to count the visible, the in-flight and the delayed ones. A queue
+    holding an export's thousands of jobs made each send slower than the last. While a message
+    is sent to a standard queue, that question is answered without the counts."""
+    global _sends_patched  # noqa: PLW0603 - one patch of moto per process
+    from moto.sqs.models import Queue, SQSBackend
+
+    with _lock:
+        if _sends_patched:
+            return
+        original_send, original_attributes = SQSBackend.send_message, Queue.attributes
+        sending = threading.local()
+
+        def attributes(self: Any) -> Any:
+            if getattr(sending, "active", False) and not self.fifo_queue:
+                return {}  # a standard queue: no content-based deduplication
+            return original_attributes.fget(self)
+
+        def send_message(self: Any, *args: Any, **kwargs: Any) -> Any:
+            sending.active = True
+            try:
+                return original_send(self, *args, **kwargs)
+            finally:
+                sending.active = False
+
+        Queue.attributes = property(attributes)  # type: ignore[assignment,method-assign]
+        SQSBackend.send_message = send_message  # type: ignore[method-assign]
+        _sends_patched = True
 
 
 def query_by_key() -> None:

@@ -11,7 +11,7 @@ from boto3.dynamodb.conditions import Key
 from moto import mock_aws
 
 from infra.local.moto_dispatch import list_moto_modules_once
-from infra.local.moto_locks import query_by_key
+from infra.local.moto_locks import cheap_sqs_sends, query_by_key
 
 pytestmark = pytest.mark.unit
 
@@ -67,3 +67,26 @@ def test_queries_answer_as_before_the_patch(table: Any) -> None:
     list_moto_modules_once()
     assert _answers(table) == before
     assert [item["SK"] for item in before[0]] == ["S1", "S2", "S3"]
+
+
+def test_sends_keep_queue_counts_and_fifo_deduplication() -> None:
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        cheap_sqs_sends()
+        url = sqs.create_queue(QueueName="jobs")["QueueUrl"]
+        sqs.send_message_batch(
+            QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"m{i}"} for i in range(7)]
+        )
+        sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=60)
+        counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert (counts["ApproximateNumberOfMessages"], counts["ApproximateNumberOfMessagesNotVisible"]) == (
+            "5",
+            "2",
+        )
+        fifo = sqs.create_queue(
+            QueueName="jobs.fifo", Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"}
+        )["QueueUrl"]
+        for _ in range(2):
+            sqs.send_message(QueueUrl=fifo, MessageBody="same", MessageGroupId="g")
+        fifo_counts = sqs.get_queue_attributes(QueueUrl=fifo, AttributeNames=["ApproximateNumberOfMessages"])
+        assert fifo_counts["Attributes"]["ApproximateNumberOfMessages"] == "1"
