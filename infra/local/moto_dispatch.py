@@ -23,5 +23,5 @@ def list_moto_modules_once() -> None:
         if _done:
             return
         modules = tuple(moto.backends.list_of_moto_modules())
-        moto.backends.list_of_moto_modules = lambda: modules  # type: ignore[assignment]
+        moto.backends.list_of_moto_modules = lambda: modules
         _done = True

@@ -59,7 +59,8 @@ def cheap_sqs_sends() -> None:
     with _lock:
         if _sends_patched:
             return
-        original_send, original_attributes = SQSBackend.send_message, Queue.attributes
+        original_send = SQSBackend.send_message
+        original_attributes: Any = Queue.__dict__["attributes"]  # the property itself
         sending = threading.local()
 
         def attributes(self: Any) -> Any:
