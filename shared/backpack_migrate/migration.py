@@ -518,15 +518,26 @@ _due: ContextVar[set[str] | None] = ContextVar("summaries_due", default=None)
 def summaries_after_batch(svc: Services) -> Iterator[None]:
     """Look at each summary the block's final writes made due once, when the block ends.
 
-    Nothing is lost if the block never ends (a crash, a kill): its jobs come back, find their
-    badges final and look again; and a look that raises fails the whole batch the same way.
+    A block that fails looks too: a job that failed on its last delivery (its badge just
+    recorded dead-lettered) never comes back to look. Only an invocation killed outright skips
+    the look; its jobs come back, find their badges final and look then.
     """
     due: set[str] = set()
     token = _due.set(due)
     try:
         yield
-    finally:
+    except Exception:
         _due.reset(token)
+        _look_at_summaries(svc, due)
+        raise
+    except BaseException:
+        _due.reset(token)
+        raise
+    _due.reset(token)
+    _look_at_summaries(svc, due)
+
+
+def _look_at_summaries(svc: Services, due: set[str]) -> None:
     for learner_id in sorted(due):
         maybe_send_summary(svc, learner_id)
 

@@ -71,14 +71,31 @@ def test_a_token_badgr_refused_is_read_again_after_the_refresh_not_reused() -> N
     assert w.badgr.refreshes == 1
 
 
-def test_a_batch_that_fails_leaves_its_summaries_to_the_jobs_coming_back() -> None:
+def test_a_batch_that_fails_still_looks_at_its_summaries() -> None:
+    # A job failing on its last delivery (its badge just recorded dead-lettered) never comes back.
     w = run_world(ScriptedBadgr())
     learner = _connect(w.svc, w.store, ANA)
     jobs = w.queue.take("migrate")
     with pytest.raises(RuntimeError), summaries_after_batch(w.svc):
         for job in jobs:
             import_badge(w.svc, job["learner_id"], job["badge_id"], 1, Backpacks())
-        raise RuntimeError("the invocation died")
+        raise RuntimeError("a record failed")
+    assert len([n for n in w.queue.take("notify") if n["kind"] == "summary"]) == 1
+    assert w.store.get_learner(learner).summary_for is not None
+
+
+class Killed(BaseException):
+    """An invocation ended from outside: nothing after it runs."""
+
+
+def test_a_killed_batch_leaves_its_summaries_to_the_jobs_coming_back() -> None:
+    w = run_world(ScriptedBadgr())
+    learner = _connect(w.svc, w.store, ANA)
+    jobs = w.queue.take("migrate")
+    with pytest.raises(Killed), summaries_after_batch(w.svc):
+        for job in jobs:
+            import_badge(w.svc, job["learner_id"], job["badge_id"], 1, Backpacks())
+        raise Killed
     assert [n for n in w.queue.take("notify") if n["kind"] == "summary"] == []
     # Redelivered, the jobs find their badges final and send the summary.
     with summaries_after_batch(w.svc):
