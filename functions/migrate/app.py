@@ -34,23 +34,11 @@ def backoff_seconds(receive_count: int, asked: float | None) -> int:
     return min(MAX_BACKOFF_SECONDS, 2 ** min(receive_count, 9) + random.randint(0, 3))
 
 
-def _learners(event: dict[str, Any]) -> list[str]:
-    """The learners of the batch's jobs, in order (a body that does not parse fails on its own)."""
-    found: dict[str, None] = {}
-    for record in event.get("Records", []):
-        try:
-            found[ImportJob.model_validate_json(record.get("body", "")).learner_id] = None
-        except ValueError:
-            continue
-    return list(found)
-
-
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    # One listing per learner for the whole batch, the batch's learners listed together.
-    backpacks = Backpacks(learners=_learners(event))
+    backpacks = Backpacks()  # one listing per learner for the whole batch
 
     def handle(svc: Services, record: SQSRecord) -> None:
         job = ImportJob.model_validate_json(record.body)

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 from typing import Any
 
 import pytest
 
-from backpack_migrate.badgr import BadgrUnavailable
 from backpack_migrate.domain import FINAL_STATES, BadgeState
 from backpack_migrate.holdings import Backpacks
 from backpack_migrate.migration import RetryLater, import_badge, summaries_after_batch
 from tests.fakes import ScriptedBadgr
 from tests.unit.badges import hosted_assertion
-from tests.unit.test_migration_flow import ANA, BEN, _connect, run_world
+from tests.unit.test_migration_flow import ANA, _connect, run_world
 
 pytestmark = pytest.mark.unit
 
@@ -104,51 +102,3 @@ def test_a_killed_batch_leaves_its_summaries_to_the_jobs_coming_back() -> None:
     assert len([n for n in w.queue.take("notify") if n["kind"] == "summary"]) == 1
     assert w.store.get_learner(learner).summary_for is not None
     assert BadgeState.QUEUED not in {b.state for b in w.store.list_badges(learner)}
-
-
-class MeetingBadgr(ScriptedBadgr):
-    """Each listing waits for another one to be asked at the same time (a two-party barrier)."""
-
-    def __init__(self, fail_first_alongside: bool = False) -> None:
-        super().__init__()
-        self.barrier = threading.Barrier(2, timeout=10)
-        self.fail_first_alongside = fail_first_alongside
-        self.threads: list[str] = []
-
-    def list_assertions(self, access_token: str, include_pending: bool = True) -> list[dict[str, Any]]:
-        self.threads.append(threading.current_thread().name)
-        if len(self.threads) <= 2:
-            self.barrier.wait()
-            if self.fail_first_alongside and threading.current_thread() is not threading.main_thread():
-                raise BadgrUnavailable("down")
-        return super().list_assertions(access_token, include_pending)
-
-
-def _two_learners(badgr: ScriptedBadgr) -> tuple[Any, list[dict[str, Any]], Backpacks]:
-    w = run_world(badgr)
-    _connect(w.svc, w.store, ANA)
-    _connect(w.svc, w.store, BEN)
-    jobs = w.queue.take("migrate")
-    return w, jobs, Backpacks(learners=list(dict.fromkeys(job["learner_id"] for job in jobs)))
-
-
-def test_the_learners_of_a_batch_are_listed_together_before_the_first_badge_is_sent() -> None:
-    badgr = MeetingBadgr()
-    w, jobs, backpacks = _two_learners(badgr)
-    with summaries_after_batch(w.svc):
-        for job in jobs:
-            import_badge(w.svc, job["learner_id"], job["badge_id"], 1, backpacks)
-    # Both listings met at the barrier: asked at the same time, not one after the other.
-    assert badgr.listings == 2 and len(set(badgr.threads)) == 2
-    assert len(badgr.imports) == 3
-    assert {b.state for b in w.store.badges.values()} <= FINAL_STATES
-
-
-def test_a_learner_whose_listing_failed_alongside_is_listed_on_its_own_before_its_first_send() -> None:
-    badgr = MeetingBadgr(fail_first_alongside=True)
-    w, jobs, backpacks = _two_learners(badgr)
-    for job in jobs:
-        import_badge(w.svc, job["learner_id"], job["badge_id"], 1, backpacks)
-    assert len(badgr.threads) == 3  # the failed one asked again, on the invocation's thread
-    assert len(badgr.imports) == 3
-    assert {b.state for b in w.store.badges.values()} <= FINAL_STATES
