@@ -16,9 +16,9 @@ import backpack_migrate.badgr  # noqa: F401
 from backpack_migrate.batch import run_sqs_batch
 from backpack_migrate.connection import RetryLater
 from backpack_migrate.holdings import Backpacks
-from backpack_migrate.migration import run_import_job
+from backpack_migrate.migration import run_import_job, summaries_after_batch
 from backpack_migrate.observability import logger, metrics, tracer
-from backpack_migrate.services import Services
+from backpack_migrate.services import Services, get_services
 
 MAX_BACKOFF_SECONDS = 900
 
@@ -56,4 +56,5 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
             )
             raise
 
-    return run_sqs_batch(event, context, handle)
+    with summaries_after_batch(get_services()):
+        return run_sqs_batch(event, context, handle)

@@ -43,8 +43,17 @@ FIGURES = (
     "e2e_badges_per_s",
     "e2e_ideal_per_s",
     "e2e_of_ideal",
+    "e2e_badgr_calls_per_badge",
     "e2e_rss_start_mb",
     "e2e_rss_peak_mb",
+    "e2e_export_2k_s",
+    "e2e_export_2k_learners_per_s",
+    "e2e_export_2k_badges_per_s",
+    "e2e_export_2k_peak_mb",
+    "e2e_export_6k_s",
+    "e2e_export_6k_learners_per_s",
+    "e2e_export_6k_badges_per_s",
+    "e2e_export_6k_peak_mb",
     "cold_import_boto3_ms",
     "export_db_10k_rows_per_s",
     "export_db_10k_peak_mb",
@@ -82,9 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=250, help="badges the reference verifies on loopback")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--runs", type=int, default=5, help="cold-import runs per function")
-    parser.add_argument("--learners", type=int, default=1000, help="learners of the end-to-end run")
+    parser.add_argument(
+        "--learners", type=int, default=1000, help="learners of the end-to-end move (0: no move)"
+    )
     parser.add_argument(
         "--migrate-workers", type=int, default=8, help="migrate workers of the end-to-end run"
+    )
+    parser.add_argument(
+        "--export-sizes",
+        default="2000:6000,6000:18000",
+        help="learners:badges of each whole export timed end to end (comma-separated; empty for none)",
     )
     args = parser.parse_args(argv)
     chosen = set(args.only or ("verify", "cold", "intake", "export-db", "full-intake", "e2e"))
@@ -108,8 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     if "e2e" in chosen:
         from infra.bench import e2e_bench
 
+        sizes = tuple(
+            (int(size.split(":")[0]), int(size.split(":")[1]))
+            for size in args.export_sizes.split(",")
+            if size
+        )
         parts += _guarded(
-            "end to end", lambda: [e2e_bench.bench_end_to_end(args.learners, args.migrate_workers)]
+            "end to end", lambda: e2e_bench.bench_end_to_end(args.learners, args.migrate_workers, sizes)
         )
     if "full-intake" in chosen:
         from infra.bench import fullintake_bench

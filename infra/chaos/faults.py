@@ -67,6 +67,7 @@ class FaultyBadgr(LoopbackServer):
         self._dice = _Dice(seed)
         self.injected: Counter[str] = Counter()
         self.calls = 0
+        self.by_route: Counter[str] = Counter()  # calls per method and path (ids and query left out)
         self._lock = threading.Lock()
         self._session = requests.Session()
 
@@ -84,6 +85,7 @@ class FaultyBadgr(LoopbackServer):
                 body = self.rfile.read(length) if length else b""
                 if proxy.extra_latency_s:
                     time.sleep(proxy.extra_latency_s)
+                proxy.count(self.command, self.path)
                 fault = proxy.decide(self.path)
                 if fault in ("500", "502", "503"):
                     self._answer(int(fault), b'{"status":{"success":false}}', {})
@@ -124,6 +126,11 @@ class FaultyBadgr(LoopbackServer):
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         return server
+
+    def count(self, method: str, path: str) -> None:
+        route = "/".join(path.split("?", 1)[0].split("/")[:4])
+        with self._lock:
+            self.by_route[f"{method} {route}"] += 1
 
     def decide(self, path: str) -> str | None:
         with self._lock:

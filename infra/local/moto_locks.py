@@ -14,6 +14,8 @@ from typing import Any
 
 _lock = threading.RLock()
 _original: Any = None
+_query_patched = False
+_sends_patched = False
 
 
 def serialise_dynamodb() -> None:
@@ -43,3 +45,85 @@ def snapshot_sqs_pending() -> None:
         return {m.group_id for m in list(self._pending_messages) if m.group_id is not None}
 
     Queue.pending_message_groups = property(pending_message_groups)  # type: ignore[assignment,method-assign]
+
+
+def cheap_sqs_sends() -> None:
+    """moto's SQS reads a queue's whole attribute set to learn whether a standard queue
+    deduplicates by content (it never does): every message sent walked every message the
+    queue held three times, to count the visible, the in-flight and the delayed ones. A queue
+    holding an export's thousands of jobs made each send slower than the last. While a message
+    is sent to a standard queue, that question is answered without the counts."""
+    global _sends_patched  # noqa: PLW0603 - one patch of moto per process
+    from moto.sqs.models import Queue, SQSBackend
+
+    with _lock:
+        if _sends_patched:
+            return
+        original_send = SQSBackend.send_message
+        original_attributes: Any = Queue.__dict__["attributes"]  # the property itself
+        sending = threading.local()
+
+        def attributes(self: Any) -> Any:
+            if getattr(sending, "active", False) and not self.fifo_queue:
+                return {}  # a standard queue: no content-based deduplication
+            return original_attributes.fget(self)
+
+        def send_message(self: Any, *args: Any, **kwargs: Any) -> Any:
+            sending.active = True
+            try:
+                return original_send(self, *args, **kwargs)
+            finally:
+                sending.active = False
+
+        Queue.attributes = property(attributes)  # type: ignore[assignment,method-assign]
+        SQSBackend.send_message = send_message  # type: ignore[method-assign]
+        _sends_patched = True
+
+
+def query_by_key() -> None:
+    """moto answers every Query by sorting every item of the table first: a query for one
+    learner's badges cost a sort of the whole table, which at 20,000 learners took seconds and
+    made an export's chunks crawl. A query of the table itself now starts from the items of its
+    partition; an index query still walks every item (moto keeps no index) but no longer sorts
+    them first (it sorts what it found). The answers are the same: moto sorts the results."""
+    global _query_patched  # noqa: PLW0603 - one patch of moto per process
+    from moto.dynamodb.models.table import Table
+
+    with _lock:
+        if _query_patched:
+            return
+        original_query, original_all_items = Table.query, Table.all_items
+        view = threading.local()  # the items this thread's query starts from
+
+        def all_items(self: Any) -> Any:
+            if getattr(view, "table", None) is self:
+                return view.items
+            return original_all_items(self)
+
+        def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+            index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
+            if index_name:
+                items: list[Any] = [
+                    item
+                    for partition in self.items.values()
+                    for item in (partition.values() if self.range_key_attr else [partition])
+                ]
+            elif self.range_key_attr:
+                items = list(self.items.get(hash_key, {}).values())
+            else:
+                found = self.items.get(hash_key)
+                items = [found] if found is not None else []
+            view.table, view.items = self, items
+            try:
+                return original_query(self, hash_key, *args, **kwargs)
+            finally:
+                view.table = view.items = None
+
+        Table.all_items = all_items  # type: ignore[method-assign]
+        Table.query = query  # type: ignore[method-assign]
+        _query_patched = True
+
+
+def dynamodb_lock() -> threading.RLock:
+    """The lock every DynamoDB request to this process's moto takes (for reading its store)."""
+    return _lock

@@ -48,7 +48,8 @@ from infra.local.cloudformation import (
 )
 from infra.local.http_api import HttpApi, HttpRoute
 from infra.local.lambda_runtime import FunctionSpec, Invoker, LambdaContext, import_file
-from infra.local.moto_locks import serialise_dynamodb, snapshot_sqs_pending
+from infra.local.moto_dispatch import list_moto_modules_once
+from infra.local.moto_locks import cheap_sqs_sends, query_by_key, serialise_dynamodb, snapshot_sqs_pending
 from infra.local.s3_events import S3Events
 from infra.local.s3_ranges import serve_range
 from infra.local.schedules import Scheduler, find_schedules
@@ -76,6 +77,7 @@ class LocalStack:
         http_port: int = 0,
         env_overrides: dict[str, str] | None = None,
         time_scale: float = 0.01,
+        schedule_scale: float | None = None,
         async_retry_delays: tuple[float, ...] = (0.2, 0.5),
         poll_interval: float = 0.1,
         default_max_concurrency: int = 2,
@@ -85,6 +87,10 @@ class LocalStack:
         """
         ``time_scale``: how long a second of SQS and EventBridge time lasts here (visibility
         timeouts, the functions' ``ChangeMessageVisibility``, schedule rates); 1.0 is AWS's own.
+        ``schedule_scale``: the same for schedule rates alone, where it differs (a benchmark
+        timing a real export runs the reconciler at its own rate: moto answers each of its
+        index queries by walking the whole table, so every scaled-down run cost the stack a
+        walk of every item).
         ``async_retry_delays``: waits before the asynchronous retries (a minute and two in AWS).
         ``max_concurrency``: concurrent pollers per queue (logical id), where the template sets none
         or a benchmark wants another.
@@ -134,7 +140,9 @@ class LocalStack:
             poll_interval=poll_interval,
         )
         self.api = HttpApi(self.invoker)
-        self.scheduler = Scheduler(self.invoker, self._stop, time_scale=time_scale)
+        self.scheduler = Scheduler(
+            self.invoker, self._stop, time_scale=time_scale if schedule_scale is None else schedule_scale
+        )
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
         self._started = False
@@ -182,6 +190,9 @@ class LocalStack:
         # choosing and binding (moto's start() would then wait forever).
         serialise_dynamodb()
         snapshot_sqs_pending()
+        cheap_sqs_sends()
+        query_by_key()
+        list_moto_modules_once()
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         port = self._server.get_host_and_port()[1]
@@ -432,8 +443,9 @@ class LocalStack:
                     queue_arn=self._get_att(queue_id, "Arn"),
                     batch_size=batch,
                     batching_window_s=float(props.get("MaximumBatchingWindowInSeconds", 0)),
+                    # 0 from a benchmark: no poller, the queue's jobs wait.
                     max_concurrency=int(
-                        self.max_concurrency.get(queue_id) or scaling or self.default_max_concurrency
+                        self.max_concurrency.get(queue_id, scaling or self.default_max_concurrency)
                     ),
                     report_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
                 )

@@ -132,6 +132,12 @@ class DynamoGate:
             )
             if state is not None:
                 state.next_ms = now + state.interval_ms
+        if state is None and self._seen.failures < FAILURES_TO_OPEN:
+            # Another instance took the idle slot between our two updates: the gate is busy now,
+            # and a permit from it costs one more update, not a wait on the queue.
+            state = self._update(
+                "SET next_ms = next_ms + interval_ms", f"next_ms >= :floor AND {closed}", values
+            )
         if state is None:
             self._when_open(now)
             return

@@ -51,13 +51,23 @@ def store_tokens(svc: Services, learner_id: str, tokens: Any) -> None:
         raise RuntimeError("the learner's Badgr connection changed meanwhile")
 
 
-def tokens_of(svc: Services, learner_id: str) -> tuple[str, str, int]:
+# A learner's opened tokens (access, refresh, version), kept while one batch of jobs runs; a
+# refresh forgets them, so a token Badgr refused is never used again.
+KnownTokens = dict[str, tuple[str, str, int]]
+
+
+def tokens_of(svc: Services, learner_id: str, known: KnownTokens | None = None) -> tuple[str, str, int]:
+    if known is not None and learner_id in known:
+        return known[learner_id]
     stored = svc.store.get_token(learner_id)
     if stored is None:
         raise RetryLater(ACCESS_LOST)
     ciphertext, version = stored
     tokens = json.loads(svc.tokens.open(ciphertext, learner_id=learner_id))
-    return tokens["access_token"], tokens["refresh_token"], version
+    opened = tokens["access_token"], tokens["refresh_token"], version
+    if known is not None:
+        known[learner_id] = opened
+    return opened
 
 
 def refresh_tokens(svc: Services, learner_id: str, refresh_token: str, version: int) -> None:
@@ -80,7 +90,9 @@ def refresh_tokens(svc: Services, learner_id: str, refresh_token: str, version: 
     svc.store.save_token(learner_id, sealed, version + 1)  # a lost race leaves the winner's tokens
 
 
-def read_with_token(svc: Services, learner_id: str, read: Callable[[str], T]) -> T:
+def read_with_token(
+    svc: Services, learner_id: str, read: Callable[[str], T], known: KnownTokens | None = None
+) -> T:
     """Call a read-only Badgr API with the learner's token, refreshing it once on 401.
 
     Badgr's failures become ``RetryLater``: nothing was learnt, so nothing may be recorded.
@@ -89,7 +101,7 @@ def read_with_token(svc: Services, learner_id: str, read: Callable[[str], T]) ->
 
     refreshed = False
     while True:
-        access_token, refresh_token, version = tokens_of(svc, learner_id)
+        access_token, refresh_token, version = tokens_of(svc, learner_id, known)
         try:
             return read(access_token)
         except BadgrThrottled as throttled:
@@ -97,6 +109,8 @@ def read_with_token(svc: Services, learner_id: str, read: Callable[[str], T]) ->
         except BadgrUnavailable as error:
             raise RetryLater(UNAVAILABLE) from error
         except BadgrAuthError as error:
+            if known is not None:
+                known.pop(learner_id, None)
             if error.status != 401 or refreshed:
                 raise RetryLater(ACCESS_LOST) from error
             refresh_tokens(svc, learner_id, refresh_token, version)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .connection import read_with_token
+from .connection import KnownTokens, read_with_token
 from .domain import BadgeRecord
 
 if TYPE_CHECKING:
@@ -47,12 +47,14 @@ def _listed(item: dict[str, Any]) -> tuple[set[str], Held]:
 
 @dataclass
 class Backpacks:
-    """Learners' backpack listings, each fetched at most once while this object lives (one
-    batch of jobs), and again for a badge sent since."""
+    """Learners' Badgr accounts as one batch of jobs sees them: each backpack listing fetched at
+    most once while this object lives (and again for a badge sent since), and each learner's
+    tokens read and opened once (and again after a refresh)."""
 
     _listings: dict[str, dict[str, Held]] = field(default_factory=dict)
     _sent: set[tuple[str, str]] = field(default_factory=set)
     fetched: int = 0
+    tokens: KnownTokens = field(default_factory=dict)
 
     def held(self, svc: Services, badge: BadgeRecord) -> Held | None:
         """The badge as the learner's backpack lists it, or None when it is not there.
@@ -67,15 +69,22 @@ class Backpacks:
             # Not listed yet, or listed before this very badge was sent: only a new listing knows.
             self._sent = {sent for sent in self._sent if sent[0] != badge.learner_id}
             items = read_with_token(
-                svc, badge.learner_id, lambda token: svc.badgr.list_assertions(token, include_pending=True)
+                svc,
+                badge.learner_id,
+                lambda token: svc.badgr.list_assertions(token, include_pending=True),
+                self.tokens,
             )
-            self.fetched += 1
-            listing = {}
-            for item in items:
-                item_keys, held = _listed(item)
-                listing.update(dict.fromkeys(item_keys, held))
-            self._listings[badge.learner_id] = listing
+            listing = self._keep(badge.learner_id, items)
         return next((listing[key] for key in sorted(keys) if key in listing), None)
+
+    def _keep(self, learner_id: str, items: list[dict[str, Any]]) -> dict[str, Held]:
+        self.fetched += 1
+        listing: dict[str, Held] = {}
+        for item in items:
+            item_keys, held = _listed(item)
+            listing.update(dict.fromkeys(item_keys, held))
+        self._listings[learner_id] = listing
+        return listing
 
     def sent(self, badge: BadgeRecord) -> None:
         """This badge was just sent to Badgr: the learner's listing no longer speaks for it."""

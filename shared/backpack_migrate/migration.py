@@ -6,7 +6,9 @@ replayed job can never move a badge backwards or import it twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Literal
 
 from .addresses import learner_email, learner_recipients
@@ -211,7 +213,7 @@ def import_badge(
     if badge.state not in RETRYABLE_STATES:
         if badge.state in FINAL_STATES:
             # A replay after a crash between the final write and the summary: finish the job.
-            maybe_send_summary(svc, learner_id)
+            _summary_due(svc, learner_id)
         return badge.state
     backpacks = backpacks if backpacks is not None else Backpacks()
     last = receive_count >= svc.settings.migrate_max_receive_count
@@ -379,7 +381,7 @@ def _finish(
     if svc.store.transition(updated, [badge.state]):
         metrics.add_metric(name=f"Badges_{state.value}", unit="Count", value=1)
         if state in FINAL_STATES:
-            maybe_send_summary(svc, badge.learner_id)
+            _summary_due(svc, badge.learner_id)
     return state
 
 
@@ -430,12 +432,14 @@ def _import_with_token(
     def call(job: dict[str, Any]) -> dict[str, Any]:
         refreshed = False
         while True:
-            access_token, refresh_token, version = tokens_of(svc, learner_id)
+            access_token, refresh_token, version = tokens_of(svc, learner_id, backpacks.tokens)
             backpacks.sent(badge)
             result = svc.badgr.import_badge(access_token, **{form: payload})
             svc.gate.record(_gate_outcome(result.status, result.outcome))
             if result.outcome == "retry":
                 raise RetryLater(UNAVAILABLE, delay=result.retry_after)
+            if result.outcome in ("forbidden", "unauthorized"):
+                backpacks.tokens.pop(learner_id, None)  # refused: read them afresh next time
             if result.outcome == "forbidden" or (result.outcome == "unauthorized" and refreshed):
                 # 404 means the token lacks rw:backpack: only the learner can grant it again.
                 raise RetryLater(ACCESS_LOST)
@@ -469,6 +473,48 @@ def _import_with_token(
 
 
 # -- the end of a learner's move -------------------------------------------------------------
+# Learners whose summary is looked at once a batch of jobs is done, rather than after each badge:
+# that look reads all of a learner's badges, so after every badge it cost a batch a read per
+# badge and a learner's move reads in proportion to the square of its badges.
+_due: ContextVar[set[str] | None] = ContextVar("summaries_due", default=None)
+
+
+@contextmanager
+def summaries_after_batch(svc: Services) -> Iterator[None]:
+    """Look at each summary the block's final writes made due once, when the block ends.
+
+    A block that fails looks too: a job that failed on its last delivery (its badge just
+    recorded dead-lettered) never comes back to look. Only an invocation killed outright skips
+    the look; its jobs come back, find their badges final and look then.
+    """
+    due: set[str] = set()
+    token = _due.set(due)
+    try:
+        yield
+    except Exception:
+        _due.reset(token)
+        _look_at_summaries(svc, due)
+        raise
+    except BaseException:
+        _due.reset(token)
+        raise
+    _due.reset(token)
+    _look_at_summaries(svc, due)
+
+
+def _look_at_summaries(svc: Services, due: set[str]) -> None:
+    for learner_id in sorted(due):
+        maybe_send_summary(svc, learner_id)
+
+
+def _summary_due(svc: Services, learner_id: str) -> None:
+    due = _due.get()
+    if due is None:
+        maybe_send_summary(svc, learner_id)
+    else:
+        due.add(learner_id)
+
+
 def maybe_send_summary(svc: Services, learner_id: str) -> bool:
     """Queue the summary email once every badge of a learner that was asked to move is final.
 
@@ -514,5 +560,6 @@ __all__ = [
     "run_import_job",
     "settle",
     "store_tokens",
+    "summaries_after_batch",
     "verify_learner",
 ]

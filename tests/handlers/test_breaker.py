@@ -141,3 +141,36 @@ def test_a_429_halves_the_rate_and_successes_win_it_back_step_by_step(table: Cou
     clock.now += 10
     watcher.acquire()
     assert watcher._seen.interval_ms == 100
+
+
+def test_an_idle_slot_taken_by_another_instance_meanwhile_costs_one_more_update_not_a_wait(
+    table: CountingTable,
+) -> None:
+    clock = Clock()
+    (one,) = _gates(table, clock, 1)
+    one.acquire()
+
+    class Racing:
+        """The table as the other instance sees it: its idle update comes just after one's."""
+
+        def __init__(self) -> None:
+            self.updates = 0
+
+        def update_item(self, **kwargs: Any) -> Any:
+            self.updates += 1
+            if self.updates == 3:  # other's idle update, once its busy one failed
+                one.acquire()
+            return table.update_item(**kwargs)
+
+        def get_item(self, **kwargs: Any) -> Any:
+            return table.get_item(**kwargs)
+
+    racing = Racing()
+    other = DynamoGate(racing, 10.0, clock=clock, sleep=clock.sleep)
+    other.acquire()
+    clock.now += 5  # the gate is idle again
+    table.calls.clear()
+    other.acquire()  # busy fails, one takes the idle slot, idle fails: the busy slot is taken
+    assert racing.updates == 4  # the first permit, then busy, idle and busy again
+    assert "get_item" not in table.calls
+    assert clock.slept[-1] == pytest.approx(0.1)  # the slot after one's, not a wait on the queue
