@@ -578,8 +578,7 @@ def process_full_chunk(
     svc: Services, job: FullChunkJob, remaining_ms: Callable[[], int]
 ) -> FullChunkJob | None:
     """Record a chunk's learners, badges, groups and grants; returns what is left when time runs short."""
-    from .intake import MAX_STALLS
-    from .queues import is_transient_aws_error
+    from .intake import continue_after_refusal
 
     export = svc.store.get_export(job.export_id)
     if export is None:
@@ -595,12 +594,7 @@ def process_full_chunk(
         try:
             done = _record_learner(svc, reader, job.export_id, learner, remaining_ms)
         except Exception as error:
-            stalls = job.stalls + 1 if position == 0 else 0
-            if not is_transient_aws_error(error) or stalls > MAX_STALLS:
-                raise
-            # As for a ZIP chunk: a call refused for now hands the rest to a new job.
-            logger.warning("AWS refused a call; the chunk continues in a new job", extra={"stalls": stalls})
-            left = job.model_copy(update={"learners": job.learners[position:], "stalls": stalls})
+            left = continue_after_refusal(job, position, error)
             break
         if done < len(learner.badges):
             rest = learner.model_copy(update={"badges": learner.badges[done:], "groups": [], "grants": []})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import BaseModel, Field
 
@@ -43,6 +43,9 @@ from .observability import logger, metrics
 from .queues import is_transient_aws_error
 from .services import Services
 from .shared_files import find_shared_files
+
+if TYPE_CHECKING:  # the full-fidelity reader loads only for such an export
+    from .fullintake import FullChunkJob
 
 # A chunk message stays far below SQS's 256 KiB; a learner with thousands of badges spans chunks.
 MAX_FILES_PER_CHUNK = 400
@@ -340,6 +343,23 @@ def _queue_chunks(
     return stats, chunk_no, None
 
 
+Job = TypeVar("Job", bound="ChunkJob | FullChunkJob")
+
+
+def continue_after_refusal(job: Job, position: int, error: Exception) -> Job:
+    """The chunk job for the learners from ``position`` on, after AWS refused a call for now.
+
+    What is written stays written; the rest goes on in a new job with tries of its own, rather
+    than this job's few tries ending in the dead-letter queue with its learners never recorded.
+    Any other error, or too many refusals in a row before a first learner is done, is raised.
+    """
+    stalls = job.stalls + 1 if position == 0 else 0
+    if not is_transient_aws_error(error) or stalls > MAX_STALLS:
+        raise error
+    logger.warning("AWS refused a call; the chunk continues in a new job", extra={"stalls": stalls})
+    return cast(Job, job.model_copy(update={"learners": job.learners[position:], "stalls": stalls}))
+
+
 def process_chunk(svc: Services, job: ChunkJob, remaining_ms: Callable[[], int]) -> ChunkJob | None:
     """Extract the badges of a chunk's learners. Returns what is left when time runs short.
 
@@ -365,14 +385,7 @@ def process_chunk(svc: Services, job: ChunkJob, remaining_ms: Callable[[], int])
                 continue
             done = _extract_learner(svc, reader, job.export_id, learner, remaining_ms)
         except Exception as error:
-            stalls = job.stalls + 1 if index == 0 else 0
-            if not is_transient_aws_error(error) or stalls > MAX_STALLS:
-                raise
-            # AWS refused a call for now. What is written stays written; the rest goes on in a
-            # new job with tries of its own, rather than this job's few tries ending in the
-            # dead-letter queue with its learners never recorded.
-            logger.warning("AWS refused a call; the chunk continues in a new job", extra={"stalls": stalls})
-            left = job.model_copy(update={"learners": job.learners[index:], "stalls": stalls})
+            left = continue_after_refusal(job, index, error)
             break
         if done < len(learner.files):
             # Its follow-ups go out with the job that finishes it.
