@@ -161,10 +161,11 @@ def _migrate_and_tally(
     svc = get_services()
     expected = {(b.email.strip().lower(), b.file): b for b in world.expected}
     id_of = {email: svc.learner_id(email) for email in learners}
-    # Wait until every badge is final (the reconciler may need a few rounds) or time is up.
+    # Wait until every badge is settled (the reconciler may need a few rounds, and a badge given
+    # up on after an import of ours was sent has its second look a stale-deadline later).
     while time.monotonic() < deadline:
         records = [b for lid in id_of.values() for b in svc.store.list_badges(lid)]
-        if len(records) >= len(expected) and all(b.state in FINAL_STATES for b in records):
+        if len(records) >= len(expected) and all(_settled(b) for b in records):
             break
         time.sleep(1)
     _wait_quiet(stack, deadline)
@@ -215,11 +216,12 @@ def _tally(
             if owner != email:
                 continue
             badge = records.get(file_name)
-            if badge is None or badge.state not in FINAL_STATES:
+            if badge is None or not _settled(badge):
                 tally.lost += 1
-                _example(
-                    tally, "lost", f"{file_name} of {email}: {badge.state.value if badge else 'no record'}"
-                )
+                where = "no record" if badge is None else badge.state.value
+                if badge is not None and badge.awaiting_second_look:
+                    where += ", awaiting its second look"
+                _example(tally, "lost", f"{file_name} of {email}: {where}")
                 continue
             tally.final += 1
             in_badgr = want.assertion_id is not None and want.assertion_id in held[username]
@@ -247,8 +249,16 @@ def _tally(
     tally.retries = sum(stack.sqs.redeliveries.values())
     invitations = Counter(e["to"][0].lower() for e in stack.sent_emails() if is_invitation(e["subject"]))
     tally.invited_once = sum(1 for email in id_of if invitations.get(email) == 1)
+    for email in sorted(set(id_of) | set(invitations)):
+        if invitations.get(email) != 1:
+            _example(tally, "invited", f"{email}: {invitations.get(email, 0)} invitations")
     tally.every_learner_invited_once = tally.invited_once == len(id_of) and set(invitations) <= set(id_of)
     return tally
+
+
+def _settled(badge: Any) -> bool:
+    """Final, and not waiting for the look in Badgr that may still turn it into an import."""
+    return badge.state in FINAL_STATES and not badge.awaiting_second_look
 
 
 def _example(tally: Tally, kind: str, text: str) -> None:

@@ -51,10 +51,9 @@ class Settings(BaseModel):
     migrate_dead_letter_queue_url: str = Field(default="", alias="MIGRATE_DEAD_LETTER_QUEUE_URL")
     # Badgr imports per second from all migrate instances together (halved on 429, then regained).
     badgr_imports_per_second: float = Field(default=10.0, alias="BADGR_IMPORTS_PER_SECOND", gt=0)
-    # A badge or learner left this long in a state that should have moved on is repaired.
+    # A badge or learner left this long in a state that should have moved on is repaired, and
+    # a badge given up on after an import of ours was sent has its second look in Badgr.
     stale_after_seconds: int = Field(default=7200, alias="STALE_AFTER_SECONDS", ge=1)
-    # A dead-lettered badge is asked about in Badgr once more this long after it was given up.
-    dead_letter_recheck_seconds: int = Field(default=3600, alias="DEAD_LETTER_RECHECK_SECONDS", ge=1)
     migrate_max_receive_count: int = Field(default=5, alias="MIGRATE_MAX_RECEIVE_COUNT", ge=1)
     allow_loopback_fetch: bool = Field(default=False, alias="ALLOW_LOOPBACK_FETCH")
     record_ttl_days: int = Field(default=180, alias="RECORD_TTL_DAYS", ge=1)

@@ -179,6 +179,9 @@ class Confirmation(StrEnum):
     IMPORT_ANSWER = "import_answer"  # Badgr's answer to our import
     BACKPACK_LISTING = "backpack_listing"  # the learner's backpack, listed after an answer was lost
     NOT_CONFIRMED = "not_confirmed"  # Badgr could not be asked; the reconciler asks again
+    # Listed once more, hours after the last try: an import of ours whose answer was lost may
+    # land after the listing that followed it, so that listing is not the last word.
+    BACKPACK_RELISTED = "backpack_relisted"
 
 
 class BadgrAnswer(BaseModel):
@@ -212,6 +215,7 @@ class BadgeRecord(BaseModel):
     in_badgr_before: bool | None = None
     confirmed_by: Confirmation | None = None
     repairs: int = 0  # how often the reconciler sent it back to work
+    looks: int = 0  # how often the reconciler looked in Badgr again after it was given up on
     updated_at: str | None = None
     # From a full-fidelity export: the Backpack's own ids and data, which third-party sites address.
     backpack_badge_id: int | None = None
@@ -225,6 +229,16 @@ class BadgeRecord(BaseModel):
     issued_by: str | None = None
 
     @property
+    def awaiting_second_look(self) -> bool:
+        """Given up on after a listing without it, though an import of ours was sent: that
+        import may still land, so the backpack is listed once more before the move is summed up."""
+        return (
+            self.state == BadgeState.DEAD_LETTERED
+            and self.confirmed_by == Confirmation.BACKPACK_LISTING
+            and self.in_badgr_before is False
+        )
+
+    @property
     def can_move_again(self) -> bool:
         """Refused by Badgr for a reason the learner can fix: moving it again may succeed."""
         return (
@@ -232,6 +246,12 @@ class BadgeRecord(BaseModel):
             and self.problem is not None
             and self.problem.code in FIXABLE_REFUSALS
         )
+
+
+def all_settled(badges: Iterable[BadgeRecord]) -> bool:
+    """Every badge final, and none awaiting the second look that may still import it: what a
+    learner's summary and collections are made from."""
+    return all(badge.state in FINAL_STATES and not badge.awaiting_second_look for badge in badges)
 
 
 class BadgeGroup(StrEnum):

@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .domain import (
-    FINAL_STATES,
     STATE_WORDS,
     BadgeRecord,
     BadgeState,
@@ -30,6 +29,7 @@ from .domain import (
     GroupRecord,
     LeftOut,
     Problem,
+    all_settled,
 )
 from .observability import logger, metrics
 from .services import Services
@@ -85,10 +85,6 @@ def description_for(group: GroupRecord, marker: str) -> str:
 def collection_name(group: GroupRecord) -> str:
     name = (group.name or "").strip()
     return name or f"{DEFAULT_NAME} {group.group_id}"
-
-
-def all_badges_final(badges: Sequence[BadgeRecord]) -> bool:
-    return all(badge.state in FINAL_STATES for badge in badges)
 
 
 # -- what a group's collection should hold -----------------------------------------------------
@@ -228,7 +224,7 @@ def make_collections(
         logger.warning("collections job for an unknown learner")
         return 0
     badges = svc.store.list_badges(learner_id)
-    if not all_badges_final(badges):
+    if not all_settled(badges):
         return 0  # a later final badge sends this job again
     request = learner.migration_requested_at
     badgr = _Badgr(svc, learner_id)

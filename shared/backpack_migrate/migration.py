@@ -30,6 +30,7 @@ from .domain import (
     LearnerRecord,
     Problem,
     VerdictSummary,
+    all_settled,
     now_iso,
     request_stamp,
 )
@@ -49,6 +50,13 @@ REQUEUED_STATES = (
 )
 
 _GAVE_UP = "Badgr did not take this badge after several tries; our team has been told."
+# Later looks at a badge awaiting its second look that Badgr could not answer, before the
+# learner's summary goes out without Badgr's word (one each STALE_AFTER_SECONDS: 12 hours).
+MAX_LOOKS = 6
+_GAVE_UP_LOOKING_AGAIN = (
+    "Badgr did not take this badge after several tries. In case one of them reached Badgr late,"
+    " we will look in your Badgr backpack once more within a few hours."
+)
 _INTERNAL = Problem(
     code="INTERNAL_ERROR",
     message="Something went wrong on our side while moving this badge; our team has been told.",
@@ -253,11 +261,44 @@ def settle(
     if held is not None:
         return _record_held(svc, badge, held, attempts)
     if reason.code != ACCESS_LOST.code:
-        # No retry is coming any more: the learner's page must not promise one.
-        reason = Problem(code=reason.code, message=_GAVE_UP)
+        # No retry is coming any more: the learner's page must not promise one, only the one
+        # look that is coming when an import of ours was sent (see ``look_again``).
+        sent = confirmed == Confirmation.BACKPACK_LISTING and badge.in_badgr_before is False
+        reason = Problem(code=reason.code, message=_GAVE_UP_LOOKING_AGAIN if sent else _GAVE_UP)
     return _finish(
         svc, badge, BadgeState.DEAD_LETTERED, problem=reason, attempts=attempts, confirmed_by=confirmed
     )
+
+
+def look_again(svc: Services, badge: BadgeRecord, backpacks: Backpacks) -> BadgeState:
+    """A later look in the learner's backpack at a badge given up on, a stale-deadline after its
+    last try: by then an import of ours whose answer was lost (a timeout, a killed worker) has
+    landed or never will, so what this look finds is the last word."""
+    if badge.state != BadgeState.DEAD_LETTERED:
+        return badge.state
+    looked = badge.model_copy(update={"looks": badge.looks + 1})
+    access_lost = badge.problem is not None and badge.problem.code == ACCESS_LOST.code
+    gave_up = (
+        badge.problem
+        if access_lost
+        else Problem(code=badge.problem.code if badge.problem else "JOB_LOST", message=_GAVE_UP)
+    )
+    try:
+        held = backpacks.held(svc, badge)
+    except RetryLater as retry:
+        if retry.problem.code != ACCESS_LOST.code and badge.awaiting_second_look and looked.looks < MAX_LOOKS:
+            # Badgr cannot say now: the learner's summary waits for its word a while longer.
+            return _finish(svc, looked, BadgeState.DEAD_LETTERED, problem=badge.problem)
+        # Badgr has not said for hours, or only the learner can let us ask: the move is summed
+        # up without its word, and the reconciler goes on asking.
+        return _finish(
+            svc, looked, BadgeState.DEAD_LETTERED, problem=gave_up, confirmed_by=Confirmation.NOT_CONFIRMED
+        )
+    if held is not None:
+        return _record_held(svc, looked, held)
+    sent = badge.in_badgr_before is False
+    confirmed = Confirmation.BACKPACK_RELISTED if sent else Confirmation.BACKPACK_LISTING
+    return _finish(svc, looked, BadgeState.DEAD_LETTERED, problem=gave_up, confirmed_by=confirmed)
 
 
 def _record_held(svc: Services, badge: BadgeRecord, held: Held, attempts: int | None = None) -> BadgeState:
@@ -516,7 +557,8 @@ def _summary_due(svc: Services, learner_id: str) -> None:
 
 
 def maybe_send_summary(svc: Services, learner_id: str) -> bool:
-    """Queue the summary email once every badge of a learner that was asked to move is final.
+    """Queue the summary email once every badge of a learner that was asked to move is final,
+    and had its second look where one is due: what the summary says stays true.
 
     The notice goes out before the claim: a crash in between sends it again, and the notice's
     idempotency key (learner + request) keeps that to one email.
@@ -525,7 +567,8 @@ def maybe_send_summary(svc: Services, learner_id: str) -> bool:
     requested_at = learner.migration_requested_at if learner else None
     if learner is None or requested_at is None or learner.summary_for == requested_at:
         return False
-    if any(badge.state not in FINAL_STATES for badge in svc.store.list_badges(learner_id)):
+    badges = svc.store.list_badges(learner_id)
+    if not all_settled(badges):
         return False
     if learner.backpack_user_id is not None and not groups_settled(svc, learner_id, requested_at):
         # A Backpack user's groups become Badgr collections first; that job sends the summary.
@@ -554,6 +597,7 @@ __all__ = [
     "RetryLater",
     "import_badge",
     "learner_email",
+    "look_again",
     "maybe_send_summary",
     "queue_badges",
     "request_migration",

@@ -4,7 +4,8 @@ sent back to work or settled against Badgr, so no badge or learner stays half-wa
 It reads two places, never the whole table:
 - the old end of the store's sparse ``Open`` index: badges still extracted, queued or retrying
   (their job was lost: a send that failed after the state was written, a dead-lettered verify
-  job), badges dead-lettered without Badgr's word, learners never invited, and learners whose
+  job), badges dead-lettered without Badgr's word or awaiting their second look (an import of
+  ours was sent, and its answer may have been lost), learners never invited, and learners whose
   move was asked for but never summed up (a request that died before it queued every badge);
 - the migrate dead-letter queue: each job there settles its badge against Badgr, so a badge
   whose last delivery never ran (a batch-mate's hangs outlasted the function) stops saying
@@ -22,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from .domain import BadgeRecord, BadgeState, Confirmation, LearnerRecord, Problem, now_iso
 from .holdings import Backpacks
-from .migration import RETRYABLE_STATES, maybe_send_summary, queue_badges, settle
+from .migration import RETRYABLE_STATES, look_again, maybe_send_summary, queue_badges, settle
 from .observability import logger, metrics
 from .services import Services
 
@@ -60,7 +61,7 @@ def reconcile(
     run = ReconcileRun(started_at=now_iso())
     settled: Counter[str] = Counter()
     backpacks = Backpacks()
-    _settle_dead_letters(svc, backpacks, run, settled, remaining_ms, now)
+    _settle_dead_letters(svc, backpacks, run, settled, remaining_ms)
     cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now() - svc.settings.stale_after_seconds))
     verify_sent: set[str] = set()
     for item in svc.store.iter_open(cutoff):
@@ -99,7 +100,6 @@ def _settle_dead_letters(
     run: ReconcileRun,
     settled: Counter[str],
     remaining_ms: Callable[[], int],
-    now: Callable[[], float],
 ) -> None:
     url = svc.settings.migrate_dead_letter_queue_url
     if not url:
@@ -111,39 +111,11 @@ def _settle_dead_letters(
         for job, receipt in messages:
             run.dead_letters_read += 1
             badge = svc.store.get_badge(str(job.get("learner_id")), str(job.get("badge_id")))
-            hold = DEAD_LETTER_HOLD_SECONDS
             if badge is not None and _unsettled(badge):
                 state = settle(svc, badge, backpacks, _NOT_MOVING, max(badge.attempts, 1))
                 settled[state.value] += 1
-                after = svc.store.get_badge(badge.learner_id, badge.badge_id)
-                if after is not None and _recheck_pending(after):
-                    hold = svc.settings.dead_letter_recheck_seconds
-            elif badge is not None and _recheck_pending(badge):
-                # Badgr said it does not hold it; an import that outlived our timeout may land
-                # later, so it is asked once more, a while after.
-                if _given_up_before(badge, now() - svc.settings.dead_letter_recheck_seconds):
-                    again = badge.model_copy(update={"repairs": badge.repairs + 1})
-                    if svc.store.transition(again, [badge.state]):
-                        state = settle(svc, again, backpacks, _NOT_MOVING, max(badge.attempts, 1))
-                        settled[state.value] += 1
-                else:
-                    hold = svc.settings.dead_letter_recheck_seconds
             # Kept for an operator's redrive; not read again by every run.
-            svc.queue.delay(url, receipt, min(hold, DEAD_LETTER_HOLD_SECONDS))
-
-
-def _recheck_pending(badge: BadgeRecord) -> bool:
-    """Dead-lettered on Badgr's word that it does not hold the badge, and not asked again yet."""
-    return (
-        badge.state == BadgeState.DEAD_LETTERED
-        and badge.confirmed_by == Confirmation.BACKPACK_LISTING
-        and badge.repairs == 0
-    )
-
-
-def _given_up_before(badge: BadgeRecord, cutoff: float) -> bool:
-    given_up = badge.updated_at or ""
-    return given_up < time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cutoff))
+            svc.queue.delay(url, receipt, DEAD_LETTER_HOLD_SECONDS)
 
 
 def _unsettled(badge: BadgeRecord) -> bool:
@@ -171,7 +143,13 @@ def _repair_badge(
             verify_sent.add(badge.learner_id)
             run.verify_jobs_resent += 1
         return
-    if badge.state == BadgeState.DEAD_LETTERED or badge.repairs >= MAX_REPAIRS:
+    if badge.state == BadgeState.DEAD_LETTERED:
+        # Given up on hours ago, awaiting its second look or without Badgr's word: whatever an
+        # import of ours did has landed by now.
+        state = look_again(svc, badge, backpacks)
+        settled[state.value] += 1
+        return
+    if badge.repairs >= MAX_REPAIRS:
         state = settle(svc, badge, backpacks, _NOT_MOVING, max(badge.attempts, 1))
         settled[state.value] += 1
         return

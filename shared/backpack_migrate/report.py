@@ -14,10 +14,12 @@ def export_report(store: Store, export: ExportRecord) -> dict[str, Any]:
     problems: Counter[str] = Counter()
     learners: set[str] = set()
     badges = 0
+    second_looks = 0
     for badge in store.iter_export_badges(export.export_id):
         badges += 1
         learners.add(badge.learner_id)
         states[badge.state.value] += 1
+        second_looks += badge.awaiting_second_look
         if badge.problem is not None:
             problems[badge.problem.code] += 1
     learner_problems: Counter[str] = Counter()
@@ -51,6 +53,8 @@ def export_report(store: Store, export: ExportRecord) -> dict[str, Any]:
         "badges_listed": export.badge_count,
         "badges_on_record": badges,
         "badges_final": final,
+        # Dead-lettered after an import of ours was sent: the reconciler looks in Badgr once more.
+        "badges_awaiting_second_look": second_looks,
         "badges_by_state": dict(sorted(states.items())),
         "badge_problems": dict(problems.most_common()),
         "learner_problems": dict(learner_problems.most_common()),
@@ -71,6 +75,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"  badges:   {report['badges_on_record']} on record of {report['badges_listed']} listed, "
         f"{report['badges_final']} in a final state",
     ]
+    if report.get("badges_awaiting_second_look"):
+        lines.append(
+            f"  {report['badges_awaiting_second_look']} dead-lettered after an import was sent, "
+            "awaiting the reconciler's second look in Badgr"
+        )
     lines += [f"    {state:<18} {count}" for state, count in report["badges_by_state"].items()]
     for problem in report["export_problems"]:
         label = "error" if report["status"] == "failed" else "note"

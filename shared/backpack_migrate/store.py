@@ -23,9 +23,10 @@ Index items of a full-fidelity export, none holding a plaintext email:
 Records travel as one JSON attribute ``data``; ``state`` sits beside it for conditional writes.
 
 The sparse index ``Open`` (OPEN_PK = one of a few shards, OPEN_SK = <since>#...) holds only
-what is still expected to move on by itself: badges extracted, queued, retrying, or
-dead-lettered without Badgr's word; learners not yet invited, or with a move not yet summed
-up. The reconciler reads the old end of it instead of scanning the table.
+what is still expected to move on by itself: badges extracted, queued, retrying,
+dead-lettered without Badgr's word, or awaiting their second look; learners not yet invited,
+or with a move not yet summed up. The reconciler reads the old end of it instead of scanning
+the table.
 """
 
 from __future__ import annotations
@@ -65,8 +66,10 @@ def open_shard(learner_id: str) -> str:
 
 
 def badge_is_open(badge: BadgeRecord) -> bool:
-    return badge.state in OPEN_BADGE_STATES or (
-        badge.state == BadgeState.DEAD_LETTERED and badge.confirmed_by == Confirmation.NOT_CONFIRMED
+    return (
+        badge.state in OPEN_BADGE_STATES
+        or (badge.state == BadgeState.DEAD_LETTERED and badge.confirmed_by == Confirmation.NOT_CONFIRMED)
+        or badge.awaiting_second_look
     )
 
 

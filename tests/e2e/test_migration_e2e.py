@@ -19,6 +19,7 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ import pytest
 import requests
 
 from backpack_migrate.crypto import badge_id_for
-from backpack_migrate.domain import FINAL_STATES, BadgeRecord, BadgeState, ExportStatus
+from backpack_migrate.domain import FINAL_STATES, BadgeRecord, BadgeState, Confirmation, ExportStatus
 from backpack_migrate.export import MESSAGES
 from backpack_migrate.links import sign_link, verify_link
 from backpack_migrate.observability import logger as powertools_logger
@@ -724,6 +725,19 @@ def test_badgr_failures_are_retried_with_backoff_then_dead_lettered(
         text = html.unescape(page.text)
         assert f"Could not be moved: {badge.problem.message}" in text
         assert "data-state='dead_lettered'" in page.text
+        # Our imports were sent, so one may still land: her summary waits for the second look
+        # in Badgr, which the reconciler takes a stale-deadline later.
+        assert "once more within a few hours" in badge.problem.message
+        assert emails_with(stack, SUMMARY) == {dan: 1}
+        for _ in range(300):
+            (badge,) = learner_badges(svc, eve)
+            if not badge.awaiting_second_look:
+                break
+            time.sleep(0.5)
+        assert badge.state == BadgeState.DEAD_LETTERED
+        assert badge.confirmed_by == Confirmation.BACKPACK_RELISTED
+        assert badge.problem is not None and "once more" not in badge.problem.message
+        stack.wait_idle(timeout=60)
         assert emails_with(stack, SUMMARY) == {dan: 1, eve: 1}
 
 

@@ -271,3 +271,30 @@ def test_a_learner_with_many_badges_is_resumed_inside_its_files() -> None:
     assert process_chunk(svc, ChunkJob.model_validate(queue.take("chunk")[0]), lambda: 600_000) is None
     assert len(store.badges) == 60
     assert len(queue.take("notify")) == 1
+
+
+def test_an_invitation_sent_whose_idempotency_record_could_not_be_saved_goes_once() -> None:
+    from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyPersistenceLayerError
+
+    w = run_world()
+    ben = w.svc.learner_id(BEN)
+    w.store.learners[ben] = w.store.learners[ben].model_copy(update={"invited_at": None})
+    job = {"kind": "invite", "learner_id": ben, "export_id": w.store.learners[ben].export_id}
+    emails = len(w.sender.sent)
+    real_once = w.svc.once
+
+    def once(name: str, fn: Any) -> Any:
+        def unsaved(job: dict[str, Any]) -> Any:
+            fn(job=job)  # the email goes ...
+            raise IdempotencyPersistenceLayerError(  # ... and saving that is throttled
+                "Failed to update record state to success in idempotency store", RuntimeError("throttled")
+            )
+
+        return unsaved
+
+    w.svc.once = once
+    assert send_notice(w.svc, job)  # not failed: failing it would send the email again later
+    w.svc.once = real_once
+    assert w.store.get_learner(ben).invited_at is not None
+    assert send_notice(w.svc, job)  # the job again, from SQS or the reconciler
+    assert len(w.sender.sent) == emails + 1

@@ -9,11 +9,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 from backpack_migrate.domain import BadgeState, Confirmation, movable_counts
-from backpack_migrate.migration import import_badge, request_migration
+from backpack_migrate.migration import MAX_LOOKS, import_badge, request_migration
 from backpack_migrate.notices import send_notice
 from backpack_migrate.pages import PageContext, landing_page, status_page
 from backpack_migrate.reconcile import MAX_REPAIRS, reconcile
-from backpack_migrate.report import format_reconcile_run
+from backpack_migrate.report import export_report, format_reconcile_run
 from tests.fakes import ScriptedBadgr
 from tests.unit.badges import hosted_assertion
 from tests.unit.test_migration_flow import ANA, BEN, _connect, run_world
@@ -168,22 +168,62 @@ def test_a_dead_lettered_job_settles_its_badge_against_badgr(badgr_has_it: bool,
     assert _reconcile(w, now=time.time()).dead_letters_read == 0  # held back, not read every run
 
 
-def test_a_dead_lettered_badge_whose_late_import_landed_is_found_on_the_recheck() -> None:
+def _summaries(w: Any) -> list[dict[str, Any]]:
+    return [job for job in w.queue.take("notify") if job.get("kind") == "summary"]
+
+
+def test_a_dead_lettered_badge_whose_late_import_landed_is_found_on_the_second_look() -> None:
     w = run_world()
     badge, _job = _dead_letter(w, badgr_has_it=False)
     first = _reconcile(w, now=time.time())
     assert first.settled == {"dead_lettered": 1}  # Badgr says it does not hold it
-    recheck = w.svc.settings.dead_letter_recheck_seconds
-    assert w.queue.delays[-1][2] == recheck  # comes back for the recheck, not hours later
+    given_up = w.store.get_badge(badge.learner_id, badge.badge_id)
+    assert given_up.awaiting_second_look
+    assert "once more within a few hours" in status_page(PAGE, [given_up])
+    assert _summaries(w) == []  # the summary waits for the second look
+    assert export_report(w.store, w.export)["badges_awaiting_second_look"] == 1
     w.badgr.hold(B1)  # the import that outlived our client's timeout lands
-    w.queue.delays.clear()
-    assert _reconcile(w, now=time.time() + 60).settled == {}  # too soon to ask again
-    w.queue.delays.clear()
-    assert _reconcile(w, now=time.time() + recheck + 60).settled == {"imported": 1}
+    assert _reconcile(w, now=time.time() + 60).settled == {}  # too soon to look again
+    stale = w.svc.settings.stale_after_seconds
+    assert _reconcile(w, now=time.time() + stale + 60).settled == {"imported": 1}
     settled = w.store.get_badge(badge.learner_id, badge.badge_id)
     assert settled.state == BadgeState.IMPORTED and settled.confirmed_by == Confirmation.BACKPACK_LISTING
-    w.queue.delays.clear()
-    assert _reconcile(w, now=time.time() + 2 * recheck).settled == {}  # asked once more, not forever
+    assert [job["learner_id"] for job in _summaries(w)] == [badge.learner_id]
+    assert export_report(w.store, w.export)["badges_awaiting_second_look"] == 0
+    assert _reconcile(w, now=time.time() + 2 * stale + 60).settled == {}  # looked at once, not forever
+
+
+def test_a_second_look_that_finds_nothing_settles_the_badge_and_sums_up_the_move() -> None:
+    w = run_world()
+    badge, _job = _dead_letter(w, badgr_has_it=False)
+    _reconcile(w, now=time.time())
+    stale = w.svc.settings.stale_after_seconds
+    assert _reconcile(w, now=time.time() + stale + 60).settled == {"dead_lettered": 1}
+    settled = w.store.get_badge(badge.learner_id, badge.badge_id)
+    assert settled.state == BadgeState.DEAD_LETTERED
+    assert settled.confirmed_by == Confirmation.BACKPACK_RELISTED and not settled.awaiting_second_look
+    assert settled.problem is not None and "once more" not in settled.problem.message
+    assert [job["learner_id"] for job in _summaries(w)] == [badge.learner_id]
+
+
+def test_a_second_look_badgr_cannot_answer_is_taken_again_then_the_move_is_summed_up() -> None:
+    w = run_world()
+    badge, _job = _dead_letter(w, badgr_has_it=False)
+    _reconcile(w, now=time.time())
+    w.badgr.listing = ["fail"] * MAX_LOOKS
+    stale = w.svc.settings.stale_after_seconds
+    for look in range(1, MAX_LOOKS):
+        later = time.time() + look * (stale + 60)
+        assert _reconcile(w, now=later).settled == {"dead_lettered": 1}
+        assert w.store.get_badge(badge.learner_id, badge.badge_id).awaiting_second_look
+        assert _summaries(w) == []  # still waiting for Badgr's word
+    assert _reconcile(w, now=time.time() + MAX_LOOKS * (stale + 60)).settled == {"dead_lettered": 1}
+    settled = w.store.get_badge(badge.learner_id, badge.badge_id)
+    assert settled.confirmed_by == Confirmation.NOT_CONFIRMED and settled.looks == MAX_LOOKS
+    assert [job["learner_id"] for job in _summaries(w)] == [badge.learner_id]
+    w.badgr.hold(B1)  # Badgr answers again, and had it after all
+    later = time.time() + (MAX_LOOKS + 1) * (stale + 60)
+    assert _reconcile(w, now=later).settled == {"imported": 1}
 
 
 def test_a_dead_lettered_badge_badgr_could_not_confirm_is_asked_again_later() -> None:
