@@ -25,6 +25,7 @@ from .domain import BadgeRecord, BadgeState, Confirmation, LearnerRecord, Proble
 from .holdings import Backpacks
 from .migration import RETRYABLE_STATES, look_again, maybe_send_summary, queue_badges, settle
 from .observability import logger, metrics
+from .queues import is_transient_aws_error
 from .services import Services
 
 MAX_REPAIRS = 3  # sent back to work this often, then settled (badges) or left to an operator
@@ -61,22 +62,28 @@ def reconcile(
     run = ReconcileRun(started_at=now_iso())
     settled: Counter[str] = Counter()
     backpacks = Backpacks()
-    _settle_dead_letters(svc, backpacks, run, settled, remaining_ms)
+    try:
+        _settle_dead_letters(svc, backpacks, run, settled, remaining_ms)
+    except Exception as error:
+        _cut_short_by(error, run, "the dead-letter queue")
     cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now() - svc.settings.stale_after_seconds))
     verify_sent: set[str] = set()
-    for item in svc.store.iter_open(cutoff):
-        if remaining_ms() < RESERVE_MS:
-            run.cut_short = True  # the next run goes on from the oldest left
-            break
-        run.looked_at += 1
-        try:
-            if isinstance(item, LearnerRecord):
-                _repair_learner(svc, item, run)
-            else:
-                _repair_badge(svc, item, backpacks, run, settled, verify_sent)
-        except Exception:
-            # One item's trouble (a throttled write, say) must not stop the rest; next run retries.
-            logger.exception("could not repair an item", extra={"kind": type(item).__name__})
+    try:
+        for item in svc.store.iter_open(cutoff):
+            if remaining_ms() < RESERVE_MS:
+                run.cut_short = True  # the next run goes on from the oldest left
+                break
+            run.looked_at += 1
+            try:
+                if isinstance(item, LearnerRecord):
+                    _repair_learner(svc, item, run)
+                else:
+                    _repair_badge(svc, item, backpacks, run, settled, verify_sent)
+            except Exception:
+                # One item's trouble (a throttled write, say) must not stop the rest; next run retries.
+                logger.exception("could not repair an item", extra={"kind": type(item).__name__})
+    except Exception as error:
+        _cut_short_by(error, run, "the open index")
     run.settled = dict(settled)
     run.finished_at = now_iso()
     svc.store.save_reconcile_run(run.model_dump())
@@ -92,6 +99,15 @@ def reconcile(
         metrics.add_metric(name=name, unit="Count", value=value)
     logger.info("reconciled", extra=run.model_dump())
     return run
+
+
+def _cut_short_by(error: Exception, run: ReconcileRun, where: str) -> None:
+    """A read refused for now (a throttled Query or ReceiveMessage) ends that part of the run,
+    not the run: what was done is counted and on record, and the next run goes on."""
+    if not is_transient_aws_error(error):
+        raise error
+    run.cut_short = True
+    logger.warning("reconciler run cut short: AWS refused a call for now", extra={"reading": where})
 
 
 def _settle_dead_letters(

@@ -256,3 +256,16 @@ def test_the_last_run_is_on_record_for_the_report() -> None:
     run = w.store.last_reconcile_run()
     assert run is not None and run["finished_at"]
     assert "Reconciler" in format_reconcile_run(run)
+
+
+def test_a_throttled_read_of_the_open_index_cuts_the_run_short_and_keeps_it_on_record() -> None:
+    w = run_world()
+    _dead_letter(w, badgr_has_it=True)
+
+    def throttled(older_than: str) -> Any:
+        raise _throttled("Query")
+
+    w.store.iter_open = throttled
+    run = _reconcile(w, now=time.time())
+    assert run.cut_short and run.settled == {"imported": 1}  # the dead letters were still read
+    assert w.store.last_reconcile_run()["cut_short"] is True
