@@ -16,6 +16,7 @@ _lock = threading.RLock()
 _original: Any = None
 _query_patched = False
 _sends_patched = False
+_receives_patched = False
 
 
 def serialise_dynamodb() -> None:
@@ -127,3 +128,29 @@ def query_by_key() -> None:
 def dynamodb_lock() -> threading.RLock:
     """The lock every DynamoDB request to this process's moto takes (for reading its store)."""
     return _lock
+
+
+def serialise_sqs_receives() -> None:
+    """moto's SQS moves a message past its queue's maxReceiveCount to the dead-letter queue
+    inside a receive, without a lock: two receives of one queue at once both pick it, and the
+    second fails with "list.remove(x): x not in list", a 500 that loses the messages it had
+    already marked received until their visibility runs out. SQS never answers that. Receives
+    of one queue are serialised (a long-poll holds its queue's lock for at most its wait, while
+    sends and deletes go on)."""
+    global _receives_patched  # noqa: PLW0603 - one patch of moto per process
+    from moto.sqs.models import SQSBackend
+
+    with _lock:
+        if _receives_patched:
+            return
+        original_receive = SQSBackend.receive_message
+        by_queue: dict[str, threading.Lock] = {}
+
+        def receive_message(self: Any, queue_name: str, *args: Any, **kwargs: Any) -> Any:
+            with _lock:
+                queue_lock = by_queue.setdefault(queue_name, threading.Lock())
+            with queue_lock:
+                return original_receive(self, queue_name, *args, **kwargs)
+
+        SQSBackend.receive_message = receive_message  # type: ignore[method-assign]
+        _receives_patched = True

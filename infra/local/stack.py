@@ -49,7 +49,13 @@ from infra.local.cloudformation import (
 from infra.local.http_api import HttpApi, HttpRoute
 from infra.local.lambda_runtime import FunctionSpec, Invoker, LambdaContext, import_file
 from infra.local.moto_dispatch import list_moto_modules_once
-from infra.local.moto_locks import cheap_sqs_sends, query_by_key, serialise_dynamodb, snapshot_sqs_pending
+from infra.local.moto_locks import (
+    cheap_sqs_sends,
+    query_by_key,
+    serialise_dynamodb,
+    serialise_sqs_receives,
+    snapshot_sqs_pending,
+)
 from infra.local.s3_events import S3Events
 from infra.local.s3_ranges import serve_range
 from infra.local.schedules import Scheduler, find_schedules
@@ -190,6 +196,7 @@ class LocalStack:
         # choosing and binding (moto's start() would then wait forever).
         serialise_dynamodb()
         snapshot_sqs_pending()
+        serialise_sqs_receives()
         cheap_sqs_sends()
         query_by_key()
         list_moto_modules_once()

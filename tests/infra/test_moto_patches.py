@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +13,7 @@ from boto3.dynamodb.conditions import Key
 from moto import mock_aws
 
 from infra.local.moto_dispatch import list_moto_modules_once
-from infra.local.moto_locks import cheap_sqs_sends, query_by_key
+from infra.local.moto_locks import cheap_sqs_sends, query_by_key, serialise_sqs_receives
 
 pytestmark = pytest.mark.unit
 
@@ -90,3 +92,53 @@ def test_sends_keep_queue_counts_and_fifo_deduplication() -> None:
             sqs.send_message(QueueUrl=fifo, MessageBody="same", MessageGroupId="g")
         fifo_counts = sqs.get_queue_attributes(QueueUrl=fifo, AttributeNames=["ApproximateNumberOfMessages"])
         assert fifo_counts["Attributes"]["ApproximateNumberOfMessages"] == "1"
+
+
+def test_concurrent_receives_move_each_exhausted_message_to_the_dead_letter_queue_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from moto.sqs.models import Queue
+
+    listed = Queue.__dict__["messages"]
+
+    class Slowly(list):  # type: ignore[type-arg]
+        def __iter__(self) -> Any:
+            for message in super().__iter__():
+                yield message
+                time.sleep(0.001)  # lets another receive walk the queue meanwhile, as on the stack
+
+    def slowly(queue: Any) -> Any:
+        return Slowly(listed.fget(queue))
+
+    monkeypatch.setattr(Queue, "messages", property(slowly))
+    with mock_aws():
+        serialise_sqs_receives()
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        dlq = sqs.create_queue(QueueName="jobs-dlq")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        policy = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 1})
+        url = sqs.create_queue(QueueName="jobs", Attributes={"RedrivePolicy": policy})["QueueUrl"]
+        for start in range(0, 300, 10):
+            sqs.send_message_batch(
+                QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"m{start + i}"} for i in range(10)]
+            )
+        for _ in range(30):  # each received once, and back in sight a second later ...
+            sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=1)
+        time.sleep(1.2)  # ... when the next receive moves it to the dead-letter queue
+
+        def receive(_: int) -> int:
+            got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+            return len(got.get("Messages", []))
+
+        with ThreadPoolExecutor(8) as pool:
+            assert sum(pool.map(receive, range(16))) == 0  # and no 500 from a receive
+        bodies = []
+        while batch := sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, VisibilityTimeout=60).get(
+            "Messages"
+        ):
+            bodies += [m["Body"] for m in batch]
+        assert sorted(bodies) == sorted(f"m{i}" for i in range(300))
