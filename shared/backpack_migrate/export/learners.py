@@ -230,7 +230,7 @@ def iter_learners(
     is asked about every listing of a present file that has no problem of its own.
 
     Memory does not grow with the export: the member index, the listed marks and the emails met
-    so far go to temporary SQLite databases past :data:`IN_MEMORY_ENTRIES` entries. Those are
+    so far go to temporary SQLite databases past :data:`.scratch.IN_MEMORY_ENTRIES` entries. Those are
     removed when the stream ends, fails or is closed; an ``index`` passed in stays open (its
     owner closes it). One thread consumes a stream.
     """
