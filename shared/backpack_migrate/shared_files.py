@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from . import export as _export
 from .domain import MemberLocation, Problem, normalize_email
 from .export import (
     _WITHOUT_ROWID,
@@ -35,6 +34,7 @@ from .export import (
     iter_manifest,
     read_member,
 )
+from .export import scratch as _export_scratch
 
 # The badge reader (``openbadges``) is imported where a shared file is decided: few exports list
 # a file twice, and reading a manifest needs none of it.
@@ -246,7 +246,7 @@ def find_shared_files(reader: RangeReader, index: MemberIndex) -> SharedFiles:
     manifest = index.get(MANIFEST_NAME)
     if manifest is None:
         return shared
-    firsts = _FirstListers(_export.IN_MEMORY_ENTRIES)
+    firsts = _FirstListers(_export_scratch.IN_MEMORY_ENTRIES)
     try:
         for email, names, _refused in iter_manifest(reader, manifest):
             normalized = normalize_email(email)

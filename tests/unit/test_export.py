@@ -19,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backpack_migrate import export
 from backpack_migrate.domain import MemberLocation
 from backpack_migrate.export import (
     BytesRangeReader,
@@ -40,6 +39,7 @@ from backpack_migrate.export import (
     read_member_head,
     sniff_media_type,
 )
+from backpack_migrate.export import scratch as export_scratch
 from infra.local.bakery import bake_png, bake_svg, make_png, make_svg
 
 pytestmark = pytest.mark.unit
@@ -90,7 +90,7 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(params=["memory", "sqlite"])
 def paths(request: pytest.FixtureRequest, scratch: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """Runs a test with members and emails held in memory, then with both moved to SQLite."""
-    monkeypatch.setattr(export, "IN_MEMORY_ENTRIES", 10**9 if request.param == "memory" else 1)
+    monkeypatch.setattr(export_scratch, "IN_MEMORY_ENTRIES", 10**9 if request.param == "memory" else 1)
     return str(request.param)
 
 
@@ -789,10 +789,10 @@ def _stream(data: bytes) -> tuple[list[Any], PlanStats]:
 
 def test_memory_and_sqlite_paths_give_the_same_join(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = _many_members_export(members=600, learners=200)
-    monkeypatch.setattr(export, "IN_MEMORY_ENTRIES", 10**9)
+    monkeypatch.setattr(export_scratch, "IN_MEMORY_ENTRIES", 10**9)
     in_memory = _stream(data)
     assert not any(scratch.iterdir())  # nothing was written to disk
-    monkeypatch.setattr(export, "IN_MEMORY_ENTRIES", 50)
+    monkeypatch.setattr(export_scratch, "IN_MEMORY_ENTRIES", 50)
     in_sqlite = _stream(data)
     assert in_sqlite == in_memory
     learners, stats = in_sqlite
@@ -905,7 +905,7 @@ def _scratch_files(scratch: Path) -> list[Path]:
 def test_scratch_databases_are_removed_when_the_stream_ends(
     scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(export, "IN_MEMORY_ENTRIES", 10)
+    monkeypatch.setattr(export_scratch, "IN_MEMORY_ENTRIES", 10)
     data = _many_members_export(members=100, learners=40)
     stream = iter_learners(BytesRangeReader(data))
     next(stream)
@@ -920,7 +920,7 @@ def test_scratch_databases_are_removed_when_the_stream_ends(
 def test_scratch_databases_are_removed_after_an_error_midway(
     scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(export, "IN_MEMORY_ENTRIES", 10)
+    monkeypatch.setattr(export_scratch, "IN_MEMORY_ENTRIES", 10)
     entries = ", ".join(f'"l{i}@example.org": ["b{i}"]' for i in range(30))
     raw = ("{" + entries + ', "broken@example.org": ["b1"] oops}').encode()
     data = make_zip([(f"b{i}", PNG) for i in range(50)], manifest_raw=raw)
@@ -950,7 +950,7 @@ def test_stale_scratch_of_a_dead_process_is_swept(scratch: Path, monkeypatch: py
     (stale / "scratch.sqlite").write_bytes(b"left by a Lambda that timed out")
     unrelated = scratch / "backpack-export-notes"
     unrelated.mkdir()
-    monkeypatch.setattr(export, "_swept", False)
+    monkeypatch.setattr(export_scratch, "_swept", False)
     with MemberIndex([_only(good_export(), "a.png")], memory_entries=0) as index:
         assert index.database_path is not None
         assert not stale.exists()
@@ -961,7 +961,7 @@ def test_stale_scratch_of_a_dead_process_is_swept(scratch: Path, monkeypatch: py
 def test_join_memory_does_not_grow_with_members_and_learners(
     scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(export, "IN_MEMORY_ENTRIES", 256)
+    monkeypatch.setattr(export_scratch, "IN_MEMORY_ENTRIES", 256)
 
     def traced_peak(members: int, learners: int) -> int:
         reader = BytesRangeReader(_many_members_export(members, learners))

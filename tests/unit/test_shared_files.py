@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from backpack_migrate import export
 from backpack_migrate.domain import BadgeState
 from backpack_migrate.export import BytesRangeReader, PlanStats, find_manifest, iter_learners
+from backpack_migrate.export import scratch as export_scratch
 from backpack_migrate.intake import ChunkJob, process_chunk, read_export
 from backpack_migrate.openbadges import Verifier
 from backpack_migrate.shared_files import find_shared_files
@@ -50,7 +50,7 @@ def plan(manifest: dict[str, list[str]], files: dict[str, bytes]) -> dict[str, A
 
 @pytest.fixture(params=["memory", "sqlite"])
 def paths(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(export, "IN_MEMORY_ENTRIES", 10**9 if request.param == "memory" else 1)
+    monkeypatch.setattr(export_scratch, "IN_MEMORY_ENTRIES", 10**9 if request.param == "memory" else 1)
     return str(request.param)
 
 
