@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from backpack_migrate.badgr import BadgrClient
-from backpack_migrate.domain import FINAL_STATES, BadgeState
+from backpack_migrate.domain import BadgeState
 from infra.chaos.faults import AwsThrottle, FaultyBadgr, WorkerKiller
 from infra.local import aws_calls
 from infra.local.badgr_sandbox import BadgrSandbox
@@ -165,7 +165,7 @@ def _migrate_and_tally(
     # up on after an import of ours was sent has its second look a stale-deadline later).
     while time.monotonic() < deadline:
         records = [b for lid in id_of.values() for b in svc.store.list_badges(lid)]
-        if len(records) >= len(expected) and all(_settled(b) for b in records):
+        if len(records) >= len(expected) and all(b.settled for b in records):
             break
         time.sleep(1)
     _wait_quiet(stack, deadline)
@@ -216,7 +216,7 @@ def _tally(
             if owner != email:
                 continue
             badge = records.get(file_name)
-            if badge is None or not _settled(badge):
+            if badge is None or not badge.settled:
                 tally.lost += 1
                 where = "no record" if badge is None else badge.state.value
                 if badge is not None and badge.awaiting_second_look:
@@ -254,11 +254,6 @@ def _tally(
             _example(tally, "invited", f"{email}: {invitations.get(email, 0)} invitations")
     tally.every_learner_invited_once = tally.invited_once == len(id_of) and set(invitations) <= set(id_of)
     return tally
-
-
-def _settled(badge: Any) -> bool:
-    """Final, and not waiting for the look in Badgr that may still turn it into an import."""
-    return badge.state in FINAL_STATES and not badge.awaiting_second_look
 
 
 def _example(tally: Tally, kind: str, text: str) -> None:

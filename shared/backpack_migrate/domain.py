@@ -239,6 +239,12 @@ class BadgeRecord(BaseModel):
         )
 
     @property
+    def settled(self) -> bool:
+        """Final, and not awaiting the second look that may still import it: what a learner's
+        summary and collections are made from."""
+        return self.state in FINAL_STATES and not self.awaiting_second_look
+
+    @property
     def can_move_again(self) -> bool:
         """Refused by Badgr for a reason the learner can fix: moving it again may succeed."""
         return (
@@ -249,9 +255,7 @@ class BadgeRecord(BaseModel):
 
 
 def all_settled(badges: Iterable[BadgeRecord]) -> bool:
-    """Every badge final, and none awaiting the second look that may still import it: what a
-    learner's summary and collections are made from."""
-    return all(badge.state in FINAL_STATES and not badge.awaiting_second_look for badge in badges)
+    return all(badge.settled for badge in badges)
 
 
 class BadgeGroup(StrEnum):

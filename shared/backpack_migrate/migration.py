@@ -6,7 +6,7 @@ replayed job can never move a badge backwards or import it twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Literal
@@ -468,7 +468,6 @@ def _import_with_token(
     )
 
     learner_id = badge.learner_id
-    answered: list[dict[str, Any]] = []
 
     def call(job: dict[str, Any]) -> dict[str, Any]:
         refreshed = False
@@ -488,28 +487,22 @@ def _import_with_token(
                 refresh_tokens(svc, learner_id, refresh_token, version)
                 refreshed = True
                 continue
-            answer = {
+            return {
                 "outcome": result.outcome,
                 "reason": result.reason,
                 "answer": result.to_answer().model_dump(),
             }
-            answered.append(answer)
-            return answer
 
-    once: Callable[..., dict[str, Any]] = svc.once("badgr-import", call)
     try:
         # Every delivery of a job asks Badgr once; only the learner moving a refused badge again
-        # (moved_again) is a new question.
-        return once(
-            job={"learner_id": learner_id, "badge_id": badge.badge_id, "moved_again": badge.moved_again}
-        )
+        # (moved_again) is a new question. Badgr's answer survives a throttled save of it.
+        job = {"learner_id": learner_id, "badge_id": badge.badge_id, "moved_again": badge.moved_again}
+        return svc.once_keeping_result("badgr-import", call, job)
     except IdempotencyAlreadyInProgressError as error:
         # Another delivery is asking Badgr right now, or one died (or could not save Badgr's
         # answer) and its record has not expired yet; the backpack, asked above, had no trace.
         raise RetryLater(_IN_FLIGHT, delay=30) from error
     except IdempotencyPersistenceLayerError as error:
-        if answered:
-            return answered[-1]  # Badgr answered; only saving that answer failed
         raise RetryLater(_RECORDS_BUSY) from error
 
 

@@ -40,10 +40,6 @@ def send_notice(svc: Services, job: dict[str, Any]) -> bool:
         # that lists the learner again brings an invitation of its own, once).
         return True
 
-    from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyPersistenceLayerError
-
-    sent: list[str] = []
-
     def deliver(job: dict[str, Any]) -> str:
         to = learner_email(svc, learner)
         link, expires_at = learner_link(svc, learner.learner_id, learner.export_id)
@@ -56,18 +52,11 @@ def send_notice(svc: Services, job: dict[str, Any]) -> bool:
             groups = svc.store.list_groups(learner.learner_id) if learner.backpack_user_id is not None else []
             email = summary(to, link, badges, svc.settings.support_email, collection_lines(groups, badges))
         svc.rate.wait()
-        sent.append(svc.sender.send(email))
-        return sent[-1]
+        return svc.sender.send(email)
 
-    # The key is the job itself: export + learner for the invitation, learner + request for the summary.
-    try:
-        svc.once("notice", deliver)(job=job)
-    except IdempotencyPersistenceLayerError:
-        if not sent:
-            raise
-        # The email went and only saving that in the idempotency store failed (a throttled
-        # write). Failing the job would send it again once the record left in progress expires.
-        logger.warning("a notice was sent and its idempotency record not saved", extra={"kind": job["kind"]})
+    # The key is the job itself: export + learner for the invitation, learner + request for the
+    # summary. An email sent whose record could not be saved is not failed, or it would go again.
+    svc.once_keeping_result("notice", deliver, job)
     if job["kind"] == "invite":
         # Until this is on record the learner stays in the open index, and the reconciler
         # sends the invitation job again (a throttled write here must not lose the learner).

@@ -19,6 +19,7 @@ from .notify import EmailSender, RateLimiter
 from .queues import JobQueue
 from .store import Store
 
+R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -78,6 +79,29 @@ class Services:
 
     def learner_id(self, email: str) -> str:
         return learner_id_for(email, self.learner_id_secret())
+
+    def once_keeping_result(self, name: str, fn: Callable[..., R], job: dict[str, Any]) -> R:
+        """``once(name, fn)(job=job)``, except that when ``fn`` ran and only saving its result in
+        the idempotency store failed (a throttled write), its result is returned: raising would
+        run ``fn`` again, its side effect too, once the record left in progress expires."""
+        from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyPersistenceLayerError
+
+        results: list[R] = []
+
+        def kept(job: dict[str, Any]) -> R:
+            results.append(fn(job=job))
+            return results[-1]
+
+        try:
+            result: R = self.once(name, kept)(job=job)
+            return result
+        except IdempotencyPersistenceLayerError:
+            if not results:
+                raise
+            from .observability import logger
+
+            logger.warning("a result was not saved in the idempotency store", extra={"once": name})
+            return results[-1]
 
     @property
     def verifier(self) -> Any:

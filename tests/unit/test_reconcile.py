@@ -269,3 +269,23 @@ def test_a_throttled_read_of_the_open_index_cuts_the_run_short_and_keeps_it_on_r
     run = _reconcile(w, now=time.time())
     assert run.cut_short and run.settled == {"imported": 1}  # the dead letters were still read
     assert w.store.last_reconcile_run()["cut_short"] is True
+
+
+def test_a_second_look_whose_write_is_throttled_is_taken_again_by_the_next_run() -> None:
+    w = run_world()
+    badge, _job = _dead_letter(w, badgr_has_it=False)
+    _reconcile(w, now=time.time())
+    w.badgr.hold(B1)  # the late import has landed
+    real = w.store.transition
+
+    def throttled(*args: Any, **kwargs: Any) -> bool:
+        raise _throttled("UpdateItem")
+
+    w.store.transition = throttled
+    stale = w.svc.settings.stale_after_seconds
+    assert _reconcile(w, now=time.time() + stale + 60).settled == {}  # listed, then not written
+    assert w.store.get_badge(badge.learner_id, badge.badge_id).awaiting_second_look
+    assert _summaries(w) == []
+    w.store.transition = real
+    assert _reconcile(w, now=time.time() + stale + 120).settled == {"imported": 1}
+    assert [job["learner_id"] for job in _summaries(w)] == [badge.learner_id]
