@@ -159,11 +159,17 @@ def _corpus_ours(corpus: Corpus, rounds: int) -> tuple[list[str], list[float], s
 
 # -- (b) loopback --------------------------------------------------------------------------------
 CONTEXTS_DIR = Path(__file__).resolve().parent / "contexts"
-# The JSON-LD context documents the reference fetches for hosted 2.0 badges, as published at
-# these addresses (public spec data), shipped so the loopback run needs nothing beside the project.
+OB1_CONTEXT = "https://w3id.org/openbadges/v1"
+OB1_LEGACY_CONTEXT = "https://w3id.org/openbadges/legacy-v1"  # imported by the 1.0 context by IRI
+# The four Open Badges JSON-LD context documents, as published at these addresses (public spec
+# data), shipped so the loopback run needs nothing beside the project. Its hosted 2.0 badges need
+# the first two; the 1.0 context (and legacy-v1, which it imports) is what the reference gives
+# the 0.5 and 1.0 badges it upgrades, so any older badge a run hosts resolves offline too.
 BUNDLED_CONTEXTS = {
     OB2_CONTEXT: "v2.jsonld",
     "https://openbadgespec.org/extensions/recipientProfile/context.json": "recipient-profile.jsonld",
+    OB1_CONTEXT: "v1.jsonld",
+    OB1_LEGACY_CONTEXT: "legacy-v1.jsonld",
 }
 
 
@@ -171,7 +177,6 @@ BUNDLED_CONTEXTS = {
 # (and the recipient profile it is given) against the 2.0 context, and upgrades 0.5 and 1.0
 # badges by giving them the 1.0 context (openbadges-validator-core: verifier.py,
 # tasks/object_upgrades.py).
-OB1_CONTEXT = "https://w3id.org/openbadges/v1"
 REFERENCE_NAMES_FOR_EVERY_BADGE = (OB2_CONTEXT,)
 REFERENCE_NAMES_FOR_OLD_BADGES = (OB1_CONTEXT,)
 

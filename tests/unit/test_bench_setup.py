@@ -35,7 +35,7 @@ def test_the_reference_job_finds_its_contexts_in_the_project(no_shared: None) ->
         assert path.is_file(), url
         assert path.resolve().is_relative_to(PROJECT_ROOT), f"{url} is served from outside the project"
         document = json.loads(path.read_text(encoding="utf-8"))
-        assert isinstance(document["@context"], dict), url
+        assert isinstance(document["@context"], dict | list), url
     assert [item["input"]["url"] for item in job["items"]] == [hosted[1].url, hosted[2].url]
     assert job["warmup_items"][0]["input"]["url"] == hosted[0].url  # warmed on a badge not timed
 
@@ -113,3 +113,36 @@ def test_the_corpus_run_resolves_every_context_its_scenarios_name_offline() -> N
         server.set_item(corpus.reference_item(scenario))
         assert _unresolved(server, named | own) == {}, scenario.name
     assert verify_bench.OB2_CONTEXT in named_by_corpus
+
+
+def test_the_older_badges_contexts_resolve_offline_from_the_project(no_shared: None) -> None:
+    """The 1.0 context the reference gives upgraded 0.5 and 1.0 badges, and the legacy-v1
+    context it imports by IRI, come from the project's copies."""
+    hosted = [
+        HostedBadge(url=f"http://127.0.0.1:9/assertions/{i}", email="l@example.net", issuer=0)
+        for i in range(2)
+    ]
+    server = reference_runner.Server(verify_bench.loopback_reference_job("http://127.0.0.1:9", hosted, [1]))
+    named = {*verify_bench.REFERENCE_NAMES_FOR_EVERY_BADGE, *verify_bench.REFERENCE_NAMES_FOR_OLD_BADGES}
+    assert _unresolved(server, named) == {}
+    assert verify_bench.OB1_LEGACY_CONTEXT in verify_bench.BUNDLED_CONTEXTS
+
+
+# The corpus's copies of the published contexts, by the address each is published at.
+RECIPIENT_PROFILE_CONTEXT = "https://openbadgespec.org/extensions/recipientProfile/context.json"
+CORPUS_COPIES = {
+    verify_bench.OB2_CONTEXT: "ims-spec/v2_context.json",
+    RECIPIENT_PROFILE_CONTEXT: "ims-spec/ext_recipientProfile_context.json",
+    verify_bench.OB1_CONTEXT: "ims-spec/v1_context.json",
+    verify_bench.OB1_LEGACY_CONTEXT: "ims-spec/v1_legacy_context.json",
+}
+
+
+def test_the_project_copies_say_what_the_published_contexts_say() -> None:
+    corpus = load_corpus()
+    if corpus is None:
+        pytest.skip("the conformance corpus (../shared/ob-corpus beside the project) is absent")
+    for url, name in verify_bench.BUNDLED_CONTEXTS.items():
+        ours = json.loads((verify_bench.CONTEXTS_DIR / name).read_text(encoding="utf-8"))
+        published = json.loads((corpus.root / CORPUS_COPIES[url]).read_text(encoding="utf-8"))
+        assert ours == published, url
