@@ -1,8 +1,14 @@
 """S3 ``ObjectCreated`` notifications and Lambda's asynchronous invocation, played locally.
 
-The watcher lists the watched buckets' object versions and sends one event per new upload,
-oldest first; the asynchronous worker runs each event with Lambda's retries (two) and the
-function's dead-letter queue after them.
+S3 sends its notifications itself, once per upload, after it stored the object: here moto's
+S3 calls :meth:`S3Events.object_created` from the store operation every upload goes through
+(PutObject, CompleteMultipartUpload, CopyObject). An event for a watched bucket is queued at
+once, so ``wait_idle`` never finds an upload stored but not yet queued. (Listing the buckets'
+versions over and over, as this module once did, made moto deep-copy every object version,
+body included, on each poll, and moto keeps a reference to every model object it ever made, so
+the copies were never freed: the stack grew by the export's size ten times a second.)
+The asynchronous worker runs each event with Lambda's retries (two) and the function's
+dead-letter queue after them.
 """
 
 from __future__ import annotations
@@ -25,11 +31,34 @@ from infra.local.lambda_runtime import FunctionSpec, InvocationKilled, Invoker
 
 log = logging.getLogger("backpack_migrate.local_stack")
 
+# Called with (bucket, key, size, etag, version id) for every object moto's S3 stores.
+Listener = Callable[[str, str, int, str, str | None], None]
+_listeners: list[Listener] = []
+_listeners_lock = threading.Lock()
+_moto_hooked = False
 
-def upload_identity(etag: str, version_id: str | None) -> str:
-    """What tells one upload of a key from another: its version, or in an unversioned bucket
-    (version "null") its ETag."""
-    return version_id if version_id and version_id != "null" else etag
+
+def _hook_moto_puts() -> None:
+    """Have moto's S3 tell the listeners of every object it stores (once per process)."""
+    global _moto_hooked  # noqa: PLW0603 - one patch of moto per process
+    from moto.s3.models import S3Backend
+
+    with _listeners_lock:
+        if _moto_hooked:
+            return
+        original_put = S3Backend.put_object
+
+        def put_object(self: Any, bucket_name: str, key_name: str, *args: Any, **kwargs: Any) -> Any:
+            stored = original_put(self, bucket_name, key_name, *args, **kwargs)
+            if not kwargs.get("disable_notification"):
+                with _listeners_lock:
+                    listeners = list(_listeners)
+                for listener in listeners:
+                    listener(bucket_name, key_name, int(stored.size), stored.etag, stored.version_id)
+            return stored
+
+        S3Backend.put_object = put_object  # type: ignore[method-assign]
+        _moto_hooked = True
 
 
 class S3Events:
@@ -51,11 +80,28 @@ class S3Events:
         self.poll_interval = poll_interval
         self.watch: list[tuple[str, str, str, FunctionSpec]] = []
         self.async_queue: queue.Queue[tuple[FunctionSpec, dict[str, Any]]] = queue.Queue()
-        self._s3_seen: set[tuple[str, str, str]] = set()
-        self._s3_lock = threading.Lock()
 
     def threads(self) -> list[tuple[Callable[[], None], str]]:
-        return [(self._watcher, "local-s3-watch"), (self._async_worker, "local-async-invoke")]
+        return [(self._async_worker, "local-async-invoke")]
+
+    def listen(self) -> None:
+        """Start receiving moto's notice of every stored object (the stack's moto is this
+        process's, so the notices are of this stack's buckets)."""
+        _hook_moto_puts()
+        with _listeners_lock:
+            if self.object_created not in _listeners:
+                _listeners.append(self.object_created)
+
+    def close(self) -> None:
+        with _listeners_lock:
+            if self.object_created in _listeners:
+                _listeners.remove(self.object_created)
+
+    def object_created(self, bucket: str, key: str, size: int, etag: str, version_id: str | None) -> None:
+        """One upload stored: queue its event if a function is notified of it, as S3 would."""
+        function = self._s3_target(bucket, key)
+        if function is not None:
+            self.async_queue.put((function, self._s3_event(bucket, key, size, etag, version_id)))
 
     @property
     def pending(self) -> int:
@@ -108,7 +154,8 @@ class S3Events:
         return None
 
     def deliver(self, bucket: str, key: str, *, wait: bool = True) -> None:
-        """Deliver one ObjectCreated:Put event for an existing object, as S3 would.
+        """Deliver one more ObjectCreated:Put event for an existing object (a duplicate, as S3
+        sends now and then).
 
         ``wait=True`` runs the invocation (with Lambda's retries) before returning; otherwise
         it is queued like an asynchronous invoke. Raises when no function is subscribed.
@@ -117,46 +164,12 @@ class S3Events:
         if function is None:
             raise ValueError(f"no function is notified for s3://{bucket}/{key}")
         head = self._client("s3").head_object(Bucket=bucket, Key=key)
-        with self._s3_lock:
-            self._s3_seen.add((bucket, key, upload_identity(head["ETag"], head.get("VersionId"))))
         event = self._s3_event(bucket, key, int(head["ContentLength"]), head["ETag"], head.get("VersionId"))
         if wait:
             with self._invoker.running_one():
                 self._invoke_async(function, event)
         else:
             self.async_queue.put((function, event))
-
-    def scan_buckets(self) -> None:
-        """Deliver an ObjectCreated event for every object version not seen yet, oldest first,
-        as S3 sends one per upload (an unversioned bucket lists each object as version "null")."""
-        s3 = self._client("s3")
-        for bucket, prefix, suffix, function in self.watch:
-            versions = [
-                version
-                for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
-                for version in page.get("Versions", [])
-                if version["Key"].endswith(suffix)
-            ]
-            for version in sorted(versions, key=lambda v: v["LastModified"]):
-                key, etag, version_id = version["Key"], version["ETag"], version.get("VersionId")
-                seen = (bucket, key, upload_identity(etag, version_id))
-                event = self._s3_event(bucket, key, int(version["Size"]), etag, version_id)
-                with self._s3_lock:
-                    # Seen and queued in one step: wait_idle must never find an upload seen but
-                    # not yet queued, or it would call the stack idle too soon.
-                    if seen in self._s3_seen:
-                        continue
-                    self._s3_seen.add(seen)
-                    self.async_queue.put((function, event))
-
-    def _watcher(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.scan_buckets()
-            except Exception:  # the stack is shutting down, or moto hiccuped: try again
-                if not self._stop.is_set():
-                    log.exception("scanning the exports bucket failed")
-            self._stop.wait(self.poll_interval)
 
     def _async_worker(self) -> None:
         while not self._stop.is_set():

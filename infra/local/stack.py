@@ -56,6 +56,7 @@ from infra.local.moto_locks import (
     serialise_sqs_receives,
     snapshot_sqs_pending,
 )
+from infra.local.moto_memory import forget_model_instances
 from infra.local.s3_events import S3Events
 from infra.local.s3_ranges import serve_range
 from infra.local.schedules import Scheduler, find_schedules
@@ -100,10 +101,10 @@ class LocalStack:
         ``async_retry_delays``: waits before the asynchronous retries (a minute and two in AWS).
         ``max_concurrency``: concurrent pollers per queue (logical id), where the template sets none
         or a benchmark wants another.
-        ``dispatch=False`` deploys the resources and serves the HTTP API but starts no S3 watcher,
-        asynchronous-invoke worker, SQS pollers or schedules: new objects and queued messages just
-        stay where they are (for measuring one function's work alone; ``wait_idle`` then waits on
-        queues nobody empties).
+        ``dispatch=False`` deploys the resources and serves the HTTP API but delivers no S3
+        events and starts no asynchronous-invoke worker, SQS pollers or schedules: new objects
+        and queued messages just stay where they are (for measuring one function's work alone;
+        ``wait_idle`` then waits on queues nobody empties).
         """
         self.root = Path(root).resolve()
         self.badgr_api_url = badgr_api_url
@@ -200,6 +201,7 @@ class LocalStack:
         cheap_sqs_sends()
         query_by_key()
         list_moto_modules_once()
+        forget_model_instances()
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         port = self._server.get_host_and_port()[1]
@@ -252,12 +254,14 @@ class LocalStack:
         self._spawn(self._http.serve_forever, "local-http-api")
         self._http_serving = True
         if self.dispatch:
+            self.s3.listen()
             for target, name in self.s3.threads() + self.sqs.threads() + self.scheduler.threads():
                 self._spawn(target, name)
         log.info("local stack up: api %s, aws %s", self.url, self.endpoint_url)
 
     def stop(self) -> None:
         self._stop.set()
+        self.s3.close()
         aws_calls.remove_hook(self.sqs.on_aws_call)
         aws_calls.remove_hook(serve_range)
         if self._http is not None and self._http_serving:
@@ -519,8 +523,6 @@ class LocalStack:
         quiet_checks = 0
         busy: dict[str, int] = {}
         while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                self.s3.scan_buckets()
             busy = {}
             for source in self.sqs_sources:
                 attrs = sqs.get_queue_attributes(

@@ -285,6 +285,47 @@ def test_s3_upload_reaches_intake_with_a_real_event(stack: LocalStack) -> None:
     assert len(fake("intake").EVENTS) == before + 3
 
 
+def test_every_upload_is_one_event_and_the_buckets_are_never_listed(stack: LocalStack) -> None:
+    """S3 notifies once per stored object, a second upload of a key and a multipart upload
+    included, and the stack learns of uploads without listing the buckets (a listing made moto
+    copy every version's body, and keep the copies)."""
+    from infra.local import aws_calls
+
+    bucket = stack.resource("ExportsBucket")
+    s3 = boto3.client("s3")
+    stack.wait_idle(20)
+    before = len(fake("intake").EVENTS)
+    operations: list[str] = []
+
+    def seen(service: str, operation: str, params: dict[str, Any]) -> None:
+        operations.append(f"{service}:{operation}")
+
+    aws_calls.add_hook(seen, everywhere=True)
+    try:
+        s3.put_object(Bucket=bucket, Key="exports/again.zip", Body=b"first")
+        stack.wait_idle(20)
+        s3.put_object(Bucket=bucket, Key="exports/again.zip", Body=b"second")
+        upload = s3.create_multipart_upload(Bucket=bucket, Key="exports/parts.zip")
+        part = s3.upload_part(
+            Bucket=bucket, Key="exports/parts.zip", UploadId=upload["UploadId"], PartNumber=1, Body=b"p" * 100
+        )
+        s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key="exports/parts.zip",
+            UploadId=upload["UploadId"],
+            MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]},
+        )
+        stack.wait_idle(20)
+    finally:
+        aws_calls.remove_hook(seen)
+    objects = [
+        (e["Records"][0]["s3"]["object"]["key"], e["Records"][0]["s3"]["object"]["size"])
+        for e in fake("intake").EVENTS[before:]
+    ]
+    assert sorted(objects) == [("exports/again.zip", 5), ("exports/again.zip", 6), ("exports/parts.zip", 100)]
+    assert not [op for op in operations if op.startswith("s3:List")], operations
+
+
 def test_failed_intake_is_retried_twice_then_dead_lettered(stack: LocalStack) -> None:
     bucket = stack.resource("ExportsBucket")
     fake("intake").FAIL_KEYS.add("exports/bad.zip")

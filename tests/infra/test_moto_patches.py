@@ -14,6 +14,7 @@ from moto import mock_aws
 
 from infra.local.moto_dispatch import list_moto_modules_once
 from infra.local.moto_locks import cheap_sqs_sends, query_by_key, serialise_sqs_receives
+from infra.local.moto_memory import forget_model_instances
 
 pytestmark = pytest.mark.unit
 
@@ -142,3 +143,38 @@ def test_concurrent_receives_move_each_exhausted_message_to_the_dead_letter_queu
         ):
             bodies += [m["Body"] for m in batch]
         assert sorted(bodies) == sorted(f"m{i}" for i in range(300))
+
+
+def test_moto_keeps_no_object_it_no_longer_stores() -> None:
+    """moto listed every model object it made (each item written, each message sent, each copy
+    of an S3 version a listing made) and never let go: memory grew with the work done."""
+    import gc
+    import weakref
+
+    from moto.dynamodb.models.dynamo_type import Item
+    from moto.s3.models import FakeKey
+
+    forget_model_instances()
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="moto-memory")
+        s3.put_bucket_versioning(Bucket="moto-memory", VersioningConfiguration={"Status": "Enabled"})
+        s3.put_object(Bucket="moto-memory", Key="k", Body=b"x" * 1000)
+        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        dynamodb.create_table(
+            TableName="t",
+            KeySchema=[{"AttributeName": "PK", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "PK", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        copies = []
+        for n in range(20):
+            s3.list_object_versions(Bucket="moto-memory")  # deep-copies each version, body included
+            dynamodb.put_item(TableName="t", Item={"PK": {"S": "one"}, "n": {"N": str(n)}})
+        copies = [weakref.ref(o) for o in gc.get_objects() if isinstance(o, FakeKey | Item)]
+        gc.collect()
+        alive = [ref() for ref in copies if ref() is not None]
+        # What the stores hold: the one object version and the one item.
+        assert sum(isinstance(o, FakeKey) for o in alive) == 1
+        assert sum(isinstance(o, Item) for o in alive) == 1
+        assert FakeKey.instances_tracked == [] and Item.instances_tracked == []
