@@ -13,7 +13,6 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 # would load it anyway.
 import backpack_migrate.openbadges.parse  # noqa: F401
 from backpack_migrate.batch import run_sqs_batch
-from backpack_migrate.fullintake import FullChunkJob, process_full_chunk
 from backpack_migrate.intake import ChunkJob, process_chunk
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.services import Services
@@ -25,6 +24,9 @@ from backpack_migrate.services import Services
 def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     def handle(svc: Services, record: SQSRecord) -> None:
         if json.loads(record.body).get("kind") == "full":
+            # A full-fidelity export's reader loads with its first chunk; a 2019 ZIP's never needs it.
+            from backpack_migrate.fullintake import FullChunkJob, process_full_chunk
+
             full = FullChunkJob.model_validate_json(record.body)
             logger.append_keys(export_id=full.export_id, chunk=full.chunk)
             process_full_chunk(svc, full, context.get_remaining_time_in_millis)

@@ -6,19 +6,20 @@ same function goes on with it (SQS records, one at a time).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.parser.models import S3Model
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from backpack_migrate.batch import run_sqs_batch
 from backpack_migrate.intake import IntakeJob, read_export, resume_intake
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.services import Services, get_services
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -27,6 +28,10 @@ from backpack_migrate.services import Services, get_services
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any] | PartialItemFailureResponse:
     records = event.get("Records") or [{}]
     if records[0].get("eventSource") == "aws:sqs":
+        # Only an export too long for one invocation is resumed from the queue, so the batch
+        # utility loads with the first such job rather than with every upload's cold start.
+        from backpack_migrate.batch import run_sqs_batch
+
         return run_sqs_batch(event, context, lambda svc, record: _resume(svc, record, context))
     return _uploaded(parse(event=event, model=S3Model), context)
 

@@ -73,20 +73,31 @@ LEGACY = (
 )
 PAGES = ("backpack_migrate.portal", "backpack_migrate.pages")
 BADGES = ("backpack_migrate.openbadges",)
+BATCH = ("aws_lambda_powertools.utilities.batch", "backpack_migrate.batch")
 # A learner's download and a badge's image are rare requests of the web function.
 DOWNLOADS = ("backpack_migrate.learner_data",)
 
 # (must not be loaded, must be loaded) per function.
 EXPECTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    # Reads a 2019 export's manifest; a full-fidelity export loads its own reader when one comes.
+    # Reads a 2019 export's manifest; a full-fidelity export loads its own reader when one comes,
+    # and the batch utility loads with the first resumed intake (only a very long export has one).
     "intake": (
-        (*FULL_EXPORTS, *VERIFIER, *BADGR, *MIGRATION, *LEGACY, *PAGES, "backpack_migrate.openbadges"),
-        (*READ_ZIP, "backpack_migrate.intake"),
+        (
+            *FULL_EXPORTS,
+            *VERIFIER,
+            *BADGR,
+            *MIGRATION,
+            *LEGACY,
+            *PAGES,
+            *BATCH,
+            "backpack_migrate.openbadges",
+        ),
+        (*READ_ZIP, "backpack_migrate.intake", "aws_lambda_powertools.utilities.parser"),
     ),
-    # Unbakes badges of either kind of export.
+    # Unbakes badges; a full-fidelity export's reader loads with the first chunk of one.
     "chunk": (
-        (*VERIFIER, *BADGR, *MIGRATION, *LEGACY, *PAGES),
-        (*READ_ZIP, *FULL_EXPORTS, "backpack_migrate.openbadges.parse"),
+        (*FULL_EXPORTS, *VERIFIER, *BADGR, *MIGRATION, *LEGACY, *PAGES),
+        (*READ_ZIP, "backpack_migrate.openbadges.parse"),
     ),
     "verify": (
         (*FULL_EXPORTS, *BADGR[:1], *LEGACY, *PAGES, "backpack_migrate.intake"),
