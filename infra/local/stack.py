@@ -50,7 +50,7 @@ from infra.local.http_api import HttpApi, HttpRoute
 from infra.local.lambda_runtime import FunctionSpec, Invoker, LambdaContext, import_file
 from infra.local.moto_dispatch import list_moto_modules_once
 from infra.local.moto_locks import (
-    cheap_sqs_sends,
+    cheap_sqs_attributes,
     query_by_key,
     serialise_dynamodb,
     serialise_sqs_receives,
@@ -198,7 +198,7 @@ class LocalStack:
         serialise_dynamodb()
         snapshot_sqs_pending()
         serialise_sqs_receives()
-        cheap_sqs_sends()
+        cheap_sqs_attributes()
         query_by_key()
         list_moto_modules_once()
         forget_model_instances()

@@ -13,7 +13,7 @@ from boto3.dynamodb.conditions import Key
 from moto import mock_aws
 
 from infra.local.moto_dispatch import list_moto_modules_once
-from infra.local.moto_locks import cheap_sqs_sends, query_by_key, serialise_sqs_receives
+from infra.local.moto_locks import cheap_sqs_attributes, query_by_key, serialise_sqs_receives
 from infra.local.moto_memory import forget_model_instances
 
 pytestmark = pytest.mark.unit
@@ -75,7 +75,7 @@ def test_queries_answer_as_before_the_patch(table: Any) -> None:
 def test_sends_keep_queue_counts_and_fifo_deduplication() -> None:
     with mock_aws():
         sqs = boto3.client("sqs", region_name="us-east-1")
-        cheap_sqs_sends()
+        cheap_sqs_attributes()
         url = sqs.create_queue(QueueName="jobs")["QueueUrl"]
         sqs.send_message_batch(
             QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"m{i}"} for i in range(7)]
@@ -93,6 +93,44 @@ def test_sends_keep_queue_counts_and_fifo_deduplication() -> None:
             sqs.send_message(QueueUrl=fifo, MessageBody="same", MessageGroupId="g")
         fifo_counts = sqs.get_queue_attributes(QueueUrl=fifo, AttributeNames=["ApproximateNumberOfMessages"])
         assert fifo_counts["Attributes"]["ApproximateNumberOfMessages"] == "1"
+
+
+def test_receives_and_reads_of_a_long_queue_count_its_messages_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moto.sqs.models import Queue, sqs_backends
+
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        cheap_sqs_attributes()
+        url = sqs.create_queue(QueueName="jobs", Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
+        for start in range(0, 200, 10):
+            sqs.send_message_batch(
+                QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"m{start + i}"} for i in range(10)]
+            )
+        counted = Queue.__dict__["approximate_number_of_messages_delayed"]
+        walks: list[int] = []
+
+        def counting(queue: Any) -> int:
+            walks.append(1)
+            return int(counted.fget(queue))
+
+        monkeypatch.setattr(Queue, "approximate_number_of_messages_delayed", property(counting))
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60)
+        assert (len(got["Messages"]), len(walks)) == (10, 0)
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "VisibilityTimeout"]
+        counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+        assert counts == {
+            "ApproximateNumberOfMessages": "190",
+            "ApproximateNumberOfMessagesNotVisible": "10",
+            "VisibilityTimeout": "30",
+        }
+        assert len(walks) == 1
+        # A message older than the queue's retention period is still never received.
+        queue = sqs_backends["123456789012"]["us-east-1"].queues["jobs"]
+        for message in queue._messages:
+            message.sent_timestamp -= 61_000
+        assert "Messages" not in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
 
 
 def test_concurrent_receives_move_each_exhausted_message_to_the_dead_letter_queue_once(
