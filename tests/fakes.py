@@ -332,6 +332,9 @@ class FakeQueue:
     def take(self, queue_url: str) -> list[dict[str, Any]]:
         return self.sent.pop(queue_url, [])
 
+    def waiting(self, queue_url: str) -> int:
+        return len(self.sent.get(queue_url, []))
+
 
 class FakeKms:
     """Reversible 'encryption' that still checks the encryption context, as KMS does."""

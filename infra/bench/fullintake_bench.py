@@ -128,6 +128,9 @@ class _FileQueue:
     def delay(self, queue_url: str, receipt_handle: str, seconds: int) -> None:
         return None
 
+    def waiting(self, queue_url: str) -> int:
+        return 0
+
     def take(self, queue_url: str) -> Iterator[dict[str, Any]]:
         # Jobs sent while these run (continuations) are appended and read in turn.
         with self.path.open(encoding="utf-8") as source:

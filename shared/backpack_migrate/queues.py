@@ -16,6 +16,7 @@ class JobQueue(Protocol):
     def delay(self, queue_url: str, receipt_handle: str, seconds: int) -> None: ...
     def send_later(self, queue_url: str, jobs: Iterable[dict[str, Any]], seconds: float) -> int: ...
     def receive(self, queue_url: str, most: int) -> list[tuple[dict[str, Any], str]]: ...
+    def waiting(self, queue_url: str) -> int: ...
 
 
 class SqsJobQueue:
@@ -58,6 +59,16 @@ class SqsJobQueue:
                 job = {}
             jobs.append((job if isinstance(job, dict) else {}, str(message["ReceiptHandle"])))
         return jobs
+
+    def waiting(self, queue_url: str) -> int:
+        """About how many jobs the queue holds: ready, delayed, or received and not yet done."""
+        names = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesDelayed",
+            "ApproximateNumberOfMessagesNotVisible",
+        ]
+        answer = self._sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)
+        return sum(int(answer.get("Attributes", {}).get(name, 0)) for name in names)
 
     def _send_batch(self, queue_url: str, jobs: Sequence[dict[str, Any]], delay: int = 0) -> int:
         entries = {str(i): json.dumps(job, separators=(",", ":")) for i, job in enumerate(jobs)}

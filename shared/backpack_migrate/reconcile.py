@@ -53,7 +53,28 @@ class ReconcileRun(BaseModel):
     dead_letters_read: int = 0
     settled: dict[str, int] = Field(default_factory=dict)  # badges settled, by the state recorded
     left_for_operator: int = 0
+    # Past their repairs, yet not given up: the migrate queue still held jobs, theirs among them
+    # perhaps (a backlog behind Badgr's import rate outlasts any deadline).
+    kept_waiting: int = 0
     cut_short: bool = False
+
+
+class _MigrateBacklog:
+    """Whether the migrate queue holds jobs: asked once a run, and only when a badge would be
+    given up on. A badge waiting its turn behind a long backlog looks just like one whose job
+    was lost; only an empty queue tells them apart."""
+
+    def __init__(self) -> None:
+        self._holds_jobs: bool | None = None
+
+    def holds_jobs(self, svc: Services) -> bool:
+        if self._holds_jobs is None:
+            try:
+                self._holds_jobs = svc.queue.waiting(svc.settings.migrate_queue_url) > 0
+            except Exception:
+                logger.exception("could not read the migrate queue's depth")
+                self._holds_jobs = True  # cannot tell: never give a badge up on a guess
+        return self._holds_jobs
 
 
 def reconcile(
@@ -68,6 +89,7 @@ def reconcile(
         _cut_short_by(error, run, "the dead-letter queue")
     cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now() - svc.settings.stale_after_seconds))
     verify_sent: set[str] = set()
+    backlog = _MigrateBacklog()
     try:
         for item in svc.store.iter_open(cutoff):
             if remaining_ms() < RESERVE_MS:
@@ -78,7 +100,7 @@ def reconcile(
                 if isinstance(item, LearnerRecord):
                     _repair_learner(svc, item, run)
                 else:
-                    _repair_badge(svc, item, backpacks, run, settled, verify_sent)
+                    _repair_badge(svc, item, backpacks, run, settled, verify_sent, backlog)
             except Exception:
                 # One item's trouble (a throttled write, say) must not stop the rest; next run retries.
                 logger.exception("could not repair an item", extra={"kind": type(item).__name__})
@@ -95,6 +117,7 @@ def reconcile(
         ("ReconcileDeadLettersRead", run.dead_letters_read),
         ("ReconcileBadgesSettled", sum(settled.values())),
         ("ReconcileLeftForOperator", run.left_for_operator),
+        ("ReconcileBadgesKeptWaiting", run.kept_waiting),
     ):
         metrics.add_metric(name=name, unit="Count", value=value)
     logger.info("reconciled", extra=run.model_dump())
@@ -148,6 +171,7 @@ def _repair_badge(
     run: ReconcileRun,
     settled: Counter[str],
     verify_sent: set[str],
+    backlog: _MigrateBacklog,
 ) -> None:
     again = badge.model_copy(update={"repairs": badge.repairs + 1})
     if badge.state == BadgeState.EXTRACTED:
@@ -166,9 +190,12 @@ def _repair_badge(
         settled[state.value] += 1
         return
     if badge.repairs >= MAX_REPAIRS:
-        state = settle(svc, badge, backpacks, _NOT_MOVING, max(badge.attempts, 1))
-        settled[state.value] += 1
-        return
+        if not backlog.holds_jobs(svc):
+            state = settle(svc, badge, backpacks, _NOT_MOVING, max(badge.attempts, 1))
+            settled[state.value] += 1
+            return
+        # Not lost, perhaps only late: telling the learner Badgr refused it would be false.
+        run.kept_waiting += 1
     # Queued or retrying, and no job moved it on for longer than any retry takes: its job was
     # lost. Badgr may have it already (a lost answer); else it goes back to work.
     try:

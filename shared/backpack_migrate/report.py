@@ -121,6 +121,11 @@ def format_reconcile_run(run: dict[str, Any]) -> str:
         f"{run.get('requests_repaired', 0)} moves finished, {run.get('summaries_sent', 0)} summaries",
         f"  settled against Badgr: {settled or 'none'}",
     ]
+    if run.get("kept_waiting"):
+        lines.append(
+            f"  kept waiting: {run['kept_waiting']} badges past their repairs, not given up while the "
+            "migrate queue holds jobs"
+        )
     if run.get("left_for_operator"):
         lines.append(f"  left for an operator: {run['left_for_operator']} (see the dead-letter queues)")
     return "\n".join(lines)

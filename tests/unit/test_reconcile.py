@@ -67,6 +67,50 @@ def test_a_badge_queued_whose_job_was_never_sent_is_sent_again_and_moves() -> No
     assert _reconcile(w).badges_requeued == 0  # nothing open any more
 
 
+def test_a_badge_waiting_behind_a_backlog_longer_than_every_deadline_is_never_called_lost() -> None:
+    # At Badgr's import rate a big migration queues days of work: a badge's job can wait longer
+    # than the reconciler's repairs last, and then it looks just like a lost one.
+    w = run_world()
+    _connect(w.svc, w.store, BEN)
+    (badge,) = [b for b in w.store.badges.values() if b.file_name == "b1.png"]
+    assert badge.state == BadgeState.QUEUED and len(w.queue.sent["migrate"]) == 1  # its job waits
+    runs = [_reconcile(w, now=LATER + i * 86400) for i in range(MAX_REPAIRS + 2)]
+    assert [r.badges_requeued for r in runs] == [1] * (MAX_REPAIRS + 2)
+    assert [r.kept_waiting for r in runs] == [0] * MAX_REPAIRS + [1, 1]
+    assert w.store.get_badge(badge.learner_id, badge.badge_id).state == BadgeState.QUEUED
+    _drain(w)  # its turn comes: the first job moves it, the copies find it moved
+    assert w.store.get_badge(badge.learner_id, badge.badge_id).state == BadgeState.IMPORTED
+    assert len(w.badgr.backpack) == 1
+
+
+def test_a_badge_whose_jobs_keep_getting_lost_is_given_up_once_the_queue_is_empty() -> None:
+    w = run_world()
+    _connect(w.svc, w.store, BEN)
+    (badge,) = [b for b in w.store.badges.values() if b.file_name == "b1.png"]
+    for i in range(MAX_REPAIRS + 1):
+        w.queue.take("migrate")  # every job lost
+        _reconcile(w, now=LATER + i * 86400)
+    after = w.store.get_badge(badge.learner_id, badge.badge_id)
+    assert after.state == BadgeState.DEAD_LETTERED and after.problem is not None
+    assert after.problem.code == "JOB_LOST"
+
+
+def test_a_queue_whose_depth_cannot_be_read_gives_no_badge_up() -> None:
+    w = run_world()
+    _connect(w.svc, w.store, BEN)
+    (badge,) = [b for b in w.store.badges.values() if b.file_name == "b1.png"]
+
+    def unreadable(queue_url: str) -> int:
+        raise _throttled("GetQueueAttributes")
+
+    w.queue.waiting = unreadable
+    for i in range(MAX_REPAIRS + 1):
+        w.queue.take("migrate")
+        run = _reconcile(w, now=LATER + i * 86400)
+    assert run.kept_waiting == 1
+    assert w.store.get_badge(badge.learner_id, badge.badge_id).state == BadgeState.QUEUED
+
+
 def test_a_request_that_died_before_queueing_is_finished_by_the_reconciler() -> None:
     # The callback answered 500 after recording the request and before queueing any badge.
     w = run_world()
