@@ -56,25 +56,24 @@ class ReconcileRun(BaseModel):
     # Past their repairs, yet not given up: the migrate queue still held jobs, theirs among them
     # perhaps (a backlog behind Badgr's import rate outlasts any deadline).
     kept_waiting: int = 0
+    backlog_unread: bool = False  # the migrate queue's depth could not be read: none given up
     cut_short: bool = False
 
 
-class _MigrateBacklog:
-    """Whether the migrate queue holds jobs: asked once a run, and only when a badge would be
-    given up on. A badge waiting its turn behind a long backlog looks just like one whose job
-    was lost; only an empty queue tells them apart."""
-
-    def __init__(self) -> None:
-        self._holds_jobs: bool | None = None
-
-    def holds_jobs(self, svc: Services) -> bool:
-        if self._holds_jobs is None:
-            try:
-                self._holds_jobs = svc.queue.waiting(svc.settings.migrate_queue_url) > 0
-            except Exception:
-                logger.exception("could not read the migrate queue's depth")
-                self._holds_jobs = True  # cannot tell: never give a badge up on a guess
-        return self._holds_jobs
+def _migrate_backlog(svc: Services, run: ReconcileRun) -> bool:
+    """Whether the migrate queue holds jobs, read once before the run sends any. A badge waiting
+    its turn behind a long backlog looks just like one whose job was lost; only an empty queue
+    tells them apart."""
+    try:
+        return svc.queue.waiting(svc.settings.migrate_queue_url) > 0
+    except Exception as error:
+        # Cannot tell: never give a badge up on a guess, and say so where an operator looks.
+        run.backlog_unread = True
+        logger.warning(
+            "could not read the migrate queue's depth",
+            extra={"error": type(error).__name__, "transient": is_transient_aws_error(error)},
+        )
+        return True
 
 
 def reconcile(
@@ -89,7 +88,7 @@ def reconcile(
         _cut_short_by(error, run, "the dead-letter queue")
     cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now() - svc.settings.stale_after_seconds))
     verify_sent: set[str] = set()
-    backlog = _MigrateBacklog()
+    backlog = _migrate_backlog(svc, run)
     try:
         for item in svc.store.iter_open(cutoff):
             if remaining_ms() < RESERVE_MS:
@@ -118,6 +117,7 @@ def reconcile(
         ("ReconcileBadgesSettled", sum(settled.values())),
         ("ReconcileLeftForOperator", run.left_for_operator),
         ("ReconcileBadgesKeptWaiting", run.kept_waiting),
+        ("ReconcileBacklogUnread", int(run.backlog_unread)),
     ):
         metrics.add_metric(name=name, unit="Count", value=value)
     logger.info("reconciled", extra=run.model_dump())
@@ -171,7 +171,7 @@ def _repair_badge(
     run: ReconcileRun,
     settled: Counter[str],
     verify_sent: set[str],
-    backlog: _MigrateBacklog,
+    backlog: bool,
 ) -> None:
     again = badge.model_copy(update={"repairs": badge.repairs + 1})
     if badge.state == BadgeState.EXTRACTED:
@@ -190,12 +190,16 @@ def _repair_badge(
         settled[state.value] += 1
         return
     if badge.repairs >= MAX_REPAIRS:
-        if not backlog.holds_jobs(svc):
-            state = settle(svc, badge, backpacks, _NOT_MOVING, max(badge.attempts, 1))
-            settled[state.value] += 1
+        if backlog:
+            # Perhaps only waiting its turn: telling the learner Badgr refused it would be false,
+            # and another copy of its job (or a look in Badgr) would only add to the backlog. It
+            # stays open and is looked at again a deadline later.
+            if svc.store.transition(again, [badge.state]):
+                run.kept_waiting += 1
             return
-        # Not lost, perhaps only late: telling the learner Badgr refused it would be false.
-        run.kept_waiting += 1
+        state = settle(svc, badge, backpacks, _NOT_MOVING, max(badge.attempts, 1))
+        settled[state.value] += 1
+        return
     # Queued or retrying, and no job moved it on for longer than any retry takes: its job was
     # lost. Badgr may have it already (a lost answer); else it goes back to work.
     try:

@@ -126,6 +126,8 @@ def format_reconcile_run(run: dict[str, Any]) -> str:
             f"  kept waiting: {run['kept_waiting']} badges past their repairs, not given up while the "
             "migrate queue holds jobs"
         )
+    if run.get("backlog_unread"):
+        lines.append("  the migrate queue's depth could not be read: no import was given up on this run")
     if run.get("left_for_operator"):
         lines.append(f"  left for an operator: {run['left_for_operator']} (see the dead-letter queues)")
     return "\n".join(lines)

@@ -74,10 +74,16 @@ def test_a_badge_waiting_behind_a_backlog_longer_than_every_deadline_is_never_ca
     _connect(w.svc, w.store, BEN)
     (badge,) = [b for b in w.store.badges.values() if b.file_name == "b1.png"]
     assert badge.state == BadgeState.QUEUED and len(w.queue.sent["migrate"]) == 1  # its job waits
-    runs = [_reconcile(w, now=LATER + i * 86400) for i in range(MAX_REPAIRS + 2)]
-    assert [r.badges_requeued for r in runs] == [1] * (MAX_REPAIRS + 2)
+    runs = [_reconcile(w, now=LATER + i * 86400) for i in range(MAX_REPAIRS)]
+    listings = w.badgr.listings
+    runs += [_reconcile(w, now=LATER + i * 86400) for i in range(MAX_REPAIRS, MAX_REPAIRS + 2)]
+    # Sent again as often as any item, then kept open while the queue holds jobs: no more copies
+    # of its job, and no look in Badgr, which would only add to the backlog.
+    assert [r.badges_requeued for r in runs] == [1] * MAX_REPAIRS + [0, 0]
     assert [r.kept_waiting for r in runs] == [0] * MAX_REPAIRS + [1, 1]
+    assert w.badgr.listings == listings
     assert w.store.get_badge(badge.learner_id, badge.badge_id).state == BadgeState.QUEUED
+    assert len(w.queue.sent["migrate"]) == 1 + MAX_REPAIRS
     _drain(w)  # its turn comes: the first job moves it, the copies find it moved
     assert w.store.get_badge(badge.learner_id, badge.badge_id).state == BadgeState.IMPORTED
     assert len(w.badgr.backpack) == 1
@@ -95,6 +101,24 @@ def test_a_badge_whose_jobs_keep_getting_lost_is_given_up_once_the_queue_is_empt
     assert after.problem.code == "JOB_LOST"
 
 
+def test_the_queue_is_read_before_the_run_sends_its_own_copies() -> None:
+    # Its own sends must not make a lost badge look like one waiting behind a backlog.
+    w = run_world()
+    first, second = sorted(w.store.badges.values(), key=lambda b: b.badge_id)[:2]
+    for badge, repairs, at in (
+        (first, 0, "2000-01-01T00:00:00Z"),
+        (second, MAX_REPAIRS, "2000-01-02T00:00:00Z"),
+    ):
+        w.store.badges[(badge.learner_id, badge.badge_id)] = badge.model_copy(
+            update={"state": BadgeState.QUEUED, "repairs": repairs, "updated_at": at}
+        )
+    keys = [(b.learner_id, b.badge_id) for b in (first, second)]
+    w.store.badges = {k: w.store.badges[k] for k in keys} | w.store.badges  # looked at in this order
+    run = _reconcile(w)
+    assert (run.badges_requeued, run.kept_waiting) == (1, 0)
+    assert w.store.get_badge(second.learner_id, second.badge_id).state == BadgeState.DEAD_LETTERED
+
+
 def test_a_queue_whose_depth_cannot_be_read_gives_no_badge_up() -> None:
     w = run_world()
     _connect(w.svc, w.store, BEN)
@@ -107,8 +131,9 @@ def test_a_queue_whose_depth_cannot_be_read_gives_no_badge_up() -> None:
     for i in range(MAX_REPAIRS + 1):
         w.queue.take("migrate")
         run = _reconcile(w, now=LATER + i * 86400)
-    assert run.kept_waiting == 1
+    assert (run.kept_waiting, run.backlog_unread) == (1, True)
     assert w.store.get_badge(badge.learner_id, badge.badge_id).state == BadgeState.QUEUED
+    assert "could not be read" in format_reconcile_run(run.model_dump())
 
 
 def test_a_request_that_died_before_queueing_is_finished_by_the_reconciler() -> None:
