@@ -104,11 +104,11 @@ def cheap_sqs_attributes() -> None:
         # As moto's Message.visible and Message.delayed have it, with one reading of the clock.
         def messages(self: Any) -> list[Any]:
             now = unix_time_millis()
-            return [m for m in self._messages if now > m.visible_at and not now < m.delayed_until]
+            return [m for m in self._messages if now > m.visible_at and now >= m.delayed_until]
 
         def not_visible(self: Any) -> int:
             now = unix_time_millis()
-            return sum(1 for m in self._messages if not now > m.visible_at)
+            return sum(1 for m in self._messages if now <= m.visible_at)
 
         def delayed(self: Any) -> int:
             now = unix_time_millis()

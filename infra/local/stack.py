@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from backpack_migrate.queues import jobs_held
 from infra.local import aws_calls
 from infra.local.cloudformation import (
     ACCOUNT_ID,
@@ -525,15 +526,7 @@ class LocalStack:
         while time.monotonic() < deadline:
             busy = {}
             for source in self.sqs_sources:
-                attrs = sqs.get_queue_attributes(
-                    QueueUrl=source.queue_url,
-                    AttributeNames=[
-                        "ApproximateNumberOfMessages",
-                        "ApproximateNumberOfMessagesNotVisible",
-                        "ApproximateNumberOfMessagesDelayed",
-                    ],
-                ).get("Attributes", {})
-                total = sum(int(v) for v in attrs.values())
+                total = jobs_held(sqs, source.queue_url)
                 if total:
                     busy[source.queue_logical_id] = total
             pending = self.s3.pending

@@ -19,6 +19,19 @@ class JobQueue(Protocol):
     def waiting(self, queue_url: str) -> int: ...
 
 
+_HELD = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesDelayed",
+    "ApproximateNumberOfMessagesNotVisible",
+)
+
+
+def jobs_held(sqs: Any, queue_url: str) -> int:
+    """About how many jobs the queue holds: ready, delayed, or received and not yet deleted."""
+    answer = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=list(_HELD))
+    return sum(int(answer.get("Attributes", {}).get(name, 0)) for name in _HELD)
+
+
 class SqsJobQueue:
     def __init__(self, sqs: Any) -> None:
         self._sqs = sqs
@@ -61,14 +74,7 @@ class SqsJobQueue:
         return jobs
 
     def waiting(self, queue_url: str) -> int:
-        """About how many jobs the queue holds: ready, delayed, or received and not yet done."""
-        names = [
-            "ApproximateNumberOfMessages",
-            "ApproximateNumberOfMessagesDelayed",
-            "ApproximateNumberOfMessagesNotVisible",
-        ]
-        answer = self._sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)
-        return sum(int(answer.get("Attributes", {}).get(name, 0)) for name in names)
+        return jobs_held(self._sqs, queue_url)
 
     def _send_batch(self, queue_url: str, jobs: Sequence[dict[str, Any]], delay: int = 0) -> int:
         entries = {str(i): json.dumps(job, separators=(",", ":")) for i, job in enumerate(jobs)}

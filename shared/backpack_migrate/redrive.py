@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .queues import jobs_held
+
 # The queues an operator can name, by their short names and their CloudFormation ids.
 QUEUES = {
     "chunk": "ChunkQueue",
@@ -42,14 +44,6 @@ def dead_letter_queue_of(sqs: Any, queue_url: str) -> str:
     arn = json.loads(policy)["deadLetterTargetArn"]
     _, _, _, _region, account, name = arn.split(":", 5)
     return str(sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"])
-
-
-def _depth(sqs: Any, queue_url: str) -> int:
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return sum(int(value) for value in attributes.values())
 
 
 def redrive(
@@ -101,4 +95,4 @@ def redrive(
             on_moved(len(done))
         if len(done) < len(messages):
             break  # SQS refused some sends: stop here, they wait in the dead-letter queue
-    return RedriveResult(queue_url, dead_letter_url, moved, _depth(sqs, dead_letter_url))
+    return RedriveResult(queue_url, dead_letter_url, moved, jobs_held(sqs, dead_letter_url))

@@ -395,7 +395,7 @@ CALLS: dict[str, frozenset[Grant]] = {
             ("secretsmanager:GetSecretValue", "BadgrClientSecretSecret", None),  # badgr_factory
             # Lost jobs sent again; maybe_send_summary.
             ("sqs:SendMessage", "MigrateQueue", None),
-            ("sqs:GetQueueAttributes", "MigrateQueue", None),  # _MigrateBacklog: a badge only late
+            ("sqs:GetQueueAttributes", "MigrateQueue", None),  # _migrate_backlog: a badge only late
             ("sqs:SendMessage", "VerifyQueue", None),
             ("sqs:SendMessage", "NotifyQueue", None),
             ("sqs:SendMessage", "CollectionsQueue", None),  # maybe_send_summary: groups first
