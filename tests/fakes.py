@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -117,7 +118,9 @@ class InMemoryStore:
     def iter_export_badges(self, export_id: str) -> Iterator[BadgeRecord]:
         return (badge for badge in list(self.badges.values()) if badge.export_id == export_id)
 
-    def transition(self, badge: BadgeRecord, expected: Iterable[BadgeState]) -> bool:
+    def transition(
+        self, badge: BadgeRecord, expected: Iterable[BadgeState], *, unchanged: bool = False
+    ) -> bool:
         expected = frozenset(expected)
         check_transition(expected, badge.state)
         with self._lock:
@@ -125,7 +128,9 @@ class InMemoryStore:
             current = self.badges.get(key)
             if current is None or current.state not in set(expected):
                 return False
-            self.badges[key] = badge.model_copy(update={"updated_at": now_iso()})
+            if unchanged and current.rev != badge.rev:
+                return False
+            self.badges[key] = badge.model_copy(update={"updated_at": now_iso(), "rev": secrets.token_hex(8)})
             return True
 
     def save_token(self, learner_id: str, ciphertext: str, version: int) -> bool:

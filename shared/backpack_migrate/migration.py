@@ -236,7 +236,14 @@ def import_badge(
             if settled != BadgeState.DEAD_LETTERED:
                 return settled  # Badgr has it: the job is done
         elif current.state in RETRYABLE_STATES:
-            _finish(svc, current, BadgeState.FAILED_RETRYABLE, problem=retry.problem, attempts=receive_count)
+            _finish(
+                svc,
+                current,
+                BadgeState.FAILED_RETRYABLE,
+                problem=retry.problem,
+                attempts=receive_count,
+                unchanged=True,  # a copy of the job may have moved it on since it was read
+            )
         raise
     except Exception:
         if last:
@@ -273,7 +280,12 @@ def settle(
 def look_again(svc: Services, badge: BadgeRecord, backpacks: Backpacks) -> BadgeState:
     """A later look in the learner's backpack at a badge given up on, a stale-deadline after its
     last try: by then an import of ours whose answer was lost (a timeout, a killed worker) has
-    landed or never will, so what this look finds is the last word."""
+    landed or never will, so what this look finds is the last word.
+
+    Its "not there" and "cannot say" words are written only if nothing was written since
+    ``badge`` was read: of two looks at one badge (overlapping runs, a stale index copy), the
+    older must not put its word over the newer.
+    """
     if badge.state != BadgeState.DEAD_LETTERED:
         return badge.state
     looked = badge.model_copy(update={"looks": badge.looks + 1})
@@ -288,17 +300,25 @@ def look_again(svc: Services, badge: BadgeRecord, backpacks: Backpacks) -> Badge
     except RetryLater as retry:
         if retry.problem.code != ACCESS_LOST.code and badge.awaiting_second_look and looked.looks < MAX_LOOKS:
             # Badgr cannot say now: the learner's summary waits for its word a while longer.
-            return _finish(svc, looked, BadgeState.DEAD_LETTERED, problem=badge.problem)
+            return _finish(svc, looked, BadgeState.DEAD_LETTERED, problem=badge.problem, unchanged=True)
         # Badgr has not said for hours, or only the learner can let us ask: the move is summed
         # up without its word, and the reconciler goes on asking.
         return _finish(
-            svc, looked, BadgeState.DEAD_LETTERED, problem=gave_up, confirmed_by=Confirmation.NOT_CONFIRMED
+            svc,
+            looked,
+            BadgeState.DEAD_LETTERED,
+            problem=gave_up,
+            confirmed_by=Confirmation.NOT_CONFIRMED,
+            unchanged=True,
         )
     if held is not None:
+        # What Badgr holds now is newer than any word written since this copy was read.
         return _record_held(svc, looked, held)
     sent = badge.in_badgr_before is False
     confirmed = Confirmation.BACKPACK_RELISTED if sent else Confirmation.BACKPACK_LISTING
-    return _finish(svc, looked, BadgeState.DEAD_LETTERED, problem=gave_up, confirmed_by=confirmed)
+    return _finish(
+        svc, looked, BadgeState.DEAD_LETTERED, problem=gave_up, confirmed_by=confirmed, unchanged=True
+    )
 
 
 def _record_held(svc: Services, badge: BadgeRecord, held: Held, attempts: int | None = None) -> BadgeState:
@@ -407,6 +427,7 @@ def _finish(
     form: str | None = None,
     confirmed_by: Confirmation | None = None,
     in_badgr_before: bool | None = None,
+    unchanged: bool = False,
 ) -> BadgeState:
     updated = badge.model_copy(
         update={
@@ -419,7 +440,7 @@ def _finish(
             "in_badgr_before": badge.in_badgr_before if in_badgr_before is None else in_badgr_before,
         }
     )
-    if svc.store.transition(updated, [badge.state]):
+    if svc.store.transition(updated, [badge.state], unchanged=unchanged):
         metrics.add_metric(name=f"Badges_{state.value}", unit="Count", value=1)
         if state in FINAL_STATES:
             _summary_due(svc, badge.learner_id)

@@ -173,12 +173,14 @@ def _repair_badge(
     verify_sent: set[str],
     backlog: bool,
 ) -> None:
+    # Each repair below is written only if nothing changed since the open index was read: a
+    # worker that moved the badge on, or an overlapping run, must not be met by another copy.
     again = badge.model_copy(update={"repairs": badge.repairs + 1})
     if badge.state == BadgeState.EXTRACTED:
         if badge.repairs >= MAX_REPAIRS:
             run.left_for_operator += 1  # verification keeps failing: the verify dead-letter queue says why
             return
-        if svc.store.transition(again, [badge.state]) and badge.learner_id not in verify_sent:
+        if svc.store.transition(again, [badge.state], unchanged=True) and badge.learner_id not in verify_sent:
             svc.queue.send(svc.settings.verify_queue_url, [{"learner_id": badge.learner_id}])
             verify_sent.add(badge.learner_id)
             run.verify_jobs_resent += 1
@@ -194,7 +196,7 @@ def _repair_badge(
             # Perhaps only waiting its turn: telling the learner Badgr refused it would be false,
             # and another copy of its job (or a look in Badgr) would only add to the backlog. It
             # stays open and is looked at again a deadline later.
-            if svc.store.transition(again, [badge.state]):
+            if svc.store.transition(again, [badge.state], unchanged=True):
                 run.kept_waiting += 1
             return
         state = settle(svc, badge, backpacks, _NOT_MOVING, max(badge.attempts, 1))
@@ -210,7 +212,7 @@ def _repair_badge(
         state = settle(svc, badge, backpacks, _NOT_MOVING, max(badge.attempts, 1))
         settled[state.value] += 1
         return
-    if svc.store.transition(again, [badge.state]):
+    if svc.store.transition(again, [badge.state], unchanged=True):
         svc.queue.send(
             svc.settings.migrate_queue_url,
             [{"learner_id": badge.learner_id, "badge_id": badge.badge_id, "attempts": badge.attempts}],

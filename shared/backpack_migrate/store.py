@@ -88,7 +88,9 @@ class Store(Protocol):
     def get_badge(self, learner_id: str, badge_id: str) -> BadgeRecord | None: ...
     def list_badges(self, learner_id: str) -> list[BadgeRecord]: ...
     def iter_export_badges(self, export_id: str) -> Iterator[BadgeRecord]: ...
-    def transition(self, badge: BadgeRecord, expected: Iterable[BadgeState]) -> bool: ...
+    def transition(
+        self, badge: BadgeRecord, expected: Iterable[BadgeState], *, unchanged: bool = False
+    ) -> bool: ...
     def save_token(self, learner_id: str, ciphertext: str, version: int) -> bool: ...
     def get_token(self, learner_id: str) -> tuple[str, int] | None: ...
     def put_session(self, session_id: str, data: dict[str, str], ttl_seconds: int) -> None: ...
@@ -323,30 +325,45 @@ class DynamoStore:
         for item in items:
             yield BadgeRecord.model_validate_json(item["data"])
 
-    def transition(self, badge: BadgeRecord, expected: Iterable[BadgeState]) -> bool:
-        """Write ``badge`` only if the stored state is still one of ``expected``."""
+    def transition(
+        self, badge: BadgeRecord, expected: Iterable[BadgeState], *, unchanged: bool = False
+    ) -> bool:
+        """Write ``badge`` only if the stored state is still one of ``expected``.
+
+        With ``unchanged``, also only if nothing was written since ``badge`` was read: a write
+        that keeps the state (a second look, a repair) would otherwise put a stale copy over a
+        newer one of the same state.
+        """
         expected = frozenset(expected)
         check_transition(expected, badge.state)
         states = [state.value for state in expected]
-        badge = badge.model_copy(update={"updated_at": now_iso()})
+        read_rev = badge.rev
+        badge = badge.model_copy(update={"updated_at": now_iso(), "rev": secrets.token_hex(8)})
         values: dict[str, Any] = {f":s{i}": state for i, state in enumerate(states)}
+        condition = f"#state IN ({', '.join(values)})"
+        if unchanged:
+            # Records written before any change carry no token yet.
+            condition += " AND #rev = :read_rev" if read_rev else " AND attribute_not_exists(#rev)"
+            if read_rev:
+                values[":read_rev"] = read_rev
         # In the open index while a worker should still move it on, dated by this change.
         if badge_is_open(badge):
-            update = "SET #state = :new, #data = :data, OPEN_PK = :open_pk, OPEN_SK = :open_sk"
+            update = "SET #state = :new, #data = :data, #rev = :rev, OPEN_PK = :open_pk, OPEN_SK = :open_sk"
             values[":open_pk"], values[":open_sk"] = self._badge_open_key(
                 badge, badge.updated_at or now_iso()
             )
         else:
-            update = "SET #state = :new, #data = :data REMOVE OPEN_PK, OPEN_SK"
+            update = "SET #state = :new, #data = :data, #rev = :rev REMOVE OPEN_PK, OPEN_SK"
         try:
             self._table.update_item(
                 Key={"PK": f"LEARNER#{badge.learner_id}", "SK": f"BADGE#{badge.badge_id}"},
                 UpdateExpression=update,
-                ConditionExpression=f"#state IN ({', '.join(k for k in values if k.startswith(':s'))})",
-                ExpressionAttributeNames={"#state": "state", "#data": "data"},
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#state": "state", "#data": "data", "#rev": "rev"},
                 ExpressionAttributeValues={
                     ":new": badge.state.value,
                     ":data": badge.model_dump_json(),
+                    ":rev": badge.rev,
                     **values,
                 },
             )

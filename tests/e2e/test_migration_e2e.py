@@ -646,11 +646,11 @@ def test_replayed_s3_events_and_sqs_messages_and_a_dying_worker_change_nothing(
         real_transition = svc.store.transition
         bob_id = svc.learner_id(bob)
 
-        def dies_once(badge: BadgeRecord, expected: Any) -> bool:
+        def dies_once(badge: BadgeRecord, expected: Any, **kwargs: Any) -> bool:
             if badge.learner_id == bob_id and badge.state == BadgeState.IMPORTED and not crashed:
                 crashed.append(badge.badge_id)
                 raise ConnectionError("the worker died before recording the import")
-            return bool(real_transition(badge, expected))
+            return bool(real_transition(badge, expected, **kwargs))
 
         monkeypatch.setattr(svc.store, "transition", dies_once)
         world.play(bob)

@@ -122,11 +122,11 @@ def _worker_dies_once_after_badgr(aws: Services, monkeypatch: pytest.MonkeyPatch
     real_transition = aws.store.transition
     crashes: list[str] = []
 
-    def dies_once(badge: Any, expected: Any) -> bool:
+    def dies_once(badge: Any, expected: Any, **kwargs: Any) -> bool:
         if badge.state == BadgeState.IMPORTED and not crashes:
             crashes.append(badge.badge_id)
             raise RuntimeError("the worker died after Badgr took the badge")
-        return real_transition(badge, expected)
+        return real_transition(badge, expected, **kwargs)
 
     monkeypatch.setattr(aws.store, "transition", dies_once)
     return crashes

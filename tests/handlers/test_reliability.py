@@ -70,10 +70,10 @@ def test_records_left_in_progress_are_settled_by_the_backpack_on_later_deliverie
     _idempotency_success_writes_throttled(monkeypatch)
     real = aws.store.transition
 
-    def imported_write_throttled(badge: Any, expected: Any) -> bool:
+    def imported_write_throttled(badge: Any, expected: Any, **kwargs: Any) -> bool:
         if badge.state == BadgeState.IMPORTED:
             raise _throttled("UpdateItem")
-        return bool(real(badge, expected))
+        return bool(real(badge, expected, **kwargs))
 
     monkeypatch.setattr(aws.store, "transition", imported_write_throttled)
     migrate = load_handler("migrate")

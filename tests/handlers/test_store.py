@@ -68,6 +68,23 @@ def test_badges_are_written_once_and_move_only_from_expected_states(store: Dynam
     assert {b.badge_id for b in store.iter_export_badges("e1")} == {"b1", "b2"}
 
 
+def test_a_write_from_a_copy_read_before_another_write_can_be_refused(store: DynamoStore) -> None:
+    store.put_badges_if_absent([_badge(BadgeState.DEAD_LETTERED)])
+    fresh = store.get_badge("l1", "b1")
+    assert fresh is not None and fresh.rev is None
+    assert store.transition(fresh.model_copy(update={"looks": 1}), [BadgeState.DEAD_LETTERED], unchanged=True)
+    newer = store.get_badge("l1", "b1")
+    assert newer is not None and newer.rev and newer.looks == 1
+    # The first copy is older than what is stored now: refused when it must be unchanged, and
+    # written when only the state matters.
+    older = fresh.model_copy(update={"looks": 2})
+    assert not store.transition(older, [BadgeState.DEAD_LETTERED], unchanged=True)
+    assert store.transition(newer.model_copy(update={"looks": 2}), [BadgeState.DEAD_LETTERED], unchanged=True)
+    assert store.transition(older, [BadgeState.DEAD_LETTERED])
+    stored = store.get_badge("l1", "b1")
+    assert stored is not None and stored.looks == 2 and stored.rev not in (None, newer.rev)
+
+
 def test_exports_learners_tokens_and_sessions(store: DynamoStore) -> None:
     export = ExportRecord(
         export_id="e1", bucket="b", key="exports/a.zip", etag="x", status=ExportStatus.READING

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from backpack_migrate.domain import BadgeState, Confirmation, movable_counts
-from backpack_migrate.migration import MAX_LOOKS, import_badge, request_migration
+from backpack_migrate.domain import BadgeRecord, BadgeState, Confirmation, movable_counts
+from backpack_migrate.holdings import Backpacks
+from backpack_migrate.migration import MAX_LOOKS, import_badge, look_again, request_migration
 from backpack_migrate.notices import send_notice
 from backpack_migrate.pages import PageContext, landing_page, status_page
 from backpack_migrate.reconcile import MAX_REPAIRS, reconcile
@@ -142,7 +143,7 @@ def test_a_request_that_died_before_queueing_is_finished_by_the_reconciler() -> 
     _failing_sends(w, "migrate")
     real = w.store.transition
 
-    def dies(badge: Any, expected: Any) -> bool:
+    def dies(badge: Any, expected: Any, **kwargs: Any) -> bool:
         raise _throttled("UpdateItem")
 
     w.store.transition = dies  # type: ignore[method-assign]
@@ -358,3 +359,45 @@ def test_a_second_look_whose_write_is_throttled_is_taken_again_by_the_next_run()
     w.store.transition = real
     assert _reconcile(w, now=time.time() + stale + 120).settled == {"imported": 1}
     assert [job["learner_id"] for job in _summaries(w)] == [badge.learner_id]
+
+
+def test_an_older_look_at_a_badge_never_puts_its_word_over_a_newer_one() -> None:
+    # Two looks at one dead-lettered badge: the reconciler's runs may overlap, and its open
+    # index may hand out a copy older than the table's.
+    w = run_world()
+    badge, _job = _dead_letter(w, badgr_has_it=False)
+    _reconcile(w, now=time.time())
+    older = w.store.get_badge(badge.learner_id, badge.badge_id)
+    assert older.awaiting_second_look
+    stale = w.svc.settings.stale_after_seconds
+    assert _reconcile(w, now=time.time() + stale + 60).settled == {"dead_lettered": 1}
+    w.badgr.listing = ["fail"]  # the older look cannot get Badgr's word
+    look_again(w.svc, older, Backpacks())
+    settled = w.store.get_badge(badge.learner_id, badge.badge_id)
+    assert settled.confirmed_by == Confirmation.BACKPACK_RELISTED and not settled.awaiting_second_look
+    assert settled.looks == 1
+
+
+def test_an_older_look_that_finds_the_badge_in_badgr_records_it_whatever_came_since() -> None:
+    w = run_world()
+    badge, _job = _dead_letter(w, badgr_has_it=False)
+    _reconcile(w, now=time.time())
+    older = w.store.get_badge(badge.learner_id, badge.badge_id)
+    stale = w.svc.settings.stale_after_seconds
+    assert _reconcile(w, now=time.time() + stale + 60).settled == {"dead_lettered": 1}
+    w.badgr.hold(B1)  # the import landed after the newer look
+    assert look_again(w.svc, older, Backpacks()) == BadgeState.IMPORTED
+    assert w.store.get_badge(badge.learner_id, badge.badge_id).state == BadgeState.IMPORTED
+
+
+def test_overlapping_runs_send_a_lost_job_back_once() -> None:
+    w = run_world()
+    _connect(w.svc, w.store, BEN)
+    w.queue.take("migrate")  # the job is lost
+    (copy,) = [b for b in w.store.iter_open("9999") if isinstance(b, BadgeRecord)]
+    first = _reconcile(w)
+    assert first.badges_requeued == 1
+    # A run that read the open index before the first run wrote its repair.
+    w.store.iter_open = lambda older_than: iter([copy])  # type: ignore[method-assign]
+    assert _reconcile(w).badges_requeued == 0
+    assert len(w.queue.take("migrate")) == 1

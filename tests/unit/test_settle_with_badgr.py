@@ -208,11 +208,11 @@ def test_the_last_delivery_with_a_throttled_imported_write_asks_badgr() -> None:
     real = w.store.transition
     calls = {"n": 0}
 
-    def throttled_once(badge: Any, expected: Any) -> bool:
+    def throttled_once(badge: Any, expected: Any, **kwargs: Any) -> bool:
         if badge.state == BadgeState.IMPORTED and calls["n"] == 0:
             calls["n"] += 1
             raise _throttled("UpdateItem")
-        return real(badge, expected)
+        return real(badge, expected, **kwargs)
 
     w.store.transition = throttled_once  # type: ignore[method-assign]
     with pytest.raises(ClientError):
