@@ -104,7 +104,8 @@ class InMemoryStore:
             for badge in badges:
                 key = (badge.learner_id, badge.badge_id)
                 if key not in self.badges:
-                    self.badges[key] = badge
+                    # As the real store: a put carries no revision (only a change makes one).
+                    self.badges[key] = badge.model_copy(update={"rev": None})
                     written += 1
         return written
 

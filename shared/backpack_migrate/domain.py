@@ -217,9 +217,10 @@ class BadgeRecord(BaseModel):
     repairs: int = 0  # how often the reconciler sent it back to work
     looks: int = 0  # how often the reconciler looked in Badgr again after it was given up on
     updated_at: str | None = None
-    # A fresh token on every stored change: a write made from this copy can require that no
-    # other write came since it was read (``Store.transition(..., unchanged=True)``).
-    rev: str | None = None
+    # The record's revision when this copy was read, from the item (never kept in its data):
+    # a write made from this copy can require that no other write came since
+    # (``Store.transition(..., unchanged=True)``).
+    rev: str | None = Field(default=None, exclude=True)
     # From a full-fidelity export: the Backpack's own ids and data, which third-party sites address.
     backpack_badge_id: int | None = None
     body_hash: str | None = None

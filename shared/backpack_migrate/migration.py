@@ -444,7 +444,10 @@ def _finish(
         metrics.add_metric(name=f"Badges_{state.value}", unit="Count", value=1)
         if state in FINAL_STATES:
             _summary_due(svc, badge.learner_id)
-    return state
+        return state
+    # Another write came first: what is on record now is the answer, not what this one meant.
+    current = svc.store.get_badge(badge.learner_id, badge.badge_id)
+    return current.state if current is not None else state
 
 
 def _import_form(svc: Services, badge: BadgeRecord) -> tuple[str, Any]:

@@ -129,6 +129,12 @@ class Store(Protocol):
 PARALLEL_PUTS = 8
 
 
+def _badge(item: dict[str, Any]) -> BadgeRecord:
+    badge = BadgeRecord.model_validate_json(item["data"])
+    badge.rev = item.get("rev")  # the revision lives on the item alone, so it is never stale
+    return badge
+
+
 def _is_condition_failure(error: ClientError) -> bool:
     return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
@@ -307,23 +313,21 @@ class DynamoStore:
 
     def get_badge(self, learner_id: str, badge_id: str) -> BadgeRecord | None:
         item = self._get(f"LEARNER#{learner_id}", f"BADGE#{badge_id}")
-        return BadgeRecord.model_validate_json(item["data"]) if item else None
+        return _badge(item) if item else None
 
     def list_badges(self, learner_id: str) -> list[BadgeRecord]:
         items = self._query(
             KeyConditionExpression=Key("PK").eq(f"LEARNER#{learner_id}") & Key("SK").begins_with("BADGE#"),
             ConsistentRead=True,
         )
-        return sorted(
-            (BadgeRecord.model_validate_json(item["data"]) for item in items), key=lambda b: b.file_name
-        )
+        return sorted((_badge(item) for item in items), key=lambda b: b.file_name)
 
     def iter_export_badges(self, export_id: str) -> Iterator[BadgeRecord]:
         items = self._query(
             IndexName="GSI1", KeyConditionExpression=Key("GSI1PK").eq(f"EXPORT#{export_id}#BADGES")
         )
         for item in items:
-            yield BadgeRecord.model_validate_json(item["data"])
+            yield _badge(item)
 
     def transition(
         self, badge: BadgeRecord, expected: Iterable[BadgeState], *, unchanged: bool = False
@@ -474,7 +478,7 @@ class DynamoStore:
             )
             for item in items:
                 if str(item["SK"]).startswith("BADGE#"):
-                    yield BadgeRecord.model_validate_json(item["data"])
+                    yield _badge(item)
                 else:
                     yield self._learner(item).model_copy(update={"repairs": int(item.get("open_repairs", 0))})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import boto3
@@ -83,6 +84,9 @@ def test_a_write_from_a_copy_read_before_another_write_can_be_refused(store: Dyn
     assert store.transition(older, [BadgeState.DEAD_LETTERED])
     stored = store.get_badge("l1", "b1")
     assert stored is not None and stored.looks == 2 and stored.rev not in (None, newer.rev)
+    # The revision is the item's alone: a copy's data never carries one that could go stale.
+    item = store._table.get_item(Key={"PK": "LEARNER#l1", "SK": "BADGE#b1"})["Item"]
+    assert item["rev"] == stored.rev and "rev" not in json.loads(item["data"])
 
 
 def test_exports_learners_tokens_and_sessions(store: DynamoStore) -> None:
