@@ -381,6 +381,17 @@ def _import(
         raise
     if held is not None:
         return _record_held(svc, badge, held, receive_count)
+    if badge.state == BadgeState.DEAD_LETTERED:
+        # Tried again after it was given up on (a redrive, a late copy of its job): reopened
+        # before it is sent, so a try that dies after Badgr took it is looked at again, never
+        # left under the old "did not move".
+        reopened = badge.model_copy(
+            update={"state": BadgeState.QUEUED, "problem": None, "confirmed_by": None}
+        )
+        if not svc.store.transition(reopened, [BadgeState.DEAD_LETTERED], unchanged=True):
+            current = svc.store.get_badge(badge.learner_id, badge.badge_id)
+            return current.state if current else badge.state
+        badge = svc.store.get_badge(badge.learner_id, badge.badge_id) or reopened
     if badge.in_badgr_before is None:
         looked = badge.model_copy(update={"in_badgr_before": False})
         if not svc.store.transition(looked, [badge.state]):

@@ -401,3 +401,31 @@ def test_overlapping_runs_send_a_lost_job_back_once() -> None:
     w.store.iter_open = lambda older_than: iter([copy])  # type: ignore[method-assign]
     assert _reconcile(w).badges_requeued == 0
     assert len(w.queue.take("migrate")) == 1
+
+
+def test_a_badge_given_up_on_whose_late_job_dies_after_badgr_took_it_is_found_again() -> None:
+    # A copy of the job (a redrive, the reconciler's) runs after the badge was settled as not
+    # moved; Badgr takes it and the worker dies before recording it, on the message's last try.
+    w = run_world()
+    badge, job = _dead_letter(w, badgr_has_it=False)
+    _reconcile(w, now=time.time())
+    stale = w.svc.settings.stale_after_seconds
+    assert _reconcile(w, now=time.time() + stale + 60).settled == {"dead_lettered": 1}
+    assert w.store.get_badge(badge.learner_id, badge.badge_id).confirmed_by == Confirmation.BACKPACK_RELISTED
+    w.badgr.script[B1] = ["imported"]
+    real = w.store.transition
+
+    def dies(record: Any, expected: Any, **kwargs: Any) -> bool:
+        if record.state == BadgeState.IMPORTED:
+            raise RuntimeError("the worker died after Badgr took the badge")
+        return bool(real(record, expected, **kwargs))
+
+    w.store.transition = dies  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        import_badge(w.svc, job["learner_id"], job["badge_id"], 1)
+    w.store.transition = real  # type: ignore[method-assign]
+    assert w.store.get_badge(badge.learner_id, badge.badge_id).state == BadgeState.QUEUED
+    later = time.time() + 3 * (stale + 60)
+    assert _reconcile(w, now=later).settled == {"imported": 1}
+    settled = w.store.get_badge(badge.learner_id, badge.badge_id)
+    assert settled.state == BadgeState.IMPORTED
