@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .addresses import learner_email
 from .domain import LearnerRecord
-from .export import ExportError, open_export, read_member
 from .group_pages import groups_after, groups_before
 from .links import (
     LinkClaims,
@@ -23,7 +23,6 @@ from .links import (
     tokens_match,
     verify_link,
 )
-from .migration import learner_email, request_migration, store_tokens
 from .observability import logger
 from .pages import (
     PageContext,
@@ -251,6 +250,8 @@ def callback(svc: Services, session_id: str | None, params: dict[str, str], redi
             "Badgr did not allow us to add badges to your backpack, so no badge was moved. "
             "You can try again from your link.",
         )
+    from .migration import request_migration, store_tokens
+
     learner_id = session["learner_id"]
     store_tokens(svc, learner_id, tokens)
     assert session_id is not None
@@ -306,6 +307,8 @@ def badge_image(svc: Services, token: str, badge_id: str | None) -> Page:
     export = svc.store.get_export(badge.export_id)
     if export is None:
         raise PortalError(404, "No image", "This badge has no image.")
+    from .export import ExportError, open_export, read_member
+
     try:
         data = read_member(open_export(svc, export), badge.member)
     except ExportError as error:

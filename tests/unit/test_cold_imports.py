@@ -121,9 +121,19 @@ EXPECTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (*FULL_EXPORTS, *VERIFIER, *BADGR, *LEGACY, *PAGES, "backpack_migrate.openbadges"),
         ("backpack_migrate.reconcile",),
     ),
-    # Pages; the Badgr token exchange (requests) loads on the first callback.
+    # Pages; the Badgr token exchange (requests) and the move load on the first callback, the
+    # export's reader with the first badge image.
     "web": (
-        (*FULL_EXPORTS, *VERIFIER, *BADGR, *LEGACY, *DOWNLOADS, "backpack_migrate.openbadges"),
+        (
+            *READ_ZIP,
+            *FULL_EXPORTS,
+            *VERIFIER,
+            *BADGR,
+            *MIGRATION,
+            *LEGACY,
+            *DOWNLOADS,
+            "backpack_migrate.openbadges",
+        ),
         PAGES,
     ),
     # The old APIs; verifying an issued badge and calling Badgr load when a site issues one.
