@@ -40,9 +40,12 @@ def db_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DbWorld]:
     from infra.local.backpack_data import fill_sample
     from infra.local.mariadb import SCHEMA_SQL, MariaDBServer, MariaDBUnavailableError, missing_tools
 
-    reason = missing_tools() or (
-        None if SCHEMA_SQL.is_file() else "../shared/backpack-db/schema.sql is absent"
-    )
+    if not SCHEMA_SQL.is_file():
+        # Not the project's to install: the schema sits beside it where it is present at all.
+        pytest.skip(
+            "the Backpack's schema (../shared/backpack-db/schema.sql beside the project) is not present"
+        )
+    reason = missing_tools()
     if reason:
         if os.environ.get("CI"):
             pytest.fail(f"MariaDB is needed here: {reason}")
