@@ -389,14 +389,12 @@ def _import(
             update={"state": BadgeState.QUEUED, "problem": None, "confirmed_by": None}
         )
         if not svc.store.transition(reopened, [BadgeState.DEAD_LETTERED], unchanged=True):
-            current = svc.store.get_badge(badge.learner_id, badge.badge_id)
-            return current.state if current else badge.state
-        badge = svc.store.get_badge(badge.learner_id, badge.badge_id) or reopened
+            return _state_on_record(svc, badge, badge.state)
+        badge = reopened  # its revision is the one read: no write below requires it unchanged
     if badge.in_badgr_before is None:
         looked = badge.model_copy(update={"in_badgr_before": False})
         if not svc.store.transition(looked, [badge.state]):
-            current = svc.store.get_badge(badge.learner_id, badge.badge_id)
-            return current.state if current else badge.state
+            return _state_on_record(svc, badge, badge.state)
         badge = looked
     result = _import_with_token(svc, badge, form, payload, backpacks)
     state = {
@@ -456,9 +454,14 @@ def _finish(
         if state in FINAL_STATES:
             _summary_due(svc, badge.learner_id)
         return state
-    # Another write came first: what is on record now is the answer, not what this one meant.
+    return _state_on_record(svc, badge, state)
+
+
+def _state_on_record(svc: Services, badge: BadgeRecord, otherwise: BadgeState) -> BadgeState:
+    """After a write of ours was refused, another came first: what is on record now is the
+    answer, not what ours meant (``otherwise`` when the badge is gone, erased with its learner)."""
     current = svc.store.get_badge(badge.learner_id, badge.badge_id)
-    return current.state if current is not None else state
+    return current.state if current is not None else otherwise
 
 
 def _import_form(svc: Services, badge: BadgeRecord) -> tuple[str, Any]:

@@ -345,11 +345,11 @@ class DynamoStore:
         badge = badge.model_copy(update={"updated_at": now_iso(), "rev": secrets.token_hex(8)})
         values: dict[str, Any] = {f":s{i}": state for i, state in enumerate(states)}
         condition = f"#state IN ({', '.join(values)})"
-        if unchanged:
-            # Records written before any change carry no token yet.
-            condition += " AND #rev = :read_rev" if read_rev else " AND attribute_not_exists(#rev)"
-            if read_rev:
-                values[":read_rev"] = read_rev
+        if unchanged and read_rev:
+            condition += " AND #rev = :read_rev"
+            values[":read_rev"] = read_rev
+        elif unchanged:
+            condition += " AND attribute_not_exists(#rev)"  # as put: no change has written one yet
         # In the open index while a worker should still move it on, dated by this change.
         if badge_is_open(badge):
             update = "SET #state = :new, #data = :data, #rev = :rev, OPEN_PK = :open_pk, OPEN_SK = :open_sk"

@@ -263,12 +263,21 @@ def test_a_dead_lettered_badge_whose_late_import_landed_is_found_on_the_second_l
     assert _reconcile(w, now=time.time() + 2 * stale + 60).settled == {}  # looked at once, not forever
 
 
-def test_a_second_look_that_finds_nothing_settles_the_badge_and_sums_up_the_move() -> None:
-    w = run_world()
-    badge, _job = _dead_letter(w, badgr_has_it=False)
+def _given_up_after_second_look(w: Any) -> tuple[Any, dict[str, Any], Any]:
+    """A badge dead-lettered, awaiting its second look, then settled by it as not in Badgr: the
+    badge and its job as dead-lettered, and the copy read before the second look."""
+    badge, job = _dead_letter(w, badgr_has_it=False)
     _reconcile(w, now=time.time())
+    before_second_look = w.store.get_badge(badge.learner_id, badge.badge_id)
+    assert before_second_look.awaiting_second_look
     stale = w.svc.settings.stale_after_seconds
     assert _reconcile(w, now=time.time() + stale + 60).settled == {"dead_lettered": 1}
+    return badge, job, before_second_look
+
+
+def test_a_second_look_that_finds_nothing_settles_the_badge_and_sums_up_the_move() -> None:
+    w = run_world()
+    badge, _job, _older = _given_up_after_second_look(w)
     settled = w.store.get_badge(badge.learner_id, badge.badge_id)
     assert settled.state == BadgeState.DEAD_LETTERED
     assert settled.confirmed_by == Confirmation.BACKPACK_RELISTED and not settled.awaiting_second_look
@@ -365,12 +374,7 @@ def test_an_older_look_at_a_badge_never_puts_its_word_over_a_newer_one() -> None
     # Two looks at one dead-lettered badge: the reconciler's runs may overlap, and its open
     # index may hand out a copy older than the table's.
     w = run_world()
-    badge, _job = _dead_letter(w, badgr_has_it=False)
-    _reconcile(w, now=time.time())
-    older = w.store.get_badge(badge.learner_id, badge.badge_id)
-    assert older.awaiting_second_look
-    stale = w.svc.settings.stale_after_seconds
-    assert _reconcile(w, now=time.time() + stale + 60).settled == {"dead_lettered": 1}
+    badge, _job, older = _given_up_after_second_look(w)
     w.badgr.listing = ["fail"]  # the older look cannot get Badgr's word
     look_again(w.svc, older, Backpacks())
     settled = w.store.get_badge(badge.learner_id, badge.badge_id)
@@ -380,11 +384,7 @@ def test_an_older_look_at_a_badge_never_puts_its_word_over_a_newer_one() -> None
 
 def test_an_older_look_that_finds_the_badge_in_badgr_records_it_whatever_came_since() -> None:
     w = run_world()
-    badge, _job = _dead_letter(w, badgr_has_it=False)
-    _reconcile(w, now=time.time())
-    older = w.store.get_badge(badge.learner_id, badge.badge_id)
-    stale = w.svc.settings.stale_after_seconds
-    assert _reconcile(w, now=time.time() + stale + 60).settled == {"dead_lettered": 1}
+    badge, _job, older = _given_up_after_second_look(w)
     w.badgr.hold(B1)  # the import landed after the newer look
     assert look_again(w.svc, older, Backpacks()) == BadgeState.IMPORTED
     assert w.store.get_badge(badge.learner_id, badge.badge_id).state == BadgeState.IMPORTED
@@ -407,10 +407,8 @@ def test_a_badge_given_up_on_whose_late_job_dies_after_badgr_took_it_is_found_ag
     # A copy of the job (a redrive, the reconciler's) runs after the badge was settled as not
     # moved; Badgr takes it and the worker dies before recording it, on the message's last try.
     w = run_world()
-    badge, job = _dead_letter(w, badgr_has_it=False)
-    _reconcile(w, now=time.time())
+    badge, job, _older = _given_up_after_second_look(w)
     stale = w.svc.settings.stale_after_seconds
-    assert _reconcile(w, now=time.time() + stale + 60).settled == {"dead_lettered": 1}
     assert w.store.get_badge(badge.learner_id, badge.badge_id).confirmed_by == Confirmation.BACKPACK_RELISTED
     w.badgr.script[B1] = ["imported"]
     real = w.store.transition
