@@ -213,6 +213,9 @@ class BadgeRecord(BaseModel):
     # Whether the learner's Badgr backpack held this badge before our first import was sent
     # (None until it was looked at): a DUPLICATE_BADGE after a lost answer of ours is our import.
     in_badgr_before: bool | None = None
+    # The learner's backpack was listed as the move was asked for and did not hold this badge:
+    # its first try may send without listing again. Cleared by every requeue that did not list.
+    absent_when_queued: bool = False
     confirmed_by: Confirmation | None = None
     repairs: int = 0  # how often the reconciler sent it back to work
     looks: int = 0  # how often the reconciler looked in Badgr again after it was given up on

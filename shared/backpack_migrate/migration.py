@@ -6,7 +6,7 @@ replayed job can never move a badge backwards or import it twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Literal
@@ -148,15 +148,33 @@ def request_migration(svc: Services, learner_id: str) -> int:
         for badge in svc.store.list_badges(learner_id)
         if badge.state in REQUEUED_STATES or badge.can_move_again
     ]
-    queued = queue_badges(svc, learner_id, movable)
+    queued = queue_badges(svc, learner_id, movable, _absent_now(svc, learner_id, movable))
     metrics.add_metric(name="MigrationsRequested", unit="Count", value=1)
     if not queued:
         maybe_send_summary(svc, learner_id)
     return queued
 
 
-def queue_badges(svc: Services, learner_id: str, badges: Sequence[BadgeRecord]) -> int:
+def _absent_now(svc: Services, learner_id: str, badges: Sequence[BadgeRecord]) -> set[str]:
+    """The badges the learner's backpack does not hold now, by one listing as the move is asked
+    for: a worker then sends each of them without listing first, so the listing's 300 ms are
+    spent once per learner instead of on the path of the learner's first import.
+
+    Empty when Badgr cannot say now: each first try lists, as it would have anyway.
+    """
+    backpacks = Backpacks()
+    try:
+        return {badge.badge_id for badge in badges if backpacks.held(svc, badge) is None}
+    except RetryLater:
+        return set()
+
+
+def queue_badges(
+    svc: Services, learner_id: str, badges: Sequence[BadgeRecord], absent: Collection[str] = ()
+) -> int:
     """Record each badge as queued, then send its job; returns how many jobs were sent.
+
+    ``absent`` are the badges a listing made just now did not find in the learner's backpack.
 
     A job lost between the two (a failed send, a crash) leaves its badge queued with no job:
     the reconciler finds it by its age in the store's open index and sends it again.
@@ -165,7 +183,12 @@ def queue_badges(svc: Services, learner_id: str, badges: Sequence[BadgeRecord]) 
     queued = 0
     for badge in badges:
         # A new try: what an earlier one confirmed no longer speaks for it.
-        update: dict[str, Any] = {"state": BadgeState.QUEUED, "problem": None, "confirmed_by": None}
+        update: dict[str, Any] = {
+            "state": BadgeState.QUEUED,
+            "problem": None,
+            "confirmed_by": None,
+            "absent_when_queued": badge.badge_id in absent,
+        }
         if badge.can_move_again:
             update["moved_again"] = badge.moved_again + 1
         if svc.store.transition(badge.model_copy(update=update), [badge.state]):
@@ -371,6 +394,17 @@ def _import(
         return _finish(svc, badge, BadgeState.REJECTED, problem=blocking)
     form, payload = _import_form(svc, badge)
     svc.gate.acquire(reserved_ms)
+    unlisted = badge.absent_when_queued and badge.in_badgr_before is None
+    if unlisted:
+        # Never sent, and not in the backpack when the move was asked for: send without
+        # listing, unless a copy of this job has written since this one read the badge.
+        sending = _sending(badge)
+        if svc.store.transition(sending, [badge.state], unchanged=True):
+            return _send(svc, sending, form, payload, backpacks, receive_count, listed=False)
+        current = svc.store.get_badge(badge.learner_id, badge.badge_id)
+        if current is None or current.state not in RETRYABLE_STATES:
+            return current.state if current is not None else badge.state
+        badge = current
     # Before the first import: was it there before us? After an earlier try whose answer may be
     # lost (a timeout, a crash, an unsaved result): did that try import it?
     try:
@@ -381,21 +415,40 @@ def _import(
         raise
     if held is not None:
         return _record_held(svc, badge, held, receive_count)
+    sending = _sending(badge)
+    if sending is not badge:
+        # A reopened badge (tried again after it was given up on: a redrive, a late copy of its
+        # job) must be the copy read, so two reopenings cannot both send.
+        reopening = badge.state == BadgeState.DEAD_LETTERED
+        if not svc.store.transition(sending, [badge.state], unchanged=reopening):
+            return _state_on_record(svc, badge, badge.state)
+    return _send(svc, sending, form, payload, backpacks, receive_count, listed=True)
+
+
+def _sending(badge: BadgeRecord) -> BadgeRecord:
+    """The badge as recorded before it is sent: "not there before us" marked before the first
+    send, and a badge given up on reopened, so a try that dies after Badgr took it is looked at
+    again, never left under the old "did not move". ``badge`` itself when nothing changes."""
+    update: dict[str, Any] = {}
     if badge.state == BadgeState.DEAD_LETTERED:
-        # Tried again after it was given up on (a redrive, a late copy of its job): reopened
-        # before it is sent, so a try that dies after Badgr took it is looked at again, never
-        # left under the old "did not move".
-        reopened = badge.model_copy(
-            update={"state": BadgeState.QUEUED, "problem": None, "confirmed_by": None}
-        )
-        if not svc.store.transition(reopened, [BadgeState.DEAD_LETTERED], unchanged=True):
-            return _state_on_record(svc, badge, badge.state)
-        badge = reopened  # its revision is the one read: no write below requires it unchanged
+        update.update(state=BadgeState.QUEUED, problem=None, confirmed_by=None)
     if badge.in_badgr_before is None:
-        looked = badge.model_copy(update={"in_badgr_before": False})
-        if not svc.store.transition(looked, [badge.state]):
-            return _state_on_record(svc, badge, badge.state)
-        badge = looked
+        update["in_badgr_before"] = False
+    return badge.model_copy(update=update) if update else badge
+
+
+def _send(
+    svc: Services,
+    badge: BadgeRecord,
+    form: str,
+    payload: Any,
+    backpacks: Backpacks,
+    receive_count: int,
+    *,
+    listed: bool,
+) -> BadgeState:
+    """Send the badge to Badgr and record its answer. ``listed``: the backpack was listed
+    without it just before; otherwise the listing as the move was asked for was the last."""
     result = _import_with_token(svc, badge, form, payload, backpacks)
     state = {
         "imported": BadgeState.IMPORTED,
@@ -403,9 +456,14 @@ def _import(
         "pending": BadgeState.PENDING,
         "rejected": BadgeState.REJECTED,
     }[result["outcome"]]
-    if state == BadgeState.ALREADY_IN_BADGR and badge.in_badgr_before is False:
-        # Not there before our first try, there now: an earlier try of ours imported it.
-        state = BadgeState.IMPORTED
+    in_badgr_before = None
+    if state == BadgeState.ALREADY_IN_BADGR:
+        if listed and badge.in_badgr_before is False:
+            # Not there before our first try, there now: an earlier try of ours imported it.
+            state = BadgeState.IMPORTED
+        elif not listed:
+            # The first send, unlisted: the learner added it since the move was asked for.
+            in_badgr_before = True
     answer = BadgrAnswer.model_validate(result["answer"])
     problem = None
     if state == BadgeState.REJECTED:
@@ -422,6 +480,7 @@ def _import(
         attempts=receive_count,
         form=form,
         confirmed_by=Confirmation.IMPORT_ANSWER,
+        in_badgr_before=in_badgr_before,
     )
 
 

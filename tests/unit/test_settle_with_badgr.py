@@ -84,6 +84,36 @@ def test_a_worker_that_read_the_badge_before_another_sent_it_records_it_as_ours(
     assert len(w.badgr.imports) == 1
 
 
+def test_the_listing_made_as_the_move_is_asked_for_spares_the_first_try_its_own() -> None:
+    w, job = _ben(ScriptedBadgr())
+    assert _badge(w, job).absent_when_queued is True
+    assert w.badgr.listings == 1
+    assert _deliver(w, job, 1, Backpacks()) == BadgeState.IMPORTED
+    assert w.badgr.listings == 1 and len(w.badgr.imports) == 1
+    badge = _badge(w, job)
+    assert badge.in_badgr_before is False and badge.confirmed_by == Confirmation.IMPORT_ANSWER
+
+
+def test_a_badge_added_by_hand_after_the_move_was_asked_for_is_already_in_badgr() -> None:
+    # Not in the backpack at the callback's listing; there by the first, unlisted, send.
+    w, job = _ben(ScriptedBadgr())
+    w.badgr.hold(B1)
+    assert _deliver(w, job, 1, Backpacks()) == BadgeState.ALREADY_IN_BADGR
+    badge = _badge(w, job)
+    assert badge.badgr.codes == ["DUPLICATE_BADGE"] and badge.in_badgr_before is True
+
+
+def test_a_requeue_without_a_listing_makes_the_next_first_try_list() -> None:
+    from backpack_migrate.migration import queue_badges
+
+    w, job = _ben(ScriptedBadgr())
+    queue_badges(w.svc, job["learner_id"], [_badge(w, job)])  # as the reconciler does
+    assert _badge(w, job).absent_when_queued is False
+    listed = w.badgr.listings
+    assert _deliver(w, job, 1, Backpacks()) == BadgeState.IMPORTED
+    assert w.badgr.listings == listed + 1
+
+
 def test_a_badge_there_before_us_is_already_in_badgr_and_never_sent() -> None:
     badgr = ScriptedBadgr()
     badgr.hold(B1)
@@ -104,7 +134,9 @@ def test_a_pending_badge_found_in_the_backpack_is_pending() -> None:
 
 
 def test_the_backpack_cannot_be_listed_so_nothing_is_sent_and_it_retries() -> None:
-    w, job = _ben(ScriptedBadgr(listing=["fail"]))
+    # Neither as the move is asked for nor before the first try.
+    w, job = _ben(ScriptedBadgr(listing=["fail", "fail"]))
+    assert _badge(w, job).absent_when_queued is False
     retry = _deliver(w, job, 1)
     assert isinstance(retry, RetryLater)
     assert w.badgr.imports == []
@@ -236,12 +268,13 @@ class ClosedGate:
 def test_an_open_circuit_defers_the_job_without_spending_a_try() -> None:
     w, job = _ben(ScriptedBadgr())
     w.svc.gate = ClosedGate(40)
+    listed = w.badgr.listings
     run_import_job(w.svc, {**job, "attempts": 2}, 3, Backpacks())  # no RetryLater: acked
     (later,) = w.queue.later
     assert later[0] == "migrate" and later[2] == 40
     assert later[1] == {**job, "attempts": 4, "reserved_ms": 123}
     assert _badge(w, job).state == BadgeState.QUEUED
-    assert w.badgr.imports == [] and w.badgr.listings == 0
+    assert w.badgr.imports == [] and w.badgr.listings == listed
 
 
 def test_a_job_out_of_tries_whose_message_is_not_goes_to_the_dead_letter_queue() -> None:
