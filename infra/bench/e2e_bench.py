@@ -39,6 +39,7 @@ from typing import Any
 
 from infra.bench.census import take_census
 from infra.bench.common import Part
+from infra.bench.worker_time import WorkerTime, timing_migrate_workers
 
 ROOT = Path(__file__).resolve().parents[2]
 LATENCY_S = 0.3
@@ -171,6 +172,7 @@ def bench_move(learners: int = 1000, workers: int = 8, timeout_s: float = 3600) 
     final_s: float | None = None
     recorded_s = verified_s = None
     calls: Counter[str] = Counter()
+    worker_time = WorkerTime()
     cpu_s = 0.0
     load_at_start = _load()
     with RemoteBadgr(work / "site", CLIENT_ID, secret) as badgr:
@@ -240,7 +242,7 @@ def bench_move(learners: int = 1000, workers: int = 8, timeout_s: float = 3600) 
                     )
                     request_migration(svc, ids[email])
 
-                with _counting_aws_calls() as calls:
+                with _counting_aws_calls() as calls, timing_migrate_workers() as worker_time:
                     cpu_before = _cpu_s()
                     moving = time.monotonic()
                     with ThreadPoolExecutor(8) as pool:
@@ -302,6 +304,7 @@ def bench_move(learners: int = 1000, workers: int = 8, timeout_s: float = 3600) 
         f"{sent:,} imports ({badgr_total / max(1, sent):.2f} a badge: {_per_badge(badgr_calls, sent)})"
     )
     part.notes.append(f"AWS calls a badge sent, during the move: {_per_badge(calls, sent)}")
+    part.notes.append(worker_time.summary(sent, 1000 * LATENCY_S / 0.8))
     part.notes.append(
         f"CPU of this process (functions, local stack, moto; Badgr runs in its own) during the move: "
         f"{cpu_s:.0f} s in {final_s or 0:.0f} s "

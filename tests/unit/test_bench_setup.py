@@ -146,3 +146,43 @@ def test_the_project_copies_say_what_the_published_contexts_say() -> None:
         ours = json.loads((verify_bench.CONTEXTS_DIR / name).read_text(encoding="utf-8"))
         published = json.loads((corpus.root / CORPUS_COPIES[url]).read_text(encoding="utf-8"))
         assert ours == published, url
+
+
+def test_the_worker_timing_counts_only_calls_made_inside_a_migrate_batch() -> None:
+    import threading
+
+    import botocore.client
+
+    from infra.bench.worker_time import WORKER_PREFIX, timing_migrate_workers
+    from infra.local.sqs_poller import SqsPollers
+
+    original = botocore.client.BaseClient._make_api_call
+    calls: list[str] = []
+
+    def batch(self: object, source: object, messages: object) -> None:
+        botocore.client.BaseClient._make_api_call(None, "GetItem", {})  # type: ignore[arg-type]
+
+    def worker(poll_first: bool) -> None:
+        if poll_first:  # a long poll for the next batch is not a badge's time
+            botocore.client.BaseClient._make_api_call(None, "ReceiveMessage", {})  # type: ignore[arg-type]
+        SqsPollers._process_batch(None, None, [])  # type: ignore[arg-type]
+
+    def fake_call(client: object, operation: str, params: object) -> None:
+        calls.append(operation)
+
+    saved = SqsPollers._process_batch
+    SqsPollers._process_batch = batch  # type: ignore[method-assign,assignment]
+    botocore.client.BaseClient._make_api_call = fake_call  # type: ignore[method-assign,assignment]
+    try:
+        with timing_migrate_workers() as spent:
+            for name in (f"{WORKER_PREFIX}0", "local-sqs-VerifyQueue-0"):
+                thread = threading.Thread(target=worker, args=(True,), name=name)
+                thread.start()
+                thread.join()
+    finally:
+        SqsPollers._process_batch = saved  # type: ignore[method-assign]
+        botocore.client.BaseClient._make_api_call = original  # type: ignore[method-assign]
+    assert calls == ["ReceiveMessage", "GetItem", "ReceiveMessage", "GetItem"]  # every call went through
+    assert dict(spent.aws_calls) == {"GetItem": 1}  # only the migrate worker's, inside its batch
+    assert spent.busy_s > 0
+    assert "80 % of the ideal leaves 375 ms" in spent.summary(1, 375)
