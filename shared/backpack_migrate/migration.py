@@ -160,12 +160,20 @@ def _absent_now(svc: Services, learner_id: str, badges: Sequence[BadgeRecord]) -
     for: a worker then sends each of them without listing first, so the listing's 300 ms are
     spent once per learner instead of on the path of the learner's first import.
 
-    Empty when Badgr cannot say now: each first try lists, as it would have anyway.
+    Empty when Badgr cannot say now: each first try lists, as it would have anyway. Nothing
+    about this listing may fail the request, which stands without it.
+
+    A badge the learner adds to Badgr by hand after this listing meets DUPLICATE_BADGE on its
+    first send and is recorded as already there; only if that answer is lost too (and a later
+    try finds the badge listed) is it recorded as moved. Either way it is in their Badgr.
     """
     backpacks = Backpacks()
     try:
         return {badge.badge_id for badge in badges if backpacks.held(svc, badge) is None}
     except RetryLater:
+        return set()
+    except Exception as error:  # a listing that only spares later ones
+        logger.warning("backpack not listed at the request", extra={"error": type(error).__name__})
         return set()
 
 

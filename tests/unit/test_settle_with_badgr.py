@@ -103,6 +103,18 @@ def test_a_badge_added_by_hand_after_the_move_was_asked_for_is_already_in_badgr(
     assert badge.badgr.codes == ["DUPLICATE_BADGE"] and badge.in_badgr_before is True
 
 
+def test_a_listing_that_breaks_at_the_request_leaves_the_request_standing() -> None:
+    badgr = ScriptedBadgr()
+
+    def broken(access_token: str, include_pending: bool = True) -> list[dict[str, Any]]:
+        raise ValueError("a garbled answer")
+
+    badgr.list_assertions = broken  # type: ignore[method-assign]
+    w, job = _ben(badgr)
+    assert _badge(w, job).state == BadgeState.QUEUED
+    assert _badge(w, job).absent_when_queued is False
+
+
 def test_a_requeue_without_a_listing_makes_the_next_first_try_list() -> None:
     from backpack_migrate.migration import queue_badges
 
