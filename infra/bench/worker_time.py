@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 WORKER_PREFIX = "local-sqs-MigrateQueue-"
+BADGR_PATHS = ("/v2/", "/o/")  # Badgr's API and its OAuth endpoints
 
 
 @dataclass
@@ -103,13 +104,15 @@ def timing_migrate_workers() -> Iterator[WorkerTime]:
 
     def timed_http(original: Any) -> Any:
         def request(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-            if not _on_worker():
+            path = urlsplit(url).path
+            if not _on_worker() or not path.startswith(BADGR_PATHS):
+                # Other sites (an issuer's, fetched by a late verification) are the rest's.
                 return original(self, method, url, *args, **kwargs)
             started = time.perf_counter()
             try:
                 return original(self, method, url, *args, **kwargs)
             finally:
-                key = f"{method} {urlsplit(url).path}"
+                key = f"{method} {path}"
                 spent.add(spent.badgr_s, spent.badgr_calls, key, time.perf_counter() - started)
 
         return request

@@ -32,6 +32,7 @@ SLOWEST_INTERVAL_MS = 10_000  # halving stops at one import every 10 s
 class BadgrGate(Protocol):
     def acquire(self, reserved_ms: int | None = None) -> None: ...
     def record(self, outcome: Outcome) -> None: ...
+    def circuit_open(self) -> bool: ...
 
 
 class OpenGate:
@@ -39,6 +40,9 @@ class OpenGate:
 
     def acquire(self, reserved_ms: int | None = None) -> None:
         return None
+
+    def circuit_open(self) -> bool:
+        return False
 
     def record(self, outcome: Outcome) -> None:
         return None
@@ -166,6 +170,15 @@ class DynamoGate:
         if probe is None:
             raise Deferred(COOL_DOWN_MS / 1000)
         self._probing = True
+
+    def circuit_open(self) -> bool:
+        """Whether Badgr is being left alone after a run of failures (one eventually consistent
+        read: for a caller that would rather not call Badgr then, not for a permit)."""
+        item = self._table.get_item(Key=self.KEY).get("Item") or {}
+        return (
+            int(item.get("failures", 0)) >= FAILURES_TO_OPEN
+            and int(item.get("open_until_ms", 0)) > self._now()
+        )
 
     # -- outcomes ------------------------------------------------------------------------------
     def record(self, outcome: Outcome) -> None:

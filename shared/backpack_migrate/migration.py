@@ -164,12 +164,18 @@ def _absent_now(svc: Services, learner_id: str, badges: Sequence[BadgeRecord]) -
     about this listing may fail the request, which stands without it.
 
     A badge the learner adds to Badgr by hand after this listing meets DUPLICATE_BADGE on its
-    first send and is recorded as already there; only if that answer is lost too (and a later
-    try finds the badge listed) is it recorded as moved. Either way it is in their Badgr.
+    first send and is recorded as already there, unless that answer is not what gets recorded
+    (it was lost, its write failed, or a copy of the job listed the backpack meanwhile): then the
+    badge reads as moved. Either way it is in their Badgr.
     """
+    unsent = [badge for badge in badges if badge.in_badgr_before is None]
+    if not unsent:
+        return set()
     backpacks = Backpacks()
     try:
-        return {badge.badge_id for badge in badges if backpacks.held(svc, badge) is None}
+        if svc.gate.circuit_open():
+            return set()  # Badgr is failing: the request does not wait on it, the workers will
+        return {badge.badge_id for badge in unsent if backpacks.held(svc, badge) is None}
     except RetryLater:
         return set()
     except Exception as error:  # a listing that only spares later ones
@@ -190,16 +196,14 @@ def queue_badges(
     batch: list[dict[str, Any]] = []
     queued = 0
     for badge in badges:
-        # A new try: what an earlier one confirmed no longer speaks for it.
-        update: dict[str, Any] = {
-            "state": BadgeState.QUEUED,
-            "problem": None,
-            "confirmed_by": None,
-            "absent_when_queued": badge.badge_id in absent,
-        }
-        if badge.can_move_again:
-            update["moved_again"] = badge.moved_again + 1
-        if svc.store.transition(badge.model_copy(update=update), [badge.state]):
+        written = svc.store.transition(_queued(badge, absent), [badge.state], unchanged=True)
+        if not written:
+            # Written since it was read (a worker marking it sent while the backpack was being
+            # listed): queued from what is on record, never over the "sent" mark.
+            current = svc.store.get_badge(learner_id, badge.badge_id)
+            if current is not None and (current.state in REQUEUED_STATES or current.can_move_again):
+                written = svc.store.transition(_queued(current, absent), [current.state], unchanged=True)
+        if written:
             batch.append({"learner_id": learner_id, "badge_id": badge.badge_id})
         if len(batch) == 10:  # sent as we go, so a timeout loses at most one batch of jobs
             queued += svc.queue.send(svc.settings.migrate_queue_url, batch)
@@ -207,6 +211,20 @@ def queue_badges(
     if batch:
         queued += svc.queue.send(svc.settings.migrate_queue_url, batch)
     return queued
+
+
+def _queued(badge: BadgeRecord, absent: Collection[str]) -> BadgeRecord:
+    # A new try: what an earlier one confirmed no longer speaks for it. The listing that found
+    # the badge absent speaks for its first send only while no send has been marked.
+    update: dict[str, Any] = {
+        "state": BadgeState.QUEUED,
+        "problem": None,
+        "confirmed_by": None,
+        "absent_when_queued": badge.badge_id in absent and badge.in_badgr_before is None,
+    }
+    if badge.can_move_again:
+        update["moved_again"] = badge.moved_again + 1
+    return badge.model_copy(update=update)
 
 
 # -- one import --------------------------------------------------------------------------------
@@ -370,7 +388,7 @@ def _record_held(svc: Services, badge: BadgeRecord, held: Held, attempts: int | 
     elif badge.in_badgr_before is False:
         state = BadgeState.IMPORTED
     else:
-        # Never sent by us (we send only after looking): it was there before us.
+        # Never sent by us (a send is marked first): it was there before us.
         state = BadgeState.ALREADY_IN_BADGR
     answer = BadgrAnswer(status=200, entity_id=held.entity_id, description=_FOUND)
     return _finish(
@@ -412,7 +430,8 @@ def _import(
         current = svc.store.get_badge(badge.learner_id, badge.badge_id)
         if current is None or current.state not in RETRYABLE_STATES:
             return current.state if current is not None else badge.state
-        badge = current
+        # What is on record, with the verdict worked out above (the form sent comes from it).
+        badge = current.model_copy(update={"verdict": badge.verdict, "verified_at": badge.verified_at})
     # Before the first import: was it there before us? After an earlier try whose answer may be
     # lost (a timeout, a crash, an unsaved result): did that try import it?
     try:
@@ -605,7 +624,7 @@ def _import_with_token(
         return svc.once_keeping_result("badgr-import", call, job)
     except IdempotencyAlreadyInProgressError as error:
         # Another delivery is asking Badgr right now, or one died (or could not save Badgr's
-        # answer) and its record has not expired yet; the backpack, asked above, had no trace.
+        # answer) and its record has not expired yet; the backpack had no trace of it.
         raise RetryLater(_IN_FLIGHT, delay=30) from error
     except IdempotencyPersistenceLayerError as error:
         raise RetryLater(_RECORDS_BUSY) from error

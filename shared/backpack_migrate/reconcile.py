@@ -207,7 +207,7 @@ def _repair_badge(
     try:
         held = backpacks.held(svc, badge)
     except Exception:
-        held = None  # Badgr cannot say now: the job will ask again
+        held = None  # Badgr cannot say now: the job asks again if a try of ours was sent
     if held is not None:
         state = settle(svc, badge, backpacks, _NOT_MOVING, max(badge.attempts, 1))
         settled[state.value] += 1

@@ -92,17 +92,21 @@ def test_a_run_of_failures_opens_the_circuit_for_every_instance_then_one_probe_c
 ) -> None:
     clock = Clock()
     one, other = _gates(table, clock, 2)
+    assert not other.circuit_open()
     for _ in range(FAILURES_TO_OPEN):
         one.acquire()
         one.record("failure")
+    assert other.circuit_open()  # what a web request asks before it would call Badgr
     with pytest.raises(Deferred) as waiting:
         other.acquire()
     assert waiting.value.delay == pytest.approx(COOL_DOWN_MS / 1000, abs=0.2)
     clock.now += COOL_DOWN_MS / 1000 + 1
     other.acquire()  # the probe
+    assert one.circuit_open()  # held open while the probe runs
     with pytest.raises(Deferred):
         one.acquire()  # only one probe at a time
     other.record("ok")
+    assert not one.circuit_open()
     one.acquire()  # closed again
     one.record("ok")
 

@@ -115,6 +115,28 @@ def test_a_listing_that_breaks_at_the_request_leaves_the_request_standing() -> N
     assert _badge(w, job).absent_when_queued is False
 
 
+def test_no_listing_is_made_at_the_request_while_the_circuit_is_open() -> None:
+    w = run_world(ScriptedBadgr())
+    w.svc.gate = ClosedGate(40)
+    _connect(w.svc, w.store, BEN)
+    (job,) = w.queue.take("migrate")
+    assert w.badgr.listings == 0
+    assert _badge(w, job).absent_when_queued is False
+
+
+def test_a_badge_marked_sent_while_the_request_listed_keeps_its_mark() -> None:
+    from backpack_migrate.migration import queue_badges
+
+    w, job = _ben(ScriptedBadgr())
+    stale = _badge(w, job)  # as the request read it, before its listing
+    sent = stale.model_copy(update={"in_badgr_before": False})
+    assert w.store.transition(sent, [BadgeState.QUEUED])  # a worker marks it sent meanwhile
+    assert queue_badges(w.svc, job["learner_id"], [stale], {job["badge_id"]}) == 1
+    badge = _badge(w, job)
+    assert badge.state == BadgeState.QUEUED
+    assert badge.in_badgr_before is False and badge.absent_when_queued is False  # its next try lists
+
+
 def test_a_requeue_without_a_listing_makes_the_next_first_try_list() -> None:
     from backpack_migrate.migration import queue_badges
 
@@ -275,6 +297,9 @@ class ClosedGate:
 
     def record(self, outcome: str) -> None:
         raise AssertionError("nothing was sent")
+
+    def circuit_open(self) -> bool:
+        return True
 
 
 def test_an_open_circuit_defers_the_job_without_spending_a_try() -> None:
