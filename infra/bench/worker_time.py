@@ -67,7 +67,7 @@ def _largest(spent: dict[str, float], n: int) -> list[tuple[str, float]]:
 _in_batch = threading.local()
 
 
-def _on_worker() -> bool:
+def _in_migrate_batch() -> bool:
     """On a migrate worker, inside a batch (its long polls for the next batch are not a badge's)."""
     return bool(getattr(_in_batch, "on", False))
 
@@ -105,7 +105,7 @@ def timing_migrate_workers() -> Iterator[WorkerTime]:
     def timed_http(original: Any) -> Any:
         def request(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
             path = urlsplit(url).path
-            if not _on_worker() or not path.startswith(BADGR_PATHS):
+            if not _in_migrate_batch() or not path.startswith(BADGR_PATHS):
                 # Other sites (an issuer's, fetched by a late verification) are the rest's.
                 return original(self, method, url, *args, **kwargs)
             started = time.perf_counter()
@@ -119,7 +119,7 @@ def timing_migrate_workers() -> Iterator[WorkerTime]:
 
     def timed_aws(original: Any) -> Any:
         def make_api_call(client: Any, operation: str, params: Any) -> Any:
-            if not _on_worker():
+            if not _in_migrate_batch():
                 return original(client, operation, params)
             started = time.perf_counter()
             try:

@@ -214,7 +214,8 @@ class BadgeRecord(BaseModel):
     # (None until it was looked at): a DUPLICATE_BADGE after a lost answer of ours is our import.
     in_badgr_before: bool | None = None
     # The learner's backpack was listed as the move was asked for and did not hold this badge:
-    # its first try may send without listing again. Cleared by every requeue that did not list.
+    # while no send is marked (``in_badgr_before`` None), a try may send without listing again.
+    # A new request or the reconciler's requeue of a learner's waiting badges sets it anew.
     absent_when_queued: bool = False
     confirmed_by: Confirmation | None = None
     repairs: int = 0  # how often the reconciler sent it back to work

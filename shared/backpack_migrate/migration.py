@@ -420,8 +420,7 @@ def _import(
         return _finish(svc, badge, BadgeState.REJECTED, problem=blocking)
     form, payload = _import_form(svc, badge)
     svc.gate.acquire(reserved_ms)
-    unlisted = badge.absent_when_queued and badge.in_badgr_before is None
-    if unlisted:
+    if badge.absent_when_queued and badge.in_badgr_before is None:
         # Never sent, and not in the backpack when the move was asked for: send without
         # listing, unless a copy of this job has written since this one read the badge.
         sending = _sending(badge)

@@ -41,6 +41,13 @@ def _badge(w: Any, job: dict[str, Any]) -> Any:
     return w.store.get_badge(job["learner_id"], job["badge_id"])
 
 
+def _deliver_raising(w: Any, job: dict[str, Any], receive_count: int) -> Any:
+    try:
+        return import_badge(w.svc, job["learner_id"], job["badge_id"], receive_count, Backpacks())
+    except Exception as error:  # what SQS would see: the record failed, to be delivered again
+        return error
+
+
 def _deliver(w: Any, job: dict[str, Any], receive_count: int, backpacks: Backpacks | None = None) -> Any:
     try:
         return import_badge(w.svc, job["learner_id"], job["badge_id"], receive_count, backpacks)
@@ -135,6 +142,32 @@ def test_a_badge_marked_sent_while_the_request_listed_keeps_its_mark() -> None:
     badge = _badge(w, job)
     assert badge.state == BadgeState.QUEUED
     assert badge.in_badgr_before is False and badge.absent_when_queued is False  # its next try lists
+
+
+def test_a_throttled_sent_mark_leaves_the_badge_as_it_was_and_the_next_try_sends_it_once() -> None:
+    w, job = _ben(ScriptedBadgr())
+    transition = w.store.transition
+
+    def throttled_once(badge: Any, expected: Any, *, unchanged: bool = False) -> bool:
+        w.store.transition = transition
+        raise _throttled("UpdateItem")
+
+    w.store.transition = throttled_once
+    assert isinstance(_deliver_raising(w, job, 1), ClientError)
+    badge = _badge(w, job)
+    assert badge.in_badgr_before is None and badge.absent_when_queued is True  # nothing marked
+    assert w.badgr.imports == []
+    assert _deliver(w, job, 2, Backpacks()) == BadgeState.IMPORTED
+    assert len(w.badgr.imports) == 1 and w.badgr.listings == 1  # the request's listing alone
+
+
+def test_a_try_killed_after_its_sent_mark_makes_the_next_one_list_first() -> None:
+    w, job = _ben(ScriptedBadgr())
+    marked = _badge(w, job).model_copy(update={"in_badgr_before": False})
+    assert w.store.transition(marked, [BadgeState.QUEUED])  # what the killed try left on record
+    listed = w.badgr.listings
+    assert _deliver(w, job, 2, Backpacks()) == BadgeState.IMPORTED
+    assert w.badgr.listings == listed + 1 and len(w.badgr.imports) == 1
 
 
 def test_a_requeue_without_a_listing_makes_the_next_first_try_list() -> None:
