@@ -13,9 +13,16 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 # would load it anyway.
 import backpack_migrate.openbadges.parse  # noqa: F401
 from backpack_migrate.batch import run_sqs_batch
+from backpack_migrate.config import Settings
+from backpack_migrate.domain import BadgeRecord, ExportRecord, LearnerRecord
 from backpack_migrate.intake import ChunkJob, process_chunk
+from backpack_migrate.models import build_now
 from backpack_migrate.observability import logger, metrics, tracer
+from backpack_migrate.openbadges.model import Extracted
 from backpack_migrate.services import Services
+
+# What every job reads is built at init; the other models build on first use (models.py).
+build_now(Settings, ChunkJob, ExportRecord, LearnerRecord, BadgeRecord, Extracted)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -8,22 +8,28 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel
 
 # Every job calls Badgr: its client (requests) loads with the function, as the first job would
 # load it anyway.
-import backpack_migrate.badgr  # noqa: F401
+from backpack_migrate.badgr import Tokens
 from backpack_migrate.batch import run_sqs_batch
+from backpack_migrate.config import Settings
+from backpack_migrate.domain import BadgeRecord, CollectionRecord, GroupRecord, LearnerRecord
 from backpack_migrate.groups import CollectionBusy, make_collections
+from backpack_migrate.models import Model, build_now
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.services import Services
 
 MAX_BACKOFF_SECONDS = 900
 
 
-class CollectionsJob(BaseModel):
+class CollectionsJob(Model):
     learner_id: str
     requested_at: str | None = None
+
+
+# What every job reads is built at init; the other models build on first use (models.py).
+build_now(Settings, CollectionsJob, LearnerRecord, BadgeRecord, GroupRecord, CollectionRecord, Tokens)
 
 
 @logger.inject_lambda_context(clear_state=True)

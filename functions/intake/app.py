@@ -13,9 +13,17 @@ from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.parser.models import S3Model
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from backpack_migrate.intake import IntakeJob, read_export, resume_intake
+from backpack_migrate.config import Settings
+from backpack_migrate.domain import BadgeRecord, ExportRecord, LearnerRecord
+from backpack_migrate.export import ExportPlan
+from backpack_migrate.intake import ChunkJob, IntakeJob, read_export, resume_intake
+from backpack_migrate.models import build_now
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.services import Services, get_services
+
+# What every job reads is built at init; the other models build on first use (models.py).
+build_now(Settings, ExportRecord, ExportPlan, LearnerRecord, BadgeRecord, ChunkJob)
+
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse

@@ -19,10 +19,16 @@ from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from backpack_migrate import connect, displayer, issuer_api
+from backpack_migrate.config import Settings
 from backpack_migrate.legacy_http import FormatError, Reply, json_reply, record_call, with_jsonp
 from backpack_migrate.links import origin_of
+from backpack_migrate.models import build_now
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.services import Services, get_services
+
+# What every job reads is built at init; the other models build on first use (models.py).
+build_now(Settings)
+
 
 app = APIGatewayHttpResolver()
 SESSION_COOKIE = "bm_session"  # the learner's session, set by the learner pages on this host

@@ -8,26 +8,32 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel
 
 # Every job calls Badgr: its client (requests) loads with the function, as the first job would
 # load it anyway.
-import backpack_migrate.badgr  # noqa: F401
+from backpack_migrate.badgr import ImportResult, Tokens
 from backpack_migrate.batch import run_sqs_batch
+from backpack_migrate.config import Settings
 from backpack_migrate.connection import RetryLater
+from backpack_migrate.domain import BadgeRecord, LearnerRecord
 from backpack_migrate.holdings import Backpacks
 from backpack_migrate.migration import run_import_job, summaries_after_batch
+from backpack_migrate.models import Model, build_now
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.services import Services, get_services
 
 MAX_BACKOFF_SECONDS = 900
 
 
-class ImportJob(BaseModel):
+class ImportJob(Model):
     learner_id: str
     badge_id: str
     attempts: int = 0  # tries spent by earlier messages of this job (it waited out Badgr)
     reserved_ms: int | None = None  # the rate slot it waited for
+
+
+# What every job reads is built at init; the other models build on first use (models.py).
+build_now(Settings, ImportJob, LearnerRecord, BadgeRecord, Tokens, ImportResult)
 
 
 def backoff_seconds(receive_count: int, asked: float | None) -> int:

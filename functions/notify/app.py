@@ -7,19 +7,25 @@ from typing import Any, Literal
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel
 
 from backpack_migrate.batch import run_sqs_batch
+from backpack_migrate.config import Settings
+from backpack_migrate.domain import LearnerRecord
+from backpack_migrate.models import Model, build_now
 from backpack_migrate.notices import send_notice
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.services import Services
 
 
-class NoticeJob(BaseModel):
+class NoticeJob(Model):
     kind: Literal["invite", "summary"]
     learner_id: str
     export_id: str | None = None
     requested_at: str | None = None
+
+
+# What every job reads is built at init; the other models build on first use (models.py).
+build_now(Settings, NoticeJob, LearnerRecord)
 
 
 @logger.inject_lambda_context(clear_state=True)

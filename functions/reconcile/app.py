@@ -8,9 +8,15 @@ from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from backpack_migrate.config import Settings
+from backpack_migrate.domain import BadgeRecord, LearnerRecord
+from backpack_migrate.models import build_now
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.reconcile import reconcile
 from backpack_migrate.services import get_services
+
+# What every job reads is built at init; the other models build on first use (models.py).
+build_now(Settings, LearnerRecord, BadgeRecord)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -15,10 +15,17 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from backpack_migrate import portal
+from backpack_migrate.config import Settings
+from backpack_migrate.domain import BadgeRecord, LearnerRecord
 from backpack_migrate.links import BadgeRef, BrowserSession
+from backpack_migrate.models import build_now
 from backpack_migrate.observability import logger, metrics, tracer
 from backpack_migrate.pages import SCRIPT_HASH
 from backpack_migrate.services import Services, get_services
+
+# What every job reads is built at init; the other models build on first use (models.py).
+build_now(Settings, LearnerRecord, BadgeRecord)
+
 
 app = APIGatewayHttpResolver()
 

@@ -25,9 +25,11 @@ from typing import Any, Literal
 from urllib.parse import urlencode
 
 import requests
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from backpack_migrate.domain import BadgrAnswer
+
+from .models import Model
 
 DEFAULT_SCOPE = "rw:backpack rw:profile"
 
@@ -84,7 +86,7 @@ class BadgrUnavailable(BadgrError):  # noqa: N818 - the name callers know
 # --------------------------------------------------------------------------- models
 
 
-class Tokens(BaseModel):
+class Tokens(Model):
     """An access/refresh token pair. The tokens are kept out of ``repr`` so they never reach logs."""
 
     access_token: str = Field(repr=False)
@@ -99,7 +101,7 @@ class Tokens(BaseModel):
         return scope in self.scope.split()
 
 
-class ImportResult(BaseModel):
+class ImportResult(Model):
     """What one ``POST /v2/backpack/import`` came to, in our words and in Badgr's."""
 
     outcome: Outcome

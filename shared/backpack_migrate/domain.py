@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from .models import Model
 
 
 def normalize_email(email: str) -> str:
@@ -131,7 +133,7 @@ STATE_WORDS: dict[BadgeState, str] = {
 }
 
 
-class MemberLocation(BaseModel):
+class MemberLocation(Model):
     """Where a badge image sits inside the export ZIP, so it can be read back by byte range."""
 
     model_config = ConfigDict(frozen=True)
@@ -144,7 +146,7 @@ class MemberLocation(BaseModel):
     crc: int = 0
 
 
-class Problem(BaseModel):
+class Problem(Model):
     """A stable code and one sentence a learner (or operator) understands."""
 
     model_config = ConfigDict(frozen=True)
@@ -153,7 +155,7 @@ class Problem(BaseModel):
     message: str
 
 
-class VerdictSummary(BaseModel):
+class VerdictSummary(Model):
     """What the badge page and the worker need from a full verification."""
 
     valid: bool
@@ -184,7 +186,7 @@ class Confirmation(StrEnum):
     BACKPACK_RELISTED = "backpack_relisted"
 
 
-class BadgrAnswer(BaseModel):
+class BadgrAnswer(Model):
     """Badgr's own word on an import, kept beside ours."""
 
     status: int
@@ -193,7 +195,7 @@ class BadgrAnswer(BaseModel):
     codes: list[str] = Field(default_factory=list)
 
 
-class BadgeRecord(BaseModel):
+class BadgeRecord(Model):
     learner_id: str
     badge_id: str
     export_id: str
@@ -338,7 +340,7 @@ def movable_counts(badges: Iterable[BadgeRecord]) -> Movable:
     return Movable(ready, moving, uncertain)
 
 
-class LearnerRecord(BaseModel):
+class LearnerRecord(Model):
     learner_id: str
     export_id: str
     email_ciphertext: str  # base64 of the export's data-key AES-GCM ciphertext; never plaintext
@@ -368,7 +370,7 @@ class ExportStatus(StrEnum):
     FAILED = "failed"  # the export as a whole could not be read (not a ZIP, no manifest, ...)
 
 
-class ExportRecord(BaseModel):
+class ExportRecord(Model):
     export_id: str
     bucket: str
     key: str
@@ -384,7 +386,7 @@ class ExportRecord(BaseModel):
     created_at: str | None = None
 
 
-class LeftOut(BaseModel):
+class LeftOut(Model):
     """A badge of a group that could not join the group's Badgr collection, and why."""
 
     model_config = ConfigDict(frozen=True)
@@ -396,7 +398,7 @@ class LeftOut(BaseModel):
 CollectionState = Literal["creating", "filled", "skipped"]
 
 
-class CollectionRecord(BaseModel):
+class CollectionRecord(Model):
     """What a group became in Badgr: one collection, recorded before it is filled.
 
     ``creating``: the create was sent (``entity_id`` is set once Badgr's answer is on record);
@@ -418,7 +420,7 @@ class CollectionRecord(BaseModel):
     holder: str | None = None  # the job (SQS message) holding the lease: its redelivery takes over
 
 
-class GroupRecord(BaseModel):
+class GroupRecord(Model):
     """A Backpack group (and its portfolio page), kept with the Backpack's ids."""
 
     learner_id: str
@@ -442,7 +444,7 @@ class GroupRecord(BaseModel):
     updated_at: str | None = None
 
 
-class GrantRecord(BaseModel):
+class GrantRecord(Model):
     """A Backpack Connect grant: tokens only as SHA-256 digests, never the tokens themselves."""
 
     grant_id: str

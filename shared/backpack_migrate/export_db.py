@@ -36,6 +36,7 @@ from .backpack_rows import (
     user_record,
 )
 from .domain import Problem, now_iso
+from .models import Model
 from .zipwriter import StreamingZipWriter
 
 GROUP_BATCH = 500
@@ -43,7 +44,7 @@ GROUP_BATCH = 500
 Progress = Callable[[str, int], None]  # (table, rows just done)
 
 
-class ExportSummary(BaseModel):
+class ExportSummary(Model):
     """What ``export-db`` tells the operator at the end (no personal data)."""
 
     out: str

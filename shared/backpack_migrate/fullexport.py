@@ -25,6 +25,7 @@ from typing import IO, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .domain import Problem
+from .models import Model
 
 FORMAT_NAME = "backpack-full-fidelity"
 FORMAT_VERSION = 1
@@ -44,7 +45,7 @@ IMAGE_EXTENSIONS: dict[str, str] = {"image/png": "png", "image/svg+xml": "svg"}
 _SAFE_HASH = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
-class _Record(BaseModel):
+class _Record(Model):
     # Readers of version 1 ignore fields a later writer may add.
     model_config = ConfigDict(extra="ignore")
 

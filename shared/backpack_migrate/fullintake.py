@@ -42,6 +42,7 @@ from .domain import (
     now_iso,
 )
 from .export import BLOCK_SIZE, ExportError, MemberError, MemberIndex, open_export, read_member
+from .models import Model
 from .observability import logger, metrics
 from .services import Services
 
@@ -137,7 +138,7 @@ def iter_member_lines(reader: Any, loc: MemberLocation, block_size: int = BLOCK_
 
 
 # -- chunk jobs --------------------------------------------------------------------------------
-class FullChunkBadge(BaseModel):
+class FullChunkBadge(Model):
     backpack_badge_id: int
     file_name: str
     member: MemberLocation | None = None
@@ -149,7 +150,7 @@ class FullChunkBadge(BaseModel):
     problem: Problem | None = None
 
 
-class FullChunkLearner(BaseModel):
+class FullChunkLearner(Model):
     learner_id: str
     email_ciphertext: str
     addresses_ciphertext: str | None = None
@@ -162,7 +163,7 @@ class FullChunkLearner(BaseModel):
     last: bool = True  # the last part of this user (follow-up jobs go out with it)
 
 
-class FullChunkJob(BaseModel):
+class FullChunkJob(Model):
     kind: Literal["full"] = "full"
     export_id: str
     chunk: int
@@ -170,7 +171,7 @@ class FullChunkJob(BaseModel):
     stalls: int = 0  # as a ZIP chunk's: jobs in a row AWS refused before their first learner
 
 
-class FullStats(BaseModel):
+class FullStats(Model):
     users: int = 0
     learners: int = 0
     badges: int = 0

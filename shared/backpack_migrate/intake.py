@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from .crypto import badge_id_for, erasure_mark
 from .domain import (
@@ -39,6 +39,7 @@ from .export import (
     sniff_media_type,
     starts_with_member,
 )
+from .models import Model
 from .observability import logger, metrics
 from .queues import is_transient_aws_error
 from .services import Services
@@ -57,13 +58,13 @@ MAX_STALLS = 10
 FILES_PER_WRITE = 25
 
 
-class ChunkFile(BaseModel):
+class ChunkFile(Model):
     name: str
     member: MemberLocation | None = None
     problem: Problem | None = None
 
 
-class ChunkLearner(BaseModel):
+class ChunkLearner(Model):
     learner_id: str
     email_ciphertext: str
     problems: list[Problem] = Field(default_factory=list)
@@ -71,7 +72,7 @@ class ChunkLearner(BaseModel):
     manifest_entry: int | None = None
 
 
-class ChunkJob(BaseModel):
+class ChunkJob(Model):
     export_id: str
     chunk: int
     learners: list[ChunkLearner]
@@ -79,7 +80,7 @@ class ChunkJob(BaseModel):
     stalls: int = 0
 
 
-class IntakeJob(BaseModel):
+class IntakeJob(Model):
     """The rest of an export's intake: the manifest entries before ``entries_done`` are in chunk
     jobs already (numbered below ``chunks_done``)."""
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import ConfigDict, StringConstraints
+
+from .models import Model
 
 LINK_VERSION = "v1"
 
@@ -122,7 +124,7 @@ SessionId = Annotated[
 BadgeId = Annotated[str, StringConstraints(min_length=1, max_length=BADGE_ID_MAX, pattern=r"^[0-9a-f]+$")]
 
 
-class BrowserSession(BaseModel):
+class BrowserSession(Model):
     """The session cookie a browser sent, if any."""
 
     model_config = ConfigDict(frozen=True)
@@ -130,7 +132,7 @@ class BrowserSession(BaseModel):
     session_id: SessionId | None = None
 
 
-class BadgeRef(BaseModel):
+class BadgeRef(Model):
     """A badge named in a path."""
 
     model_config = ConfigDict(frozen=True)

@@ -19,11 +19,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from .domain import BadgeRecord, BadgeState, Confirmation, LearnerRecord, Problem, now_iso
 from .holdings import Backpacks
 from .migration import RETRYABLE_STATES, look_again, maybe_send_summary, queue_badges, settle
+from .models import Model
 from .observability import logger, metrics
 from .queues import is_transient_aws_error
 from .services import Services
@@ -39,7 +40,7 @@ _NOT_MOVING = Problem(
 )
 
 
-class ReconcileRun(BaseModel):
+class ReconcileRun(Model):
     """What one run did, for the metrics and ``backpack-migrate report``."""
 
     started_at: str

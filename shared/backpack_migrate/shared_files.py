@@ -20,8 +20,6 @@ import hashlib
 import os
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel
-
 from .domain import MemberLocation, Problem, normalize_email
 from .export import (
     _WITHOUT_ROWID,
@@ -35,6 +33,7 @@ from .export import (
     read_member,
 )
 from .export import scratch as _export_scratch
+from .models import Model
 
 # The badge reader (``openbadges``) is imported where a shared file is decided: few exports list
 # a file twice, and reading a manifest needs none of it.
@@ -74,7 +73,7 @@ def _problem(code: str, file_name: str | None = None) -> Problem:
     return Problem(code=code, message=f"{message} ({file_name})" if file_name else message)
 
 
-class Decision(BaseModel):
+class Decision(Model):
     outcome: Outcome
     owners: frozenset[str] = frozenset()  # normalized addresses the badge names
 

@@ -17,32 +17,78 @@ so everything here streams:
 Whole-export failures raise :class:`ExportError` with a stable code; problems with one learner
 or one file are reported as :class:`~backpack_migrate.domain.Problem` values (:mod:`.errors`).
 
+The names below load from their modules on first use, not with the package: a function that
+only reads a badge back (``open_export``, ``read_member``) never loads the manifest reader, the
+member index or SQLite.
+
 ``IN_MEMORY_ENTRIES`` is read from :mod:`.scratch` each time an index or a stream starts, so it
 is set on that module; it is not re-exported here, where setting it would change nothing.
 """
 
 from __future__ import annotations
 
-from .errors import MESSAGES, ExportError, MemberError, problem
-from .index import MemberIndex, member_index
-from .learners import (
-    ExportPlan,
-    FileEntry,
-    LearnerEntry,
-    ListingReview,
-    PlanStats,
-    is_valid_email,
-    iter_learners,
-    plan_export,
-)
-from .manifest import FULL_FORMAT_MEMBER, MANIFEST_NAME, ManifestEntry, find_manifest, iter_manifest
-from .members import DEFAULT_MAX_SIZE, read_badge_image, read_member, read_member_head, sniff_media_type
-from .ranges import BytesRangeReader, FileRangeReader, RangeReader, S3RangeReader, open_export
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-# shared_files keeps its own scratch tables alongside the member index.
-from .scratch import _WITHOUT_ROWID as _WITHOUT_ROWID
-from .scratch import _TempDatabase as _TempDatabase
-from .zipdir import BLOCK_SIZE, iter_members, starts_with_member
+if TYPE_CHECKING:
+    from .errors import MESSAGES, ExportError, MemberError, problem
+    from .index import MemberIndex, member_index
+    from .learners import (
+        ExportPlan,
+        FileEntry,
+        LearnerEntry,
+        ListingReview,
+        PlanStats,
+        is_valid_email,
+        iter_learners,
+        plan_export,
+    )
+    from .manifest import FULL_FORMAT_MEMBER, MANIFEST_NAME, ManifestEntry, find_manifest, iter_manifest
+    from .members import DEFAULT_MAX_SIZE, read_badge_image, read_member, read_member_head, sniff_media_type
+    from .ranges import BytesRangeReader, FileRangeReader, RangeReader, S3RangeReader, open_export
+
+    # shared_files keeps its own scratch tables alongside the member index.
+    from .scratch import _WITHOUT_ROWID as _WITHOUT_ROWID
+    from .scratch import _TempDatabase as _TempDatabase
+    from .zipdir import BLOCK_SIZE, iter_members, starts_with_member
+
+_MODULE_OF = {
+    "MESSAGES": "errors",
+    "ExportError": "errors",
+    "MemberError": "errors",
+    "problem": "errors",
+    "MemberIndex": "index",
+    "member_index": "index",
+    "ExportPlan": "learners",
+    "FileEntry": "learners",
+    "LearnerEntry": "learners",
+    "ListingReview": "learners",
+    "PlanStats": "learners",
+    "is_valid_email": "learners",
+    "iter_learners": "learners",
+    "plan_export": "learners",
+    "FULL_FORMAT_MEMBER": "manifest",
+    "MANIFEST_NAME": "manifest",
+    "ManifestEntry": "manifest",
+    "find_manifest": "manifest",
+    "iter_manifest": "manifest",
+    "DEFAULT_MAX_SIZE": "members",
+    "read_badge_image": "members",
+    "read_member": "members",
+    "read_member_head": "members",
+    "sniff_media_type": "members",
+    "BytesRangeReader": "ranges",
+    "FileRangeReader": "ranges",
+    "RangeReader": "ranges",
+    "S3RangeReader": "ranges",
+    "open_export": "ranges",
+    "_WITHOUT_ROWID": "scratch",
+    "_TempDatabase": "scratch",
+    "BLOCK_SIZE": "zipdir",
+    "iter_members": "zipdir",
+    "starts_with_member": "zipdir",
+}
+
 
 __all__ = [
     "BLOCK_SIZE",
@@ -78,3 +124,16 @@ __all__ = [
     "sniff_media_type",
     "starts_with_member",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # asked once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -7,10 +7,11 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from backpack_migrate.domain import MemberLocation, Problem, normalize_email
 
+from ..models import Model
 from . import scratch
 from .errors import ExportError, MemberError, problem
 from .index import MemberIndex
@@ -26,13 +27,13 @@ def is_valid_email(email: str) -> bool:
     return len(email) <= 254 and bool(_EMAIL.match(email))
 
 
-class FileEntry(BaseModel):
+class FileEntry(Model):
     name: str
     location: MemberLocation | None = None
     problem: Problem | None = None
 
 
-class LearnerEntry(BaseModel):
+class LearnerEntry(Model):
     email: str  # as written in the manifest (stripped)
     normalized_email: str
     files: list[FileEntry] = Field(default_factory=list)
@@ -41,7 +42,7 @@ class LearnerEntry(BaseModel):
     position: int = 0  # 1-based place in the manifest, so an operator can find the entry
 
 
-class PlanStats(BaseModel):
+class PlanStats(Model):
     """Counts filled while :func:`iter_learners` runs; complete once it is exhausted."""
 
     members: int = 0  # files in the ZIP, manifest excluded
@@ -65,7 +66,7 @@ class PlanStats(BaseModel):
 ListingReview = Callable[[str, MemberLocation, str], tuple[Problem | None, Problem | None]]
 
 
-class ExportPlan(BaseModel):
+class ExportPlan(Model):
     manifest: MemberLocation
     learners: list[LearnerEntry]
     stats: PlanStats

@@ -6,10 +6,9 @@ import struct
 import zlib
 from collections.abc import Iterator
 
-from pydantic import BaseModel
-
 from backpack_migrate.domain import MemberLocation
 
+from ..models import Model
 from .errors import ExportError
 from .ranges import RangeReader
 
@@ -37,7 +36,7 @@ def starts_with_member(reader: RangeReader, name: str) -> bool:
     return head[_LOCAL.size : _LOCAL.size + name_length] == name.encode()
 
 
-class _Directory(BaseModel):
+class _Directory(Model):
     start: int  # absolute offset of the first central directory entry
     size: int
     entries: int

@@ -5,14 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from backpack_migrate.domain import Problem, VerdictSummary
+
+from ..models import Model
 
 PayloadKind = Literal["url", "json", "jws"]
 
 
-class Issue(BaseModel):
+class Issue(Model):
     """A stable UPPER_SNAKE code and one sentence a learner understands."""
 
     model_config = ConfigDict(frozen=True)
@@ -22,14 +24,14 @@ class Issue(BaseModel):
     blocks_import: bool = True
 
 
-class IssuerInfo(BaseModel):
+class IssuerInfo(Model):
     id: str | None = None
     name: str | None = None
     url: str | None = None
     email: str | None = None
 
 
-class BadgeClassInfo(BaseModel):
+class BadgeClassInfo(Model):
     id: str | None = None
     name: str | None = None
     description: str | None = None
@@ -37,14 +39,14 @@ class BadgeClassInfo(BaseModel):
     criteria: str | None = None  # the criteria URL, else its narrative
 
 
-class RecipientInfo(BaseModel):
+class RecipientInfo(Model):
     type: str | None = None
     identity: str | None = None
     hashed: bool = False
     salt: str | None = None
 
 
-class NormalizedBadge(BaseModel):
+class NormalizedBadge(Model):
     """One shape for badges of every version (0.5, 1.0, 1.1, 2.0)."""
 
     assertion_id: str | None = None
@@ -59,7 +61,7 @@ class NormalizedBadge(BaseModel):
     evidence: str | None = None
 
 
-class Extracted(BaseModel):
+class Extracted(Model):
     """What can be known about a badge offline, from its bytes alone."""
 
     payload_kind: PayloadKind
@@ -79,7 +81,7 @@ def _web_url(value: str | None) -> str | None:
     return None
 
 
-class Verdict(BaseModel):
+class Verdict(Model):
     valid: bool
     version: str | None = None
     errors: list[Issue] = Field(default_factory=list)
