@@ -3,7 +3,9 @@
 Asking the stack through DynamoDB (a query per learner) to learn how far an export has come
 costs the stack itself a query per learner and poll: at 20,000 learners the gauge was the
 heaviest load on moto. moto runs in this process, so the gauge reads its table directly, under
-the same lock the stack's DynamoDB requests take (:mod:`infra.local.moto_locks`).
+the same lock the stack's DynamoDB requests take (:mod:`infra.local.moto_locks`). Where moto's
+DynamoDB runs in a process of its own (``LocalStack(dynamodb_process=True)``), that process
+takes the census the same way and answers it at the stack's ``census_url``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,16 @@ class Census:
         return sum(n for state, n in self.badges.items() if state in states)
 
 
-def take_census(table_name: str) -> Census:
-    """Count the badges (by state) and learners of the migration table in moto's own store."""
+def take_census(table_name: str, url: str = "") -> Census:
+    """Count the badges (by state) and learners of the migration table in moto's own store
+    (in this process, or in moto's DynamoDB process at ``url``)."""
+    if url:
+        import requests
+
+        answer = requests.get(url, params={"table": table_name}, timeout=60)
+        answer.raise_for_status()
+        counted = answer.json()
+        return Census(badges=Counter(counted["badges"]), learners=counted["learners"])
     from moto.backends import get_backend
 
     from infra.local.cloudformation import ACCOUNT_ID, REGION

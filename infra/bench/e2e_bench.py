@@ -139,14 +139,17 @@ def bench_end_to_end(
     workers: int = 8,
     export_sizes: tuple[tuple[int, int], ...] = EXPORT_SIZES,
     timeout_s: float = 3600,
+    dynamodb_process: bool = True,
 ) -> list[Part]:
-    parts = [bench_move(learners, workers, timeout_s)] if learners else []
+    parts = [bench_move(learners, workers, timeout_s, dynamodb_process)] if learners else []
     if export_sizes:
         parts.append(bench_whole_export(export_sizes, timeout_s))
     return parts
 
 
-def bench_move(learners: int = 1000, workers: int = 8, timeout_s: float = 3600) -> Part:
+def bench_move(
+    learners: int = 1000, workers: int = 8, timeout_s: float = 3600, dynamodb_process: bool = True
+) -> Part:
     import boto3
 
     from backpack_migrate.badgr import BadgrClient, Tokens
@@ -161,7 +164,8 @@ def bench_move(learners: int = 1000, workers: int = 8, timeout_s: float = 3600) 
     _quiet()
     part = Part(
         f"end to end: {learners:,} learners x 5 badges on the local stack, Badgr +300 ms, "
-        f"{workers} migrate workers",
+        f"{workers} migrate workers, moto's DynamoDB "
+        + ("in its own process" if dynamodb_process else "in the stack's process"),
         headers=["phase", "badges", "seconds", "badges/s", "of ideal", "RSS start / peak MB"],
     )
     final = frozenset(state.value for state in FINAL_STATES)
@@ -199,6 +203,7 @@ def bench_move(learners: int = 1000, workers: int = 8, timeout_s: float = 3600) 
             },
             max_concurrency={"MigrateQueue": workers},
             schedule_scale=SCHEDULE_SCALE,
+            dynamodb_process=dynamodb_process,
         ) as stack:
             reset_services()
             svc = get_services()
@@ -214,7 +219,7 @@ def bench_move(learners: int = 1000, workers: int = 8, timeout_s: float = 3600) 
                 )
                 progress = _Progress()
                 while time.monotonic() < deadline:
-                    census = take_census(table)
+                    census = take_census(table, stack.census_url)
                     progress("intake", census)
                     if recorded_s is None and census.badge_count >= total:
                         recorded_s = time.monotonic() - started
@@ -248,7 +253,7 @@ def bench_move(learners: int = 1000, workers: int = 8, timeout_s: float = 3600) 
                     with ThreadPoolExecutor(8) as pool:
                         list(pool.map(connect, sorted(ids)))
                     while time.monotonic() < deadline:
-                        census = take_census(table)
+                        census = take_census(table, stack.census_url)
                         progress("move", census)
                         if census.count(final) >= census.badge_count:
                             final_s = time.monotonic() - moving

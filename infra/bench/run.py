@@ -98,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         "--migrate-workers", type=int, default=8, help="migrate workers of the end-to-end run"
     )
     parser.add_argument(
+        "--dynamodb-in-process",
+        action="store_true",
+        help="the end-to-end move with moto's DynamoDB on a thread of the stack's process, as in the tests",
+    )
+    parser.add_argument(
         "--export-sizes",
         default="2000:6000,6000:18000",
         help="learners:badges of each whole export timed end to end (comma-separated; empty for none)",
@@ -130,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             if size
         )
         parts += _guarded(
-            "end to end", lambda: e2e_bench.bench_end_to_end(args.learners, args.migrate_workers, sizes)
+            "end to end",
+            lambda: e2e_bench.bench_end_to_end(
+                args.learners, args.migrate_workers, sizes, dynamodb_process=not args.dynamodb_in_process
+            ),
         )
     if "full-intake" in chosen:
         from infra.bench import fullintake_bench

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -91,6 +92,7 @@ class LocalStack:
         default_max_concurrency: int = 2,
         max_concurrency: dict[str, int] | None = None,
         dispatch: bool = True,
+        dynamodb_process: bool = False,
     ) -> None:
         """
         ``time_scale``: how long a second of SQS and EventBridge time lasts here (visibility
@@ -106,6 +108,10 @@ class LocalStack:
         events and starts no asynchronous-invoke worker, SQS pollers or schedules: new objects
         and queued messages just stay where they are (for measuring one function's work alone;
         ``wait_idle`` then waits on queues nobody empties).
+        ``dynamodb_process``: moto's DynamoDB answers from a process of its own
+        (:mod:`infra.local.moto_process`) rather than from a thread of this one, so the
+        functions' DynamoDB calls do not wait for this interpreter's lock (for benchmarks of a
+        busy stack); its table is then counted through ``census_url``.
         """
         self.root = Path(root).resolve()
         self.badgr_api_url = badgr_api_url
@@ -119,9 +125,13 @@ class LocalStack:
         self.default_max_concurrency = default_max_concurrency
         self.max_concurrency = dict(max_concurrency or {})
         self.dispatch = dispatch
+        self.dynamodb_process = dynamodb_process
 
         self.stack_name = f"backpack-migrate-local-{uuid.uuid4().hex[:8]}"
         self.endpoint_url = ""
+        self.dynamodb_endpoint_url = ""  # where DynamoDB answers: endpoint_url unless in its own process
+        self.census_url = ""  # the table's census, when DynamoDB runs in its own process
+        self._dynamodb: subprocess.Popen[str] | None = None
         self.url = ""
         self.env: dict[str, str] = {}
         self.parameters: dict[str, str] = {}
@@ -206,7 +216,7 @@ class LocalStack:
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         port = self._server.get_host_and_port()[1]
-        self.endpoint_url = f"http://127.0.0.1:{port}"
+        self.endpoint_url = self.dynamodb_endpoint_url = f"http://127.0.0.1:{port}"
         # The stacks of one process share moto's state (sent emails are kept per account, not
         # per stack): start from nothing, whatever an earlier stack's stop() could not clear.
         import requests
@@ -244,6 +254,8 @@ class LocalStack:
             badgr_client_secret=self.badgr_client_secret,
         )
         self.deployment.deploy()
+        if self.dynamodb_process:
+            self._move_tables_to_own_process()
         self.parameters = self.deployment.parameters
         self.api.api_id = self.deployment.physical.get("HttpApi", "localapi")
         self._resolve_environment()
@@ -283,6 +295,14 @@ class LocalStack:
             with contextlib.suppress(Exception):
                 self._server.stop()
             self._server = None
+        if self._dynamodb is not None:
+            with contextlib.suppress(Exception):
+                assert self._dynamodb.stdin is not None
+                self._dynamodb.stdin.close()  # its signal to stop
+                self._dynamodb.wait(timeout=10)
+            if self._dynamodb.poll() is None:
+                self._dynamodb.kill()
+            self._dynamodb = None
         if self._saved_env is not None:
             os.environ.clear()
             os.environ.update(self._saved_env)
@@ -294,6 +314,57 @@ class LocalStack:
         self._clear_settings_cache()
         for name, level in self._saved_log_levels.items():
             logging.getLogger(name).setLevel(level)
+
+    def _move_tables_to_own_process(self) -> None:
+        """Start moto's DynamoDB process and make there the tables the template made here (moto's
+        CloudFormation, which made them, lives in this process), then point every client at it."""
+        self._start_dynamodb_process()
+        here = self._client("dynamodb")
+        with self._clients_lock:
+            del self._clients["dynamodb"]
+        there = self._client("dynamodb")  # now the other process's
+        for name in here.list_tables()["TableNames"]:
+            table = here.describe_table(TableName=name)["Table"]
+            wanted: dict[str, Any] = {
+                "TableName": name,
+                "KeySchema": table["KeySchema"],
+                "AttributeDefinitions": table["AttributeDefinitions"],
+                "BillingMode": "PAY_PER_REQUEST",
+            }
+            indexes = [
+                {key: index[key] for key in ("IndexName", "KeySchema", "Projection")}
+                for index in table.get("GlobalSecondaryIndexes", [])
+            ]
+            if indexes:
+                wanted["GlobalSecondaryIndexes"] = indexes
+            if table.get("StreamSpecification"):
+                wanted["StreamSpecification"] = table["StreamSpecification"]
+            if table.get("SSEDescription"):
+                wanted["SSESpecification"] = {"Enabled": True}
+            there.create_table(**wanted)
+            ttl = here.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+            if ttl.get("TimeToLiveStatus") == "ENABLED":
+                there.update_time_to_live(
+                    TableName=name,
+                    TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
+                )
+            here.delete_table(TableName=name)  # a client left pointing here then fails loudly
+        os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = self.dynamodb_endpoint_url
+
+    def _start_dynamodb_process(self) -> None:
+        self._dynamodb = subprocess.Popen(
+            [sys.executable, "-m", "infra.local.moto_process"],
+            cwd=str(self.root),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._dynamodb.stdout is not None
+        ports = self._dynamodb.stdout.readline().split()
+        if len(ports) != 2:
+            raise RuntimeError("moto's DynamoDB process did not start")
+        self.dynamodb_endpoint_url = f"http://127.0.0.1:{ports[0]}"
+        self.census_url = f"http://127.0.0.1:{ports[1]}/census"
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -309,7 +380,7 @@ class LocalStack:
                 self._clients[service] = session.client(
                     service,
                     region_name=REGION,
-                    endpoint_url=self.endpoint_url,
+                    endpoint_url=self.dynamodb_endpoint_url if service == "dynamodb" else self.endpoint_url,
                     aws_access_key_id="testing",
                     aws_secret_access_key="testing",
                 )

@@ -333,7 +333,9 @@ class World:
 
 
 @contextlib.contextmanager
-def small_world(tmp: Path, env: dict[str, str] | None = None) -> Iterator[World]:
+def small_world(
+    tmp: Path, env: dict[str, str] | None = None, *, dynamodb_process: bool = False
+) -> Iterator[World]:
     """Issuer site, Badgr sandbox and local stack for a few learners; stopped together."""
     site_dir = tmp / "site"
     site_dir.mkdir(parents=True, exist_ok=True)
@@ -347,6 +349,7 @@ def small_world(tmp: Path, env: dict[str, str] | None = None) -> Iterator[World]
             badgr_authorize_url=sandbox.authorize_endpoint,
             badgr_client_secret=secret,
             env_overrides={"BADGR_CLIENT_ID": CLIENT_ID, "EMAILS_PER_SECOND": "50", **(env or {})},
+            dynamodb_process=dynamodb_process,
         ) as stack,
     ):
         reset_services()
@@ -664,6 +667,38 @@ def test_replayed_s3_events_and_sqs_messages_and_a_dying_worker_change_nothing(
         assert sorted(world.held(bob)) == sorted(world.assertion_urls[bob])
         assert stack.dlq_depth("MigrateQueue") == 0
         assert emails_with(stack, SUMMARY) == {amy: 1, bob: 1}
+
+
+def test_with_dynamodb_in_its_own_process_the_migration_moves_every_badge_once(tmp_path: Path) -> None:
+    # The benchmark's stack: moto's DynamoDB answers from a process of its own, with the tables
+    # the template made (keys, indexes, time to live), and nothing is left in the stack's own.
+    with small_world(tmp_path, dynamodb_process=True) as world:
+        stack, sandbox = world.stack, world.sandbox
+        assert stack.dynamodb_endpoint_url != stack.endpoint_url
+        here = boto3.client("dynamodb", endpoint_url=stack.endpoint_url)
+        assert here.list_tables()["TableNames"] == []
+        dynamodb = boto3.client("dynamodb")  # as the functions make it: from the environment
+        table = dynamodb.describe_table(TableName=stack.resource("Table"))["Table"]
+        assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["GSI1", "Open"]
+        ttl = dynamodb.describe_time_to_live(TableName=stack.resource("Table"))["TimeToLiveDescription"]
+        assert ttl["AttributeName"] == "expires_at"
+
+        amy, bob = "amy@example.org", "bob@example.org"
+        world.upload(world.export("own-process.zip", {amy: 2, bob: 1}))
+        stack.wait_idle(timeout=60)
+        world.play(amy)
+        world.play(bob)
+        stack.wait_idle(timeout=90)
+        assert set(world.states(amy).values()) == set(world.states(bob).values()) == {BadgeState.IMPORTED}
+        assert len(import_requests(sandbox)) == 3
+        assert sorted(world.held(amy)) == sorted(world.assertion_urls[amy])
+
+        from infra.bench.census import take_census
+
+        census = take_census(stack.resource("Table"), stack.census_url)
+        assert (census.learners, dict(census.badges)) == (2, {"imported": 3})
+        child = stack._dynamodb
+    assert child is not None and child.poll() is not None  # stopped with the stack
 
 
 # ---------------------------------------------------------------------------------- 3: retries, DLQ
