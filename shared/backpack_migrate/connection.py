@@ -43,17 +43,20 @@ ACCESS_WAIT = Problem(code="BADGR_BUSY", message="Badgr asked us to wait; we wil
 UNAVAILABLE = Problem(code="BADGR_UNAVAILABLE", message="Badgr did not answer; we will try again.")
 
 
-def store_tokens(svc: Services, learner_id: str, tokens: Any) -> None:
+# A learner's opened tokens (access, refresh, version), kept while one batch of jobs runs; a
+# refresh forgets them, so a token Badgr refused is never used again.
+KnownTokens = dict[str, tuple[str, str, int]]
+
+
+def store_tokens(svc: Services, learner_id: str, tokens: Any) -> KnownTokens:
+    """Seal and save the learner's new tokens; returns them as a reader of them would open them,
+    so whoever stored them need not read and open them back."""
     current = svc.store.get_token(learner_id)
     version = current[1] + 1 if current else 1
     sealed = svc.tokens.seal(tokens.model_dump_json(), learner_id=learner_id)
     if not svc.store.save_token(learner_id, sealed, version):
         raise RuntimeError("the learner's Badgr connection changed meanwhile")
-
-
-# A learner's opened tokens (access, refresh, version), kept while one batch of jobs runs; a
-# refresh forgets them, so a token Badgr refused is never used again.
-KnownTokens = dict[str, tuple[str, str, int]]
+    return {learner_id: (tokens.access_token, tokens.refresh_token, version)}
 
 
 def tokens_of(svc: Services, learner_id: str, known: KnownTokens | None = None) -> tuple[str, str, int]:

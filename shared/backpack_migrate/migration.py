@@ -16,6 +16,7 @@ from .connection import (
     ACCESS_LOST,
     UNAVAILABLE,
     Deferred,
+    KnownTokens,
     RetryLater,
     refresh_tokens,
     store_tokens,
@@ -133,12 +134,13 @@ def _merge(offline: VerdictSummary | None, full: VerdictSummary) -> VerdictSumma
 
 
 # -- connecting Badgr --------------------------------------------------------------------------
-def request_migration(svc: Services, learner_id: str) -> int:
+def request_migration(svc: Services, learner_id: str, tokens: KnownTokens | None = None) -> int:
     """Queue an import job for every badge that can still move; returns how many were queued.
 
     Badges already queued are sent again: a job lost with a crashed request must not leave its
     badge waiting for ever, and a duplicate job changes nothing (imports are idempotent). The
-    request is on record first, so the reconciler finishes one that died half-way.
+    request is on record first, so the reconciler finishes one that died half-way. ``tokens``:
+    the learner's tokens as just stored, so the backpack's listing need not open them again.
     """
     if svc.store.get_learner(learner_id) is None:
         raise LookupError(f"unknown learner {learner_id}")
@@ -148,14 +150,16 @@ def request_migration(svc: Services, learner_id: str) -> int:
         for badge in svc.store.list_badges(learner_id)
         if badge.state in REQUEUED_STATES or badge.can_move_again
     ]
-    queued = queue_badges(svc, learner_id, movable, _absent_now(svc, learner_id, movable))
+    queued = queue_badges(svc, learner_id, movable, _absent_now(svc, learner_id, movable, tokens))
     metrics.add_metric(name="MigrationsRequested", unit="Count", value=1)
     if not queued:
         maybe_send_summary(svc, learner_id)
     return queued
 
 
-def _absent_now(svc: Services, learner_id: str, badges: Sequence[BadgeRecord]) -> set[str]:
+def _absent_now(
+    svc: Services, learner_id: str, badges: Sequence[BadgeRecord], tokens: KnownTokens | None = None
+) -> set[str]:
     """The badges the learner's backpack does not hold now, by one listing as the move is asked
     for: a worker then sends each of them without listing first, so the listing's 300 ms are
     spent once per learner instead of on the path of the learner's first import.
@@ -171,7 +175,7 @@ def _absent_now(svc: Services, learner_id: str, badges: Sequence[BadgeRecord]) -
     unsent = [badge for badge in badges if badge.in_badgr_before is None]
     if not unsent:
         return set()
-    backpacks = Backpacks()
+    backpacks = Backpacks(tokens=dict(tokens or {}))
     try:
         if svc.gate.circuit_open():
             return set()  # Badgr is failing: the request does not wait on it, the workers will

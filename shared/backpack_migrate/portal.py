@@ -253,11 +253,11 @@ def callback(svc: Services, session_id: str | None, params: dict[str, str], redi
     from .migration import request_migration, store_tokens
 
     learner_id = session["learner_id"]
-    store_tokens(svc, learner_id, tokens)
+    stored = store_tokens(svc, learner_id, tokens)
     assert session_id is not None
     remaining = {k: v for k, v in session.items() if k not in ("state", "pkce")}
     svc.store.put_session(session_id, remaining, SESSION_TTL)
-    request_migration(svc, learner_id)
+    request_migration(svc, learner_id, stored)
     return Page(303, "", location=f"/l/{session['link']}/status")
 
 

@@ -130,8 +130,8 @@ def test_a_chunk_short_of_time_hands_the_rest_to_a_new_job() -> None:
     assert w.queue.take("chunk") == [left.model_dump()]
 
 
-def _connect(svc: Any, store: Any, email: str) -> str:
-    learner = next(
+def learner_of(svc: Any, store: Any, email: str) -> str:
+    return next(
         lid
         for lid, rec in store.learners.items()
         if svc.emails.decrypt(
@@ -142,6 +142,10 @@ def _connect(svc: Any, store: Any, email: str) -> str:
         )
         == email.lower()
     )
+
+
+def _connect(svc: Any, store: Any, email: str) -> str:
+    learner = learner_of(svc, store, email)
     store_tokens(
         svc, learner, Tokens(access_token="access1", refresh_token="refresh1", expires_at=0, scope="x")
     )

@@ -17,7 +17,7 @@ from backpack_migrate.holdings import Backpacks
 from backpack_migrate.migration import RetryLater, import_badge, run_import_job
 from tests.fakes import ScriptedBadgr
 from tests.unit.badges import hosted_assertion
-from tests.unit.test_migration_flow import ANA, BEN, _connect, run_world
+from tests.unit.test_migration_flow import ANA, BEN, _connect, learner_of, run_world
 
 pytestmark = pytest.mark.unit
 
@@ -99,6 +99,28 @@ def test_the_listing_made_as_the_move_is_asked_for_spares_the_first_try_its_own(
     assert w.badgr.listings == 1 and len(w.badgr.imports) == 1
     badge = _badge(w, job)
     assert badge.in_badgr_before is False and badge.confirmed_by == Confirmation.IMPORT_ANSWER
+
+
+def test_the_listing_at_the_request_uses_the_tokens_just_stored_without_opening_them() -> None:
+    from backpack_migrate.badgr import Tokens
+    from backpack_migrate.migration import request_migration, store_tokens
+
+    w = run_world(ScriptedBadgr())
+    opened: list[str] = []
+    real_open = w.svc.tokens.open
+
+    def counting_open(ciphertext: Any, **context: Any) -> Any:
+        opened.append(context["learner_id"])
+        return real_open(ciphertext, **context)
+
+    w.svc.tokens.open = counting_open
+    learner = learner_of(w.svc, w.store, BEN)
+    stored = store_tokens(
+        w.svc, learner, Tokens(access_token="a2", refresh_token="r2", expires_at=0, scope="rw:backpack")
+    )
+    assert stored[learner][:2] == ("a2", "r2")
+    assert request_migration(w.svc, learner, stored) == 1
+    assert w.badgr.listings == 1 and opened == []  # listed with the stored tokens, none read back
 
 
 def test_a_badge_added_by_hand_after_the_move_was_asked_for_is_already_in_badgr() -> None:
