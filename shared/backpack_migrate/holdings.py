@@ -49,12 +49,15 @@ def _listed(item: dict[str, Any]) -> tuple[set[str], Held]:
 class Backpacks:
     """Learners' Badgr accounts as one batch of jobs sees them: each backpack listing fetched at
     most once while this object lives (and again for a badge sent since), and each learner's
-    tokens read and opened once (and again after a refresh)."""
+    tokens read and opened once (and again after a refresh). ``exports`` keeps each export's
+    reader for the batch, so its badges' images cost neither a read of the export's record
+    each nor a ranged read of S3 for each neighbouring image."""
 
     _listings: dict[str, dict[str, Held]] = field(default_factory=dict)
     _sent: set[tuple[str, str]] = field(default_factory=set)
     fetched: int = 0
     tokens: KnownTokens = field(default_factory=dict)
+    exports: dict[str, Any] = field(default_factory=dict)
 
     def held(self, svc: Services, badge: BadgeRecord) -> Held | None:
         """The badge as the learner's backpack lists it, or None when it is not there.

@@ -82,12 +82,12 @@ def _verdicts(svc: Services, learner: LearnerRecord, badges: Sequence[BadgeRecor
     def image_of(badge: BadgeRecord) -> bytes:
         if badge.member is None:
             return b""
-        if badge.export_id not in readers:
-            export = svc.store.get_export(badge.export_id)
-            if export is None:
-                raise LookupError(f"badge {badge.badge_id} belongs to an unknown export")
-            readers[badge.export_id] = open_export(svc, export)
-        return read_member(readers[badge.export_id], badge.member)
+        try:
+            return read_member(export_reader(svc, badge.export_id, readers), badge.member)
+        except ExportError as error:
+            if error.code == "EXPORT_GONE":
+                raise LookupError(f"badge {badge.badge_id} belongs to an unknown export") from error
+            raise
 
     images = [image_of(badge) for badge in badges]
     verdicts = svc.verifier.verify_many(images, learner_recipients(svc, learner))
@@ -122,6 +122,17 @@ def verify_learner(svc: Services, learner_id: str) -> int:
                 name="BadgesVerifiedValid" if valid else "BadgesVerifiedInvalid", unit="Count", value=1
             )
     return done
+
+
+def export_reader(svc: Services, export_id: str, readers: dict[str, Any]) -> Any:
+    """The export's reader, opened once for the ``readers`` of one learner's verdicts or one
+    batch of jobs (an export's object and version never change once it is recorded)."""
+    if export_id not in readers:
+        export = svc.store.get_export(export_id)
+        if export is None:
+            raise ExportError("EXPORT_GONE")
+        readers[export_id] = open_export(svc, export)
+    return readers[export_id]
 
 
 def _merge(offline: VerdictSummary | None, full: VerdictSummary) -> VerdictSummary:
@@ -422,7 +433,7 @@ def _import(
             else Problem(code="INVALID", message="This badge is not valid.")
         )
         return _finish(svc, badge, BadgeState.REJECTED, problem=blocking)
-    form, payload = _import_form(svc, badge)
+    form, payload = _import_form(svc, badge, backpacks.exports)
     svc.gate.acquire(reserved_ms)
     if badge.absent_when_queued and badge.in_badgr_before is None:
         # Never sent, and not in the backpack when the move was asked for: send without
@@ -553,7 +564,7 @@ def _state_on_record(svc: Services, badge: BadgeRecord, otherwise: BadgeState) -
     return current.state if current is not None else otherwise
 
 
-def _import_form(svc: Services, badge: BadgeRecord) -> tuple[str, Any]:
+def _import_form(svc: Services, badge: BadgeRecord, readers: dict[str, Any]) -> tuple[str, Any]:
     """The hosted URL when it verifies, else the baked image, else the hosted URL anyway."""
     from .badgr import image_data_uri
 
@@ -565,11 +576,8 @@ def _import_form(svc: Services, badge: BadgeRecord) -> tuple[str, Any]:
         # Handed over by a third-party site as a signed assertion: sent as it came.
         return "assertion", badge.issued_assertion
     if badge.member is not None:
-        export = svc.store.get_export(badge.export_id)
         try:
-            if export is None:
-                raise ExportError("EXPORT_GONE")
-            data = read_member(open_export(svc, export), badge.member)
+            data = read_member(export_reader(svc, badge.export_id, readers), badge.member)
         except ExportError as error:
             if verdict is not None and verdict.hosted_url:
                 return "url", verdict.hosted_url

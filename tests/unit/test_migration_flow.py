@@ -302,3 +302,27 @@ def test_an_invitation_sent_whose_idempotency_record_could_not_be_saved_goes_onc
     assert w.store.get_learner(ben).invited_at is not None
     assert send_notice(w.svc, job)  # the job again, from SQS or the reconciler
     assert len(w.sender.sent) == emails + 1
+
+
+def test_a_batch_reads_an_exports_record_once_for_all_of_its_images() -> None:
+    from backpack_migrate.migration import _import_form
+
+    w = run_world()
+    learner = learner_of(w.svc, w.store, ANA)
+    badge = next(b for b in w.store.list_badges(learner) if b.file_name == "a2.png")
+    # Its hosted copy gone: the baked image is what is sent.
+    gone = badge.verdict.model_copy(update={"valid": False, "hosted_url": None})
+    baked_only = badge.model_copy(update={"verdict": gone})
+    looked_up: list[str] = []
+    real_get_export = w.store.get_export
+
+    def counting_get_export(export_id: str) -> Any:
+        looked_up.append(export_id)
+        return real_get_export(export_id)
+
+    w.store.get_export = counting_get_export
+    readers: dict[str, Any] = {}  # what one batch's Backpacks keeps
+    first = _import_form(w.svc, baked_only, readers)
+    again = _import_form(w.svc, baked_only, readers)
+    assert first[0] == "image" and again == first
+    assert looked_up == [baked_only.export_id]
