@@ -71,23 +71,27 @@ _FOUND = "Found in the learner's Badgr backpack."
 
 
 # -- verdicts, worked out ahead --------------------------------------------------------------
-def _verdicts(svc: Services, learner: LearnerRecord, badges: Sequence[BadgeRecord]) -> list[BadgeRecord]:
+def _verdicts(
+    svc: Services,
+    learner: LearnerRecord,
+    badges: Sequence[BadgeRecord],
+    readers: dict[str, Any] | None = None,
+) -> list[BadgeRecord]:
     """The badges with their full verdicts (against the learner's email), not yet stored.
 
     Each badge is read from the export (and S3 version) it came from: a learner listed in two
-    exports has badges in both, at offsets that mean something only in their own.
+    exports has badges in both, at offsets that mean something only in their own. ``readers``:
+    the exports already opened by a batch of jobs.
     """
-    readers: dict[str, Any] = {}
+    readers = {} if readers is None else readers
 
     def image_of(badge: BadgeRecord) -> bytes:
         if badge.member is None:
             return b""
-        try:
-            return read_member(export_reader(svc, badge.export_id, readers), badge.member)
-        except ExportError as error:
-            if error.code == "EXPORT_GONE":
-                raise LookupError(f"badge {badge.badge_id} belongs to an unknown export") from error
-            raise
+        reader = export_reader(svc, badge.export_id, readers)
+        if reader is None:
+            raise LookupError(f"badge {badge.badge_id} belongs to an unknown export")
+        return read_member(reader, badge.member)
 
     images = [image_of(badge) for badge in badges]
     verdicts = svc.verifier.verify_many(images, learner_recipients(svc, learner))
@@ -124,13 +128,14 @@ def verify_learner(svc: Services, learner_id: str) -> int:
     return done
 
 
-def export_reader(svc: Services, export_id: str, readers: dict[str, Any]) -> Any:
+def export_reader(svc: Services, export_id: str, readers: dict[str, Any]) -> Any | None:
     """The export's reader, opened once for the ``readers`` of one learner's verdicts or one
-    batch of jobs (an export's object and version never change once it is recorded)."""
+    batch of jobs (an export's object and version never change once it is recorded); None when
+    no such export is on record."""
     if export_id not in readers:
         export = svc.store.get_export(export_id)
         if export is None:
-            raise ExportError("EXPORT_GONE")
+            return None
         readers[export_id] = open_export(svc, export)
     return readers[export_id]
 
@@ -424,7 +429,7 @@ def _import(
         # Queued before its verify job ran: check it now rather than send Badgr a doomed badge.
         learner = svc.store.get_learner(badge.learner_id)
         if learner is not None:
-            badge = _verdicts(svc, learner, [badge])[0]
+            badge = _verdicts(svc, learner, [badge], backpacks.exports)[0]
     verdict = badge.verdict
     if verdict is not None and verdict.certain_to_fail:
         blocking = (
@@ -577,7 +582,10 @@ def _import_form(svc: Services, badge: BadgeRecord, readers: dict[str, Any]) -> 
         return "assertion", badge.issued_assertion
     if badge.member is not None:
         try:
-            data = read_member(export_reader(svc, badge.export_id, readers), badge.member)
+            reader = export_reader(svc, badge.export_id, readers)
+            if reader is None:
+                raise ExportError("EXPORT_GONE")
+            data = read_member(reader, badge.member)
         except ExportError as error:
             if verdict is not None and verdict.hosted_url:
                 return "url", verdict.hosted_url

@@ -305,6 +305,7 @@ def test_an_invitation_sent_whose_idempotency_record_could_not_be_saved_goes_onc
 
 
 def test_a_batch_reads_an_exports_record_once_for_all_of_its_images() -> None:
+    from backpack_migrate.holdings import Backpacks
     from backpack_migrate.migration import _import_form
 
     w = run_world()
@@ -321,8 +322,14 @@ def test_a_batch_reads_an_exports_record_once_for_all_of_its_images() -> None:
         return real_get_export(export_id)
 
     w.store.get_export = counting_get_export
-    readers: dict[str, Any] = {}  # what one batch's Backpacks keeps
-    first = _import_form(w.svc, baked_only, readers)
-    again = _import_form(w.svc, baked_only, readers)
-    assert first[0] == "image" and again == first
+    w.store.badges[(learner, baked_only.badge_id)] = baked_only
+    _connect(w.svc, w.store, ANA)
+    w.queue.take("migrate")
+    batch = Backpacks()  # what one batch of jobs shares
+    assert import_badge(w.svc, learner, baked_only.badge_id, 1, batch) == BadgeState.IMPORTED
+    assert "image" in w.badgr.imports[-1]
+    assert list(batch.exports) == [baked_only.export_id]
+    # A second baked image of the same export in the batch: its record is not read again.
+    form, _payload = _import_form(w.svc, baked_only, batch.exports)
+    assert form == "image"
     assert looked_up == [baked_only.export_id]

@@ -101,11 +101,16 @@ def test_the_listing_made_as_the_move_is_asked_for_spares_the_first_try_its_own(
     assert badge.in_badgr_before is False and badge.confirmed_by == Confirmation.IMPORT_ANSWER
 
 
-def test_the_listing_at_the_request_uses_the_tokens_just_stored_without_opening_them() -> None:
+def test_the_callback_lists_the_backpack_with_the_tokens_it_just_stored_without_opening_them() -> None:
     from backpack_migrate.badgr import Tokens
-    from backpack_migrate.migration import request_migration, store_tokens
+    from backpack_migrate.portal import callback
 
     w = run_world(ScriptedBadgr())
+    learner = learner_of(w.svc, w.store, BEN)
+    w.store.put_session("visit", {"learner_id": learner, "state": "st", "pkce": "v", "link": "L"}, 600)
+    w.badgr.exchange_code = lambda code, verifier, redirect_uri: Tokens(  # type: ignore[attr-defined]
+        access_token="a2", refresh_token="r2", expires_at=0, scope="rw:backpack"
+    )
     opened: list[str] = []
     real_open = w.svc.tokens.open
 
@@ -113,14 +118,20 @@ def test_the_listing_at_the_request_uses_the_tokens_just_stored_without_opening_
         opened.append(context["learner_id"])
         return real_open(ciphertext, **context)
 
+    listed_with: list[str] = []
+    real_list = w.badgr.list_assertions
+
+    def recording_list(access_token: str, include_pending: bool = True) -> Any:
+        listed_with.append(access_token)
+        return real_list(access_token, include_pending)
+
     w.svc.tokens.open = counting_open
-    learner = learner_of(w.svc, w.store, BEN)
-    stored = store_tokens(
-        w.svc, learner, Tokens(access_token="a2", refresh_token="r2", expires_at=0, scope="rw:backpack")
-    )
-    assert stored[learner][:2] == ("a2", "r2")
-    assert request_migration(w.svc, learner, stored) == 1
-    assert w.badgr.listings == 1 and opened == []  # listed with the stored tokens, none read back
+    w.badgr.list_assertions = recording_list  # type: ignore[method-assign]
+    page = callback(w.svc, "visit", {"code": "c", "state": "st"}, "https://migrate.example/oauth/callback")
+    assert page.status == 303
+    (job,) = w.queue.take("migrate")
+    assert _badge(w, job).absent_when_queued is True
+    assert listed_with == ["a2"] and opened == []  # the stored tokens, not read back and opened
 
 
 def test_a_badge_added_by_hand_after_the_move_was_asked_for_is_already_in_badgr() -> None:
