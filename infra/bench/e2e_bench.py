@@ -190,10 +190,6 @@ def bench_move(
             token = badgr.issue_token(username)["access_token"]
             for assertion_url in assertions:
                 direct.import_badge(token, url=assertion_url)
-        import sys as _sys
-
-        _sys.setswitchinterval(float(os.environ.get("SWITCH", "0.005")))
-        print("switchinterval", _sys.getswitchinterval())
         with LocalStack(
             ROOT,
             badgr_api_url=badgr.proxy_url,

@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dynamodb-in-process",
         action="store_true",
-        help="the end-to-end move with moto's DynamoDB on a thread of the stack's process, as in the tests",
+        help="the end-to-end runs (the move, whole exports) with moto's DynamoDB on a thread of the "
+        "stack's process, as in the tests",
     )
     parser.add_argument(
         "--export-sizes",

@@ -14,6 +14,7 @@ from .connection import KnownTokens, read_with_token
 from .domain import BadgeRecord
 
 if TYPE_CHECKING:
+    from .export import RangeReader
     from .services import Services
 
 
@@ -57,7 +58,7 @@ class Backpacks:
     _sent: set[tuple[str, str]] = field(default_factory=set)
     fetched: int = 0
     tokens: KnownTokens = field(default_factory=dict)
-    exports: dict[str, Any] = field(default_factory=dict)
+    exports: dict[str, RangeReader] = field(default_factory=dict)
 
     def held(self, svc: Services, badge: BadgeRecord) -> Held | None:
         """The badge as the learner's backpack lists it, or None when it is not there.

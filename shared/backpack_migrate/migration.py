@@ -35,7 +35,7 @@ from .domain import (
     now_iso,
     request_stamp,
 )
-from .export import ExportError, open_export, read_member
+from .export import ExportError, RangeReader, open_export, read_member
 from .holdings import Backpacks, Held
 from .observability import logger, metrics
 from .services import Services
@@ -75,7 +75,7 @@ def _verdicts(
     svc: Services,
     learner: LearnerRecord,
     badges: Sequence[BadgeRecord],
-    readers: dict[str, Any] | None = None,
+    readers: dict[str, RangeReader] | None = None,
 ) -> list[BadgeRecord]:
     """The badges with their full verdicts (against the learner's email), not yet stored.
 
@@ -128,7 +128,7 @@ def verify_learner(svc: Services, learner_id: str) -> int:
     return done
 
 
-def export_reader(svc: Services, export_id: str, readers: dict[str, Any]) -> Any | None:
+def export_reader(svc: Services, export_id: str, readers: dict[str, RangeReader]) -> RangeReader | None:
     """The export's reader, opened once for the ``readers`` of one learner's verdicts or one
     batch of jobs (an export's object and version never change once it is recorded); None when
     no such export is on record."""
@@ -569,7 +569,7 @@ def _state_on_record(svc: Services, badge: BadgeRecord, otherwise: BadgeState) -
     return current.state if current is not None else otherwise
 
 
-def _import_form(svc: Services, badge: BadgeRecord, readers: dict[str, Any]) -> tuple[str, Any]:
+def _import_form(svc: Services, badge: BadgeRecord, readers: dict[str, RangeReader]) -> tuple[str, Any]:
     """The hosted URL when it verifies, else the baked image, else the hosted URL anyway."""
     from .badgr import image_data_uri
 
