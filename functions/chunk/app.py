@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# First of all: it pauses the garbage collector for the rest of init (coldstart.py).
+from backpack_migrate import coldstart  # isort: split
+
 import json
 from typing import Any
 
@@ -43,3 +46,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
         process_chunk(svc, job, context.get_remaining_time_in_millis)
 
     return run_sqs_batch(event, context, handle)
+
+
+coldstart.finished()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# First of all: it pauses the garbage collector for the rest of init (coldstart.py).
+from backpack_migrate import coldstart  # isort: split
+
 import random
 from typing import Any
 
@@ -52,3 +55,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
             raise
 
     return run_sqs_batch(event, context, handle)
+
+
+coldstart.finished()

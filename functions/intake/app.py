@@ -6,6 +6,9 @@ same function goes on with it (SQS records, one at a time).
 
 from __future__ import annotations
 
+# First of all: it pauses the garbage collector for the rest of init (coldstart.py).
+from backpack_migrate import coldstart  # isort: split
+
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
@@ -71,3 +74,6 @@ def _uploaded(event: S3Model, context: LambdaContext) -> dict[str, Any]:
         result = svc.once("intake", read)(job=job)
         exports.append({"export_id": result["export_id"], "status": result["status"]})
     return {"exports": exports}
+
+
+coldstart.finished()

@@ -3,6 +3,9 @@ Backpack Connect), answered from what the migration stored."""
 
 from __future__ import annotations
 
+# First of all: it pauses the garbage collector for the rest of init (coldstart.py).
+from backpack_migrate import coldstart  # isort: split
+
 import contextlib
 import json
 import time
@@ -319,3 +322,6 @@ def api_preflight() -> Response:
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)
+
+
+coldstart.finished()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# First of all: it pauses the garbage collector for the rest of init (coldstart.py).
+from backpack_migrate import coldstart  # isort: split
+
 import random
 from typing import Any
 
@@ -64,3 +67,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
 
     with summaries_after_batch(get_services()):
         return run_sqs_batch(event, context, handle)
+
+
+coldstart.finished()

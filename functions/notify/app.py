@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# First of all: it pauses the garbage collector for the rest of init (coldstart.py).
+from backpack_migrate import coldstart  # isort: split
+
 from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -36,3 +39,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
         send_notice(svc, NoticeJob.model_validate_json(record.body).model_dump(exclude_none=True))
 
     return run_sqs_batch(event, context, handle)
+
+
+coldstart.finished()

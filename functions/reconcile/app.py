@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# First of all: it pauses the garbage collector for the rest of init (coldstart.py).
+from backpack_migrate import coldstart  # isort: split
+
 from typing import Any
 
 from aws_lambda_powertools.utilities.parser import parse
@@ -26,3 +29,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     schedule = parse(event=event, model=EventBridgeModel)  # a Scheduled Event, nothing else
     logger.append_keys(schedule_event=schedule.id)
     return reconcile(get_services(), context.get_remaining_time_in_millis).model_dump()
+
+
+coldstart.finished()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# First of all: it pauses the garbage collector for the rest of init (coldstart.py).
+from backpack_migrate import coldstart  # isort: split
+
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -38,3 +41,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
         verify_learner(svc, VerifyJob.model_validate_json(record.body).learner_id)
 
     return run_sqs_batch(event, context, handle)
+
+
+coldstart.finished()

@@ -3,6 +3,9 @@ learner's download and erasure, and a page for every unknown path."""
 
 from __future__ import annotations
 
+# First of all: it pauses the garbage collector for the rest of init (coldstart.py).
+from backpack_migrate import coldstart  # isort: split
+
 import json
 from http.cookies import SimpleCookie
 from typing import Any
@@ -213,3 +216,6 @@ def erase(token: str) -> Response:
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)
+
+
+coldstart.finished()

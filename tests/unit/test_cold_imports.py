@@ -49,7 +49,8 @@ if "backpack_migrate.models" in sys.modules:
         pending.extend(model.__subclasses__())
         if model.__pydantic_complete__:
             built.append(model.__name__)
-print(json.dumps([sorted(sys.modules), sorted(built)]))
+import gc
+print(json.dumps([sorted(sys.modules), sorted(built), [gc.isenabled(), gc.get_freeze_count()]]))
 """
 
 # Never in any function: the operator's terminal and database tools, test tools, and X-Ray
@@ -171,7 +172,10 @@ MODELS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def _loaded(name: str) -> tuple[set[str], set[str]]:
+Loaded = tuple[set[str], set[str], tuple[bool, int]]
+
+
+def _loaded(name: str) -> Loaded:
     proc = subprocess.run(
         [sys.executable, "-c", _LOAD, str(ROOT / "functions" / name / "app.py"), ",".join(HIDDEN)],
         capture_output=True,
@@ -182,12 +186,12 @@ def _loaded(name: str) -> tuple[set[str], set[str]]:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    modules, built = json.loads(proc.stdout.strip().splitlines()[-1])
-    return set(modules), set(built)
+    modules, built, (collecting, frozen) = json.loads(proc.stdout.strip().splitlines()[-1])
+    return set(modules), set(built), (collecting, frozen)
 
 
 @pytest.fixture(scope="module")
-def loaded() -> dict[str, tuple[set[str], set[str]]]:
+def loaded() -> dict[str, Loaded]:
     with ThreadPoolExecutor(max_workers=3) as pool:
         return dict(zip(FUNCTIONS, pool.map(_loaded, FUNCTIONS), strict=True))
 
@@ -202,9 +206,7 @@ def test_every_function_of_the_template_is_measured_and_checked() -> None:
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
-def test_a_function_loads_only_what_its_jobs_need(
-    name: str, loaded: dict[str, tuple[set[str], set[str]]]
-) -> None:
+def test_a_function_loads_only_what_its_jobs_need(name: str, loaded: dict[str, Loaded]) -> None:
     modules = loaded[name][0]
     never, needed = EXPECTED[name]
     assert [m for m in (*NEVER, *never) if _present(modules, m)] == []
@@ -234,9 +236,36 @@ def test_the_badge_reader_loads_nothing_it_does_not_use() -> None:
 
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_a_function_builds_at_init_only_the_models_every_job_reads(
-    name: str, loaded: dict[str, tuple[set[str], set[str]]]
+    name: str, loaded: dict[str, Loaded]
 ) -> None:
     built = loaded[name][1]
     every_job, first_use = MODELS[name]
     assert set(every_job) <= built
     assert built.isdisjoint(first_use)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_a_function_ends_its_init_collecting_again_with_what_init_built_frozen(
+    name: str, loaded: dict[str, Loaded]
+) -> None:
+    # The collector is paused while the function loads (coldstart.py); were it left paused, an
+    # instance would never free a reference cycle, and were nothing frozen, an early invocation
+    # would walk every object init made.
+    collecting, frozen = loaded[name][2]
+    assert collecting
+    assert frozen > 50_000
+
+
+def test_outside_the_lambda_runtime_importing_a_function_leaves_the_collector_alone() -> None:
+    # The local stack and the tests load every function into one long-lived process.
+    env = {k: v for k, v in lambda_env("notify").items() if k != "AWS_LAMBDA_RUNTIME_API"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(ROOT / "functions" / "notify" / "app.py"), ",".join(HIDDEN)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(ROOT),
+        timeout=240,
+        check=True,
+    )
+    assert json.loads(proc.stdout.strip().splitlines()[-1])[2] == [True, 0]
