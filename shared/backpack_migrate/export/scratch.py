@@ -5,17 +5,22 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sqlite3
 import tempfile
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import sqlite3
 
 # Up to this many members (or emails, in :func:`iter_learners`) are held in memory; past it they
 # move to a SQLite database in a private temporary directory, so memory stays bounded.
 IN_MEMORY_ENTRIES = 2048
 _BATCH = 1024  # rows written per transaction (and held until then)
 _CACHE_KIB = 1024  # SQLite page cache per database
-_WITHOUT_ROWID = " WITHOUT ROWID" if sqlite3.sqlite_version_info >= (3, 8, 2) else ""
+# SQLite has had WITHOUT ROWID tables since 3.8.2 (2013); every Python 3.11 build here bundles a
+# later one. A constant, so that sqlite3 loads only when a database is first needed: most chunks
+# and small exports never spill.
+_WITHOUT_ROWID = " WITHOUT ROWID"
 
 
 _SCRATCH_PREFIX = "backpack-export-"
@@ -82,6 +87,8 @@ class _TempDatabase:
     """
 
     def __init__(self, schema: str) -> None:
+        import sqlite3
+
         _sweep_stale_databases()
         self.directory = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-")
         _OURS.add(self.directory)
