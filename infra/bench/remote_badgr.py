@@ -91,8 +91,14 @@ class RemoteBadgr:
         self._ask("latency", seconds=seconds)
 
     def routes(self, clear: bool = False) -> Counter[str]:
-        """Badgr calls through the proxy, by method and route (and forget them, if asked)."""
+        """Badgr calls through the proxy, by method and route (and forget them, and the time
+        upstream, if asked)."""
         return Counter(self._ask("routes", clear=clear))
+
+    def upstream_s(self) -> dict[str, float]:
+        """Seconds the sandbox itself took to answer the calls counted by :meth:`routes`, by
+        route: Badgr's own time, without the latency the proxy adds."""
+        return {route: float(seconds) for route, seconds in self._ask("upstream").items()}
 
 
 def _serve(site_dir: Path, client_id: str, stdin: IO[str], stdout: IO[str]) -> int:
@@ -129,6 +135,9 @@ def _serve(site_dir: Path, client_id: str, stdin: IO[str], stdout: IO[str]) -> i
                     say(dict(proxy.by_route))
                     if command.get("clear"):
                         proxy.by_route.clear()
+                        proxy.upstream_s.clear()
+                elif op == "upstream":
+                    say(dict(proxy.upstream_s))
                 else:
                     say({"error": f"unknown command {op!r}"})
             except Exception as exc:  # the bench is told, and the child goes on

@@ -44,6 +44,8 @@ FIGURES = (
     "e2e_ideal_per_s",
     "e2e_of_ideal",
     "e2e_badgr_calls_per_badge",
+    "e2e_badgr_own_import_ms",
+    "e2e_of_ideal_with_badgr_time",
     "e2e_rss_start_mb",
     "e2e_rss_peak_mb",
     "e2e_export_2k_s",

@@ -14,7 +14,7 @@ import socket
 import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from typing import Any
 
@@ -68,6 +68,9 @@ class FaultyBadgr(LoopbackServer):
         self.injected: Counter[str] = Counter()
         self.calls = 0
         self.by_route: Counter[str] = Counter()  # calls per method and path (ids and query left out)
+        # Seconds Badgr itself took to answer, per route: the time forwarded calls spent upstream,
+        # without the latency added here.
+        self.upstream_s: defaultdict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
         self._session = requests.Session()
 
@@ -76,6 +79,9 @@ class FaultyBadgr(LoopbackServer):
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: without TCP_NODELAY, Nagle plus the client's
+            # delayed ACK add 40 ms to an answer on a kept-alive connection.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
@@ -127,10 +133,13 @@ class FaultyBadgr(LoopbackServer):
         server.daemon_threads = True
         return server
 
+    @staticmethod
+    def route_of(method: str, path: str) -> str:
+        return f"{method} {'/'.join(path.split('?', 1)[0].split('/')[:4])}"
+
     def count(self, method: str, path: str) -> None:
-        route = "/".join(path.split("?", 1)[0].split("/")[:4])
         with self._lock:
-            self.by_route[f"{method} {route}"] += 1
+            self.by_route[self.route_of(method, path)] += 1
 
     def decide(self, path: str) -> str | None:
         with self._lock:
@@ -144,10 +153,14 @@ class FaultyBadgr(LoopbackServer):
 
     def forward(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, dict[str, str], bytes]:
         sent = {k: v for k, v in headers.items() if k.lower() not in {"host", "content-length", "connection"}}
+        started = time.perf_counter()
         answer = self._session.request(
             method, self.upstream + path, headers=sent, data=body, timeout=30, allow_redirects=False
         )
-        return answer.status_code, dict(answer.headers), answer.content
+        content = answer.content
+        with self._lock:
+            self.upstream_s[self.route_of(method, path)] += time.perf_counter() - started
+        return answer.status_code, dict(answer.headers), content
 
 
 class WorkerKiller:
