@@ -64,7 +64,7 @@ print(json.dumps({"ms": elapsed * 1000, "collect_ms": collect * 1000, "modules":
 """
 
 
-def lambda_env(name: str) -> dict[str, str]:
+def lambda_env(name: str, collector_paused: bool = True) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_", "_X_AMZN"))}
     env.update(
         {
@@ -90,6 +90,8 @@ def lambda_env(name: str) -> dict[str, str]:
     )
     env.pop("PYTHONDONTWRITEBYTECODE")
     env.pop("PYTHONPATH", None)
+    if not collector_paused:  # as before the functions paused it: the comparison's other half
+        env.pop("AWS_LAMBDA_RUNTIME_API")
     return env
 
 
@@ -121,7 +123,7 @@ def median_ms(target: str, mode: str, env: dict[str, str], runs: int) -> float:
     return round(statistics.median(time_once(target, mode, env) for _ in range(runs)), 1)
 
 
-def bench_cold_imports(runs: int = 5) -> Part:
+def bench_cold_imports(runs: int = 5, collector_paused: bool = True) -> Part:
     """Each function's import, beside a bare ``import boto3`` timed in the same rounds.
 
     Every round times ``boto3`` and then each function once, so a busy machine slows both alike;
@@ -146,13 +148,14 @@ def bench_cold_imports(runs: int = 5) -> Part:
     try:
         time_once("boto3", "module", bare_env)  # writes the .pyc files; not counted
         for name in samples:
-            _warm(name, apps[name], failed)
+            _warm(name, apps[name], failed, collector_paused)
         for _ in range(runs):
             boto3_samples.append(time_once("boto3", "module", bare_env))
             for name, taken in samples.items():
                 if name not in failed:
                     try:
-                        loaded = load_once(str(apps[name]), "file", lambda_env(name))
+                        env = lambda_env(name, collector_paused)
+                        loaded = load_once(str(apps[name]), "file", env)
                         taken.append(loaded["ms"])
                         collections[name].append(loaded["collect_ms"])
                     except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -182,9 +185,14 @@ def bench_cold_imports(runs: int = 5) -> Part:
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         part.notes.append(f"aws_xray_sdk.core: not measured: {exc}")
     part.notes.append(
-        "Lambda-like env (AWS_LAMBDA_FUNCTION_NAME set, Tracer on; AWS_LAMBDA_RUNTIME_API set, so init "
-        "runs with the collector paused); dev-only awscrt/OpenSSL hidden; warm .pyc; this machine's "
-        "CPU -- expect 2-3x at 512 MB in Lambda"
+        "Lambda-like env (AWS_LAMBDA_FUNCTION_NAME set, Tracer on; "
+        + (
+            "AWS_LAMBDA_RUNTIME_API set, so init runs with the collector paused"
+            if collector_paused
+            else "AWS_LAMBDA_RUNTIME_API left out (--collector-on), so init runs with the collector on"
+        )
+        + "); dev-only awscrt/OpenSSL hidden; warm .pyc; this machine's CPU -- "
+        "expect 2-3x at 512 MB in Lambda"
     )
     part.notes.append(
         "then gc ms: a full garbage collection right after the import, in the same interpreter "
@@ -193,10 +201,10 @@ def bench_cold_imports(runs: int = 5) -> Part:
     return part
 
 
-def _warm(name: str, app: Path, failed: dict[str, str]) -> None:
+def _warm(name: str, app: Path, failed: dict[str, str], collector_paused: bool) -> None:
     """One untimed import that writes the function's .pyc files."""
     try:
-        time_once(str(app), "file", lambda_env(name))
+        time_once(str(app), "file", lambda_env(name, collector_paused))
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         failed[name] = str(exc)
 
@@ -206,8 +214,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Cold import time of each function.")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--collector-on",
+        action="store_true",
+        help="leave AWS_LAMBDA_RUNTIME_API out, so the functions' init runs with the collector on",
+    )
     args = parser.parse_args(argv)
-    print(render(bench_cold_imports(args.runs)))
+    print(render(bench_cold_imports(args.runs, collector_paused=not args.collector_on)))
     return 0
 
 

@@ -318,7 +318,7 @@ def bench_move(
     ideal_with_badgr = workers / (LATENCY_S + own_import_s) if own_import_s is not None else None
     if ideal_with_badgr is not None and own_import_s is not None and rate is not None:
         part.notes.append(
-            f"Badgr's own time an import (the sandbox, behind the proxy's {LATENCY_S} s): "
+            f"Badgr's own time an import (the sandbox and the hop to it, behind the proxy's {LATENCY_S} s): "
             f"{1000 * own_import_s:.0f} ms; against {workers} workers / ({LATENCY_S} s + that) = "
             f"{ideal_with_badgr:.1f} badges/s, the move reaches {100 * rate / ideal_with_badgr:.0f} %"
         )

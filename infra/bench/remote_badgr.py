@@ -96,8 +96,8 @@ class RemoteBadgr:
         return Counter(self._ask("routes", clear=clear))
 
     def upstream_s(self) -> dict[str, float]:
-        """Seconds the sandbox itself took to answer the calls counted by :meth:`routes`, by
-        route: Badgr's own time, without the latency the proxy adds."""
+        """Seconds the calls counted by :meth:`routes` spent upstream of the proxy, by route:
+        the sandbox's work and the hop to it, without the latency the proxy adds."""
         return {route: float(seconds) for route, seconds in self._ask("upstream").items()}
 
 
@@ -132,12 +132,9 @@ def _serve(site_dir: Path, client_id: str, stdin: IO[str], stdout: IO[str]) -> i
                     proxy.extra_latency_s = float(command["seconds"])
                     say({})
                 elif op == "routes":
-                    say(dict(proxy.by_route))
-                    if command.get("clear"):
-                        proxy.by_route.clear()
-                        proxy.upstream_s.clear()
+                    say(proxy.taken(clear=bool(command.get("clear")))[0])
                 elif op == "upstream":
-                    say(dict(proxy.upstream_s))
+                    say(proxy.taken()[1])
                 else:
                     say({"error": f"unknown command {op!r}"})
             except Exception as exc:  # the bench is told, and the child goes on

@@ -68,8 +68,8 @@ class FaultyBadgr(LoopbackServer):
         self.injected: Counter[str] = Counter()
         self.calls = 0
         self.by_route: Counter[str] = Counter()  # calls per method and path (ids and query left out)
-        # Seconds Badgr itself took to answer, per route: the time forwarded calls spent upstream,
-        # without the latency added here.
+        # Seconds forwarded calls spent upstream, per route, as the proxy saw them: the sandbox's
+        # work and the hop to it, without the latency added here.
         self.upstream_s: defaultdict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
         self._session = requests.Session()
@@ -132,6 +132,16 @@ class FaultyBadgr(LoopbackServer):
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         return server
+
+    def taken(self, clear: bool = False) -> tuple[dict[str, int], dict[str, float]]:
+        """The calls by route and the time upstream by route, read together (and forgotten, if
+        asked) while no handler adds to them."""
+        with self._lock:
+            calls, upstream = dict(self.by_route), dict(self.upstream_s)
+            if clear:
+                self.by_route.clear()
+                self.upstream_s.clear()
+        return calls, upstream
 
     @staticmethod
     def route_of(method: str, path: str) -> str:
