@@ -177,19 +177,19 @@ MODELS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 Loaded = tuple[set[str], set[str], tuple[bool, int]]
 
 
-def _loaded(name: str) -> Loaded:
+def _loaded(name: str, collector_paused: bool = True) -> Loaded:
     proc = subprocess.run(
         [sys.executable, "-c", _LOAD, str(ROOT / "functions" / name / "app.py"), ",".join(HIDDEN)],
         capture_output=True,
         text=True,
-        env=lambda_env(name),
+        env=lambda_env(name, collector_paused),
         cwd=str(ROOT),
         timeout=240,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     modules, built, (collecting, frozen) = json.loads(proc.stdout.strip().splitlines()[-1])
-    return set(modules), set(built), (collecting, frozen)
+    return set(modules), set(built), (bool(collecting), int(frozen))
 
 
 @pytest.fixture(scope="module")
@@ -260,14 +260,4 @@ def test_a_function_ends_its_init_collecting_again_with_what_init_built_frozen(
 
 def test_outside_the_lambda_runtime_importing_a_function_leaves_the_collector_alone() -> None:
     # The local stack and the tests load every function into one long-lived process.
-    env = {k: v for k, v in lambda_env("notify").items() if k != "AWS_LAMBDA_RUNTIME_API"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _LOAD, str(ROOT / "functions" / "notify" / "app.py"), ",".join(HIDDEN)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=str(ROOT),
-        timeout=240,
-        check=True,
-    )
-    assert json.loads(proc.stdout.strip().splitlines()[-1])[2] == [True, 0]
+    assert _loaded("notify", collector_paused=False)[2] == (True, 0)
