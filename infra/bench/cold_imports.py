@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,6 +45,9 @@ class _Hide(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _Hide())
 target = sys.argv[1]
 mode = sys.argv[2]
+layer = sys.argv[4] if len(sys.argv) > 4 else None
+if layer:  # the layer as deployed, on the path where Lambda puts /opt/python
+    sys.path.insert(0, layer)
 started = time.perf_counter()
 if mode == "module":
     importlib.import_module(target)
@@ -52,7 +57,11 @@ else:
     spec = importlib.util.spec_from_file_location("app", target)
     module = importlib.util.module_from_spec(spec)
     sys.modules["app"] = module
-    spec.loader.exec_module(module)
+    if layer:  # a function's own code ships as source: Lambda compiles app.py at each cold start
+        with open(target, "rb") as source:
+            exec(compile(source.read(), target, "exec"), module.__dict__)
+    else:
+        spec.loader.exec_module(module)
 elapsed = time.perf_counter() - started
 # What init left for the collector: a full collection right after it, as an early invocation
 # would meet (frozen objects are not walked).
@@ -95,16 +104,23 @@ def lambda_env(name: str, collector_paused: bool = True) -> dict[str, str]:
     return env
 
 
-def time_once(target: str, mode: str, env: dict[str, str], hidden: tuple[str, ...] = HIDDEN) -> float:
-    return load_once(target, mode, env, hidden)["ms"]
+def time_once(
+    target: str, mode: str, env: dict[str, str], hidden: tuple[str, ...] = HIDDEN, layer: Path | None = None
+) -> float:
+    return load_once(target, mode, env, hidden, layer)["ms"]
 
 
 def load_once(
-    target: str, mode: str, env: dict[str, str], hidden: tuple[str, ...] = HIDDEN
+    target: str, mode: str, env: dict[str, str], hidden: tuple[str, ...] = HIDDEN, layer: Path | None = None
 ) -> dict[str, float]:
-    """One load in a fresh interpreter: its time, and a full collection's right after it."""
+    """One load in a fresh interpreter: its time, and a full collection's right after it.
+
+    With ``layer``, the interpreter sees only the standard library and that built layer (``-I
+    -S``), and writes no bytecode (``-B``; Lambda's /opt and /var/task are read-only)."""
+    isolated = ["-I", "-S", "-B"] if layer is not None else []
+    extra = [str(layer)] if layer is not None else []
     proc = subprocess.run(
-        [sys.executable, "-c", _LOADER, target, mode, ",".join(hidden)],
+        [sys.executable, *isolated, "-c", _LOADER, target, mode, ",".join(hidden), *extra],
         capture_output=True,
         text=True,
         env=env,
@@ -118,12 +134,45 @@ def load_once(
     return {key: float(value) for key, value in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 
 
-def median_ms(target: str, mode: str, env: dict[str, str], runs: int) -> float:
-    time_once(target, mode, env)  # writes the .pyc files; not counted
-    return round(statistics.median(time_once(target, mode, env) for _ in range(runs)), 1)
+def median_ms(target: str, mode: str, env: dict[str, str], runs: int, layer: Path | None = None) -> float:
+    time_once(target, mode, env, layer=layer)  # writes the .pyc files; not counted
+    return round(statistics.median(time_once(target, mode, env, layer=layer) for _ in range(runs)), 1)
 
 
-def bench_cold_imports(runs: int = 5, collector_paused: bool = True) -> Part:
+# The ZIP that SAM deploys dates every file so; a timestamp-based .pyc would never match it.
+_ZIP_EPOCH = 315_532_800  # 1980-01-01T00:00:00Z
+
+
+def build_layer(dest: Path) -> Path:
+    """The shared layer as ``sam build`` makes it (``shared/Makefile``), with wheels for this
+    machine's platform so that it can be loaded here, its files dated as the deployed ZIP dates
+    them. Returns the folder Lambda puts on ``sys.path`` (``/opt/python``)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    proc = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-C",
+            str(PROJECT_ROOT / "shared"),
+            "build-SharedLayer",
+            f"ARTIFACTS_DIR={dest}",
+            f"PYTHON={sys.executable}",
+            f"LAYER_PLATFORM=manylinux2014_{platform.machine()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = [line for line in proc.stderr.splitlines() if not line.startswith("WARNING")][-1:]
+        raise RuntimeError(f"the layer did not build: {(tail or ['no output'])[0][:200]}")
+    for path in dest.rglob("*"):
+        os.utime(path, (_ZIP_EPOCH, _ZIP_EPOCH), follow_symlinks=False)
+    return dest / "python"
+
+
+def bench_cold_imports(runs: int = 5, collector_paused: bool = True, deployed_layer: bool = True) -> Part:
     """Each function's import, beside a bare ``import boto3`` timed in the same rounds.
 
     Every round times ``boto3`` and then each function once, so a busy machine slows both alike;
@@ -145,17 +194,23 @@ def bench_cold_imports(runs: int = 5, collector_paused: bool = True) -> Part:
     bare_env = lambda_env("bench")
     boto3_samples: list[float] = []
     failed: dict[str, str] = {}
+    layer: Path | None = None
+    if deployed_layer:
+        try:
+            layer = build_layer(PROJECT_ROOT / ".local-stack" / "bench-layer")
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            part.notes.append(f"{exc}; measured in the development environment instead")
     try:
-        time_once("boto3", "module", bare_env)  # writes the .pyc files; not counted
+        time_once("boto3", "module", bare_env, layer=layer)  # writes the .pyc files; not counted
         for name in samples:
-            _warm(name, apps[name], failed, collector_paused)
+            _warm(name, apps[name], failed, collector_paused, layer)
         for _ in range(runs):
-            boto3_samples.append(time_once("boto3", "module", bare_env))
+            boto3_samples.append(time_once("boto3", "module", bare_env, layer=layer))
             for name, taken in samples.items():
                 if name not in failed:
                     try:
                         env = lambda_env(name, collector_paused)
-                        loaded = load_once(str(apps[name]), "file", env)
+                        loaded = load_once(str(apps[name]), "file", env, layer=layer)
                         taken.append(loaded["ms"])
                         collections[name].append(loaded["collect_ms"])
                     except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -180,19 +235,25 @@ def bench_cold_imports(runs: int = 5, collector_paused: bool = True) -> Part:
     part.figures["cold_import_ms"] = figures
     part.figures["cold_import_boto3_ms"] = boto3_ms
     try:
-        xray = median_ms("aws_xray_sdk.core", "module", bare_env, runs)
+        xray = median_ms("aws_xray_sdk.core", "module", bare_env, runs, layer)
         part.notes.append(f"aws_xray_sdk.core (the Tracer's, included above): {xray:.1f} ms")
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         part.notes.append(f"aws_xray_sdk.core: not measured: {exc}")
     part.notes.append(
-        "Lambda-like env (AWS_LAMBDA_FUNCTION_NAME set, Tracer on; "
+        (
+            "from the shared layer as shared/Makefile builds it (this machine's wheels, hash-based "
+            "bytecode, files dated 1980 as in the deployed ZIP), the function's app.py compiled from "
+            "source as Lambda does; "
+            if layer is not None
+            else "from the development environment (warm .pyc); "
+        )
+        + "Lambda-like env (AWS_LAMBDA_FUNCTION_NAME set, Tracer on; "
         + (
             "AWS_LAMBDA_RUNTIME_API set, so init runs with the collector paused"
             if collector_paused
             else "AWS_LAMBDA_RUNTIME_API left out (--collector-on), so init runs with the collector on"
         )
-        + "); dev-only awscrt/OpenSSL hidden; warm .pyc; this machine's CPU -- "
-        "expect 2-3x at 512 MB in Lambda"
+        + "); dev-only awscrt/OpenSSL hidden; this machine's CPU -- expect 2-3x at 512 MB in Lambda"
     )
     part.notes.append(
         "then gc ms: a full garbage collection right after the import, in the same interpreter "
@@ -201,10 +262,11 @@ def bench_cold_imports(runs: int = 5, collector_paused: bool = True) -> Part:
     return part
 
 
-def _warm(name: str, app: Path, failed: dict[str, str], collector_paused: bool) -> None:
-    """One untimed import that writes the function's .pyc files."""
+def _warm(name: str, app: Path, failed: dict[str, str], collector_paused: bool, layer: Path | None) -> None:
+    """One untimed import that writes the function's .pyc files (or, from the layer, warms the
+    file cache)."""
     try:
-        time_once(str(app), "file", lambda_env(name, collector_paused))
+        time_once(str(app), "file", lambda_env(name, collector_paused), layer=layer)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         failed[name] = str(exc)
 
@@ -215,12 +277,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Cold import time of each function.")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument(
+        "--dev-env",
+        action="store_true",
+        help="load from the development environment (warm .pyc) instead of the built layer",
+    )
+    parser.add_argument(
         "--collector-on",
         action="store_true",
         help="leave AWS_LAMBDA_RUNTIME_API out, so the functions' init runs with the collector on",
     )
     args = parser.parse_args(argv)
-    print(render(bench_cold_imports(args.runs, collector_paused=not args.collector_on)))
+    part = bench_cold_imports(
+        args.runs, collector_paused=not args.collector_on, deployed_layer=not args.dev_env
+    )
+    print(render(part))
     return 0
 
 

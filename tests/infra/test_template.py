@@ -136,7 +136,7 @@ def test_layer_is_built_from_shared_with_the_runtime_dependencies(sam: dict[str,
 
     layer = sam["Resources"]["SharedLayer"]
     assert layer["Properties"]["ContentUri"] == "shared/"
-    assert layer["Metadata"]["BuildMethod"] == "python3.11"
+    assert layer["Metadata"]["BuildMethod"] == "makefile"  # shared/Makefile, tests/infra/test_layer_build.py
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
     lines = (ROOT / "shared" / "requirements.txt").read_text(encoding="utf-8").splitlines()
     listed = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
