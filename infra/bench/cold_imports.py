@@ -1,7 +1,11 @@
 """Cold import time of each Lambda function's module, in a fresh interpreter per run.
 
-Each run loads ``functions/<name>/app.py`` the way the Lambda runtime does (the function's
-folder first on ``sys.path``, the shared package importable) in a new interpreter with a
+Each run loads ``functions/<name>/app.py`` the way the Lambda runtime does: from the shared
+layer as ``shared/Makefile`` builds it for ``sam build`` (built first, for this machine's
+platform, its files dated as the deployed ZIP dates them), with only the standard library, the
+function's folder and the layer on ``sys.path`` and no bytecode written (``python -I -S -B``),
+``app.py`` compiled from source as a function's own code is; ``--dev-env`` loads from the
+development environment instead, with warm ``.pyc``. Each run is a new interpreter with a
 Lambda-like environment: ``AWS_LAMBDA_FUNCTION_NAME`` is set, so Powertools' Tracer is enabled
 and imports ``aws_xray_sdk`` as it does in Lambda (its own cost is reported separately), and
 ``AWS_LAMBDA_RUNTIME_API`` is set, so the function's init runs with the garbage collector paused
@@ -9,9 +13,9 @@ and frozen at its end, as in Lambda.
 Packages that are in the project's development environment but not in the deployed layer
 (``awscrt``, ``OpenSSL``, which botocore picks up when present) are hidden, so botocore takes
 the same path as in Lambda. The median of several runs is reported, after one untimed run
-that writes the ``.pyc`` files.
+(which, in the development environment, writes the ``.pyc`` files).
 
-``python -m infra.bench.cold_imports [--runs 5]``.
+``python -m infra.bench.cold_imports [--runs 5] [--dev-env] [--collector-on]``.
 """
 
 from __future__ import annotations
@@ -135,7 +139,7 @@ def load_once(
 
 
 def median_ms(target: str, mode: str, env: dict[str, str], runs: int, layer: Path | None = None) -> float:
-    time_once(target, mode, env, layer=layer)  # writes the .pyc files; not counted
+    time_once(target, mode, env, layer=layer)  # warms the caches (and the dev env's .pyc); not counted
     return round(statistics.median(time_once(target, mode, env, layer=layer) for _ in range(runs)), 1)
 
 
@@ -165,8 +169,9 @@ def build_layer(dest: Path) -> Path:
         check=False,
     )
     if proc.returncode != 0:
-        tail = [line for line in proc.stderr.splitlines() if not line.startswith("WARNING")][-1:]
-        raise RuntimeError(f"the layer did not build: {(tail or ['no output'])[0][:200]}")
+        lines = [line for line in proc.stderr.splitlines() if not line.startswith(("WARNING", "make"))]
+        errors = [line for line in lines if "ERROR" in line] or lines or ["no output"]
+        raise RuntimeError(f"the layer did not build: {errors[-1][:200]}")
     for path in dest.rglob("*"):
         os.utime(path, (_ZIP_EPOCH, _ZIP_EPOCH), follow_symlinks=False)
     return dest / "python"
@@ -181,7 +186,7 @@ def bench_cold_imports(runs: int = 5, collector_paused: bool = True, deployed_la
     part = Part(
         f"cold imports: functions/<name>/app.py in a fresh interpreter (median of {runs})",
         headers=["function", "median ms", "min ms", "max ms", "over boto3 ms", "x boto3", "then gc ms"],
-        figures={"cold_import_ms": {}, "cold_import_boto3_ms": None},
+        figures={"cold_import_ms": {}, "cold_import_boto3_ms": None, "cold_import_from": None},
     )
     apps = {name: PROJECT_ROOT / "functions" / name / "app.py" for name in FUNCTIONS}
     figures: dict[str, float | None] = {}
@@ -201,7 +206,7 @@ def bench_cold_imports(runs: int = 5, collector_paused: bool = True, deployed_la
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             part.notes.append(f"{exc}; measured in the development environment instead")
     try:
-        time_once("boto3", "module", bare_env, layer=layer)  # writes the .pyc files; not counted
+        time_once("boto3", "module", bare_env, layer=layer)  # warms the caches; not counted
         for name in samples:
             _warm(name, apps[name], failed, collector_paused, layer)
         for _ in range(runs):
@@ -234,6 +239,7 @@ def bench_cold_imports(runs: int = 5, collector_paused: bool = True, deployed_la
                           f"{max(boto3_samples):.1f}", "0.0", "1.00", "-"])  # fmt: skip
     part.figures["cold_import_ms"] = figures
     part.figures["cold_import_boto3_ms"] = boto3_ms
+    part.figures["cold_import_from"] = "layer" if layer is not None else "dev-env"
     try:
         xray = median_ms("aws_xray_sdk.core", "module", bare_env, runs, layer)
         part.notes.append(f"aws_xray_sdk.core (the Tracer's, included above): {xray:.1f} ms")

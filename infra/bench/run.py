@@ -36,6 +36,7 @@ FIGURES = (
     "intake_1k_traced_mb",
     "intake_1k_export_mb",
     "cold_import_ms",
+    "cold_import_from",
     "e2e_badges",
     "e2e_recorded_s",
     "e2e_verified_s",
