@@ -321,6 +321,7 @@ def api_preflight() -> Response:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    _svc().register_context(context)  # an idempotent call's record expires with this invocation
     return app.resolve(event, context)
 
 

@@ -197,6 +197,9 @@ def build_services(settings: Settings) -> Services:
                 DynamoDBPersistenceLayer(table_name=settings.idempotency_table),
                 IdempotencyConfig(expires_after_seconds=7 * 86400),
             )
+            context = getattr(idempotency_state, "context", None)
+            if context is not None:
+                state[1].register_lambda_context(context)
             idempotency_state.layer = state
         return state
 
@@ -211,7 +214,13 @@ def build_services(settings: Settings) -> Services:
         )
 
     def register_context(context: Any) -> None:
-        idempotency()[1].register_lambda_context(context)
+        # Kept for the layer, which is only built when a call first needs it (a page view
+        # rarely does, and building it makes a DynamoDB client): an in-progress record then
+        # expires with the invocation that wrote it, whichever function wrote it.
+        idempotency_state.context = context
+        state = getattr(idempotency_state, "layer", None)
+        if state is not None:
+            state[1].register_lambda_context(context)
 
     forgetting: dict[str, DynamoDBPersistenceLayer] = {}
 
