@@ -315,13 +315,16 @@ def bench_move(
     # the move as much as the latency does: no pipeline beats workers / (latency + that).
     imports = badgr_calls[IMPORT_ROUTE]
     own_import_s = badgr_own_s.get(IMPORT_ROUTE, 0.0) / imports if imports else None
-    ideal_with_badgr = workers / (LATENCY_S + own_import_s) if own_import_s is not None else None
-    if ideal_with_badgr is not None and own_import_s is not None and rate is not None:
-        part.notes.append(
-            f"Badgr's own time an import (the sandbox and the hop to it, behind the proxy's {LATENCY_S} s): "
-            f"{1000 * own_import_s:.0f} ms; against {workers} workers / ({LATENCY_S} s + that) = "
-            f"{ideal_with_badgr:.1f} badges/s, the move reaches {100 * rate / ideal_with_badgr:.0f} %"
-        )
+    ideal_with_badgr: float | None = None
+    if own_import_s is not None:
+        ideal_with_badgr = workers / (LATENCY_S + own_import_s)
+        if rate is not None:
+            part.notes.append(
+                f"Badgr's own time an import (the sandbox and the hop to it, behind the proxy's "
+                f"{LATENCY_S} s): {1000 * own_import_s:.0f} ms; against {workers} workers / "
+                f"({LATENCY_S} s + that) = {ideal_with_badgr:.1f} badges/s, the move reaches "
+                f"{100 * rate / ideal_with_badgr:.0f} %"
+            )
     part.notes.append(f"AWS calls a badge sent, during the move: {_per_badge(calls, sent)}")
     part.notes.append(worker_time.summary(sent, 1000 * LATENCY_S / 0.8))
     part.notes.append(

@@ -15,14 +15,14 @@ import struct
 import threading
 import time
 from collections import Counter, defaultdict
-from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
+from http.server import HTTPServer, ThreadingHTTPServer
 from typing import Any
 
 import requests
 from botocore.exceptions import ClientError
 
 from infra.local.lambda_runtime import FunctionSpec
-from infra.local.serving import LoopbackServer
+from infra.local.serving import KeptAliveHandler, LoopbackServer
 
 BADGR_FAULTS = {"500": 1, "502": 1, "503": 1, "429": 2, "hang": 1, "reset": 1, "lost": 2}
 
@@ -77,12 +77,7 @@ class FaultyBadgr(LoopbackServer):
     def _make_server(self) -> HTTPServer:
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out in two writes: without TCP_NODELAY, Nagle plus the client's
-            # delayed ACK add 40 ms to an answer on a kept-alive connection.
-            disable_nagle_algorithm = True
-
+        class Handler(KeptAliveHandler):
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
@@ -127,7 +122,7 @@ class FaultyBadgr(LoopbackServer):
                 self.close_connection = True
                 self.connection.close()
 
-            do_GET = do_POST = do_PUT = do_DELETE = _handle  # noqa: N815
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True

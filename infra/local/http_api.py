@@ -16,6 +16,7 @@ from typing import Any
 
 from infra.local.cloudformation import ACCOUNT_ID
 from infra.local.lambda_runtime import FunctionSpec, InvocationKilled, Invoker
+from infra.local.serving import KeptAliveHandler
 
 log = logging.getLogger("backpack_migrate.local_stack")
 
@@ -155,12 +156,8 @@ class HttpApi:
     def handler_class(self) -> type[http.server.BaseHTTPRequestHandler]:
         stack = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        class Handler(KeptAliveHandler):
             server_version = "LocalHttpApi/1.0"
-            # Headers and body go out in two writes: without TCP_NODELAY, Nagle plus the
-            # client's delayed ACK add 40 ms to an answer on a kept-alive connection.
-            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("http %s", format % args)
@@ -209,7 +206,7 @@ class HttpApi:
                 if self.command != "HEAD":
                     self.wfile.write(payload)
 
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _handle  # noqa: N815
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _handle
 
         return Handler
 

@@ -11,12 +11,12 @@ import json
 import threading
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from infra.local.serving import LoopbackServer
+from infra.local.serving import KeptAliveHandler, LoopbackServer
 
 CONTENT_TYPES = {
     ".json": "application/json",
@@ -38,12 +38,8 @@ class _Server(ThreadingHTTPServer):
     lock: threading.Lock
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(KeptAliveHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes: without TCP_NODELAY, Nagle plus the client's delayed
-    # ACK add 40 ms to an answer on a kept-alive connection.
-    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -12,9 +12,10 @@ import re
 import time
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
+
+from infra.local.serving import KeptAliveHandler
 
 if TYPE_CHECKING:
     from infra.local.badgr_sandbox.oauth import Grant
@@ -60,13 +61,9 @@ def py_type(value: Any) -> str:
     return names.get(type(value), "NoneType")
 
 
-class BaseHandler(BaseHTTPRequestHandler):
+class BaseHandler(KeptAliveHandler):
     sandbox: BadgrSandbox
     server_version = "BadgrSandbox/1.0"
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes: without TCP_NODELAY, Nagle plus the client's delayed
-    # ACK add 40 ms to an answer on a kept-alive connection.
-    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         return  # the sandbox keeps its own token-free log
